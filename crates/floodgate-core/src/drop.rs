@@ -1,0 +1,295 @@
+//! Drops: a limited sale with a schedule, SKUs with stock and a per-customer limit.
+//!
+//! A [`DropSpec`] is what an operator writes (`PUT /admin/drops/{drop}`); [`DropState`] is what a
+//! shopper sees, derived from the schedule, the pause switch and the stock at a given instant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// Longest drop id or SKU code, in bytes. Ids appear in URLs and logs, so they stay short.
+pub const MAX_ID_LEN: usize = 64;
+/// Most SKUs one drop may carry: every SKU is a counter in memory and a row in the store.
+pub const MAX_SKUS_PER_DROP: usize = 1_000;
+
+/// A drop's identifier: 1 to 64 ASCII letters, digits, `-` or `_`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DropId(String);
+
+impl DropId {
+    /// Checks `text` against the id rules.
+    pub fn parse(text: &str) -> Result<Self, InvalidId> {
+        validate_id(text).map(|()| Self(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DropId {
+    type Error = InvalidId;
+    fn try_from(text: String) -> Result<Self, InvalidId> {
+        validate_id(&text).map(|()| Self(text))
+    }
+}
+
+impl From<DropId> for String {
+    fn from(id: DropId) -> Self {
+        id.0
+    }
+}
+
+impl std::fmt::Display for DropId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// An id broke the rules of [`DropId`] (SKU codes follow the same rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to 64 ASCII letters, digits, '-' or '_'")]
+pub struct InvalidId;
+
+/// Checks the shared rule for drop ids and SKU codes.
+pub fn validate_id(text: &str) -> Result<(), InvalidId> {
+    let well_formed = !text.is_empty()
+        && text.len() <= MAX_ID_LEN
+        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if well_formed { Ok(()) } else { Err(InvalidId) }
+}
+
+/// What an operator declares about a drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropSpec {
+    /// Human name shown to shoppers.
+    pub name: String,
+    /// When orders open.
+    pub starts_at: Timestamp,
+    /// When orders close.
+    pub ends_at: Timestamp,
+    /// Most units one customer may hold across the drop's SKUs.
+    pub limit_per_customer: u32,
+    /// What is on sale.
+    pub skus: Vec<SkuSpec>,
+    /// The waiting room in front of the drop.
+    #[serde(default)]
+    pub waiting_room: WaitingRoomSpec,
+    /// Set by `pause` and cleared by `resume`; a paused drop takes no orders.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// One sellable item of a drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkuSpec {
+    /// The SKU code, unique within the drop.
+    pub sku: String,
+    /// Human name.
+    pub name: String,
+    /// Price in the smallest currency unit.
+    pub price_cents: u64,
+    /// Units on sale in total (sold, reserved and available together).
+    pub stock: u64,
+}
+
+/// Waiting-room settings of a drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WaitingRoomSpec {
+    /// Whether orders need a pass from the waiting room.
+    pub enabled: bool,
+    /// Shoppers holding a pass at once before a queue forms.
+    pub max_active: u32,
+    /// Seconds before the start that the pre-queue opens.
+    pub prequeue_s: u32,
+    /// Seconds a pass stays valid.
+    pub pass_ttl_s: u32,
+}
+
+impl Default for WaitingRoomSpec {
+    fn default() -> Self {
+        Self { enabled: false, max_active: 1_000, prequeue_s: 0, pass_ttl_s: 600 }
+    }
+}
+
+/// A rule a [`DropSpec`] broke, with the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    /// Where, e.g. `skus[2].stock`.
+    pub path: String,
+    /// What is wrong, lower case.
+    pub problem: String,
+}
+
+impl std::fmt::Display for SpecProblem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}: {}", self.path, self.problem)
+    }
+}
+
+impl DropSpec {
+    /// Every rule the spec breaks, in one go (empty when valid).
+    pub fn problems(&self) -> Vec<SpecProblem> {
+        let mut problems = Vec::new();
+        let mut report = |path: String, problem: &str| {
+            problems.push(SpecProblem { path, problem: problem.to_owned() });
+        };
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            report("name".into(), "must be 1 to 200 bytes of text");
+        }
+        if self.ends_at <= self.starts_at {
+            report("ends_at".into(), "must be after starts_at");
+        }
+        if self.limit_per_customer == 0 {
+            report("limit_per_customer".into(), "must be at least 1");
+        }
+        if self.skus.is_empty() || self.skus.len() > MAX_SKUS_PER_DROP {
+            report("skus".into(), "must list 1 to 1000 SKUs");
+        }
+        for (index, sku) in self.skus.iter().enumerate() {
+            if validate_id(&sku.sku).is_err() {
+                report(format!("skus[{index}].sku"), "must be 1 to 64 ASCII letters, digits, '-' or '_'");
+            } else if self.skus[..index].iter().any(|earlier| earlier.sku == sku.sku) {
+                report(format!("skus[{index}].sku"), "appears twice");
+            }
+            if sku.name.trim().is_empty() || sku.name.len() > 200 {
+                report(format!("skus[{index}].name"), "must be 1 to 200 bytes of text");
+            }
+            if sku.stock > u64::from(u32::MAX) {
+                report(format!("skus[{index}].stock"), "must be at most 4294967295");
+            }
+        }
+        if self.waiting_room.enabled && self.waiting_room.max_active == 0 {
+            report("waiting_room.max_active".into(), "must be at least 1 when enabled");
+        }
+        if self.waiting_room.enabled && self.waiting_room.pass_ttl_s == 0 {
+            report("waiting_room.pass_ttl_s".into(), "must be at least 1 when enabled");
+        }
+        problems
+    }
+
+    /// The SKU with code `sku`, if the drop sells it.
+    pub fn sku(&self, sku: &str) -> Option<&SkuSpec> {
+        self.skus.iter().find(|candidate| candidate.sku == sku)
+    }
+
+    /// When the pre-queue opens (the start itself when there is no pre-queue).
+    pub fn prequeue_opens_at(&self) -> Timestamp {
+        let window_s = if self.waiting_room.enabled { self.waiting_room.prequeue_s } else { 0 };
+        self.starts_at.add_millis(-i64::from(window_s) * 1_000)
+    }
+
+    /// The state a shopper sees at `now`, given how many units are still available.
+    pub fn state_at(&self, now: Timestamp, units_available: u64) -> DropState {
+        if now >= self.ends_at {
+            DropState::Ended
+        } else if self.paused {
+            DropState::Paused
+        } else if now < self.prequeue_opens_at() {
+            DropState::Scheduled
+        } else if now < self.starts_at {
+            DropState::Prequeue
+        } else if units_available == 0 {
+            DropState::SoldOut
+        } else {
+            DropState::Live
+        }
+    }
+}
+
+/// Where a drop stands, as shoppers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropState {
+    /// Announced; neither the pre-queue nor orders are open.
+    Scheduled,
+    /// The pre-queue is open; orders are not.
+    Prequeue,
+    /// Orders are open and units are available.
+    Live,
+    /// Every unit is reserved or sold; returned units make it live again.
+    SoldOut,
+    /// Past `ends_at`.
+    Ended,
+    /// Stopped by an operator until resumed.
+    Paused,
+}
+
+impl DropState {
+    /// The state's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Prequeue => "prequeue",
+            Self::Live => "live",
+            Self::SoldOut => "sold_out",
+            Self::Ended => "ended",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DropSpec {
+        DropSpec {
+            name: "Muskie rod".into(),
+            starts_at: Timestamp::from_unix_millis(100_000),
+            ends_at: Timestamp::from_unix_millis(200_000),
+            limit_per_customer: 2,
+            skus: vec![SkuSpec { sku: "rod-1".into(), name: "Rod".into(), price_cents: 100, stock: 5 }],
+            waiting_room: WaitingRoomSpec { enabled: true, prequeue_s: 30, ..WaitingRoomSpec::default() },
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn state_follows_the_schedule_and_the_stock() {
+        let drop = spec();
+        let cases = [
+            (0, 5, DropState::Scheduled),
+            (69_999, 5, DropState::Scheduled),
+            (70_000, 5, DropState::Prequeue),
+            (100_000, 5, DropState::Live),
+            (150_000, 0, DropState::SoldOut),
+            (200_000, 5, DropState::Ended),
+            (200_000, 0, DropState::Ended),
+        ];
+        for (now, available, expected) in cases {
+            assert_eq!(drop.state_at(Timestamp::from_unix_millis(now), available), expected, "at {now}");
+        }
+    }
+
+    #[test]
+    fn paused_wins_until_the_end() {
+        let drop = DropSpec { paused: true, ..spec() };
+        assert_eq!(drop.state_at(Timestamp::from_unix_millis(150_000), 5), DropState::Paused);
+        assert_eq!(drop.state_at(Timestamp::from_unix_millis(250_000), 5), DropState::Ended);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let mut drop = spec();
+        drop.ends_at = drop.starts_at;
+        drop.limit_per_customer = 0;
+        drop.skus.push(drop.skus[0].clone());
+        drop.skus.push(SkuSpec { sku: "bad sku".into(), name: " ".into(), price_cents: 1, stock: 1 });
+        let paths: Vec<String> = drop.problems().into_iter().map(|problem| problem.path).collect();
+        assert_eq!(paths, ["ends_at", "limit_per_customer", "skus[1].sku", "skus[2].sku", "skus[2].name"]);
+    }
+
+    #[test]
+    fn ids_are_short_and_plain() {
+        assert!(DropId::parse("spring-drop_2026").is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(65), "a/b"] {
+            assert!(DropId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! floodgate's domain model: drops and their schedule, stock ledgers, orders and their states,
+//! idempotency keys.
+//!
+//! Everything here is pure: no I/O, no async runtime, no HTTP types. Time is passed in as a
+//! [`Timestamp`], randomness as bytes, so every rule can be tested exactly.
+
+pub mod drop;
+pub mod idempotency;
+pub mod ledger;
+pub mod order;
+pub mod timestamp;
+
+pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};
+pub use idempotency::{IdempotencyKey, KeyLookup, KeyTable};
+pub use ledger::{DropLedger, Refusal};
+pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
+pub use timestamp::Timestamp;

@@ -1,0 +1,264 @@
+//! Orders: what a shopper asks for, the record floodgate keeps, and the states it moves through.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{DropId, IdempotencyKey, Timestamp};
+
+/// Longest customer identity, in bytes.
+pub const MAX_CUSTOMER_LEN: usize = 255;
+
+/// An unguessable order id: `ord_` and 32 hex digits from 128 random bits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(String);
+
+impl OrderId {
+    /// Builds an id from 128 random bits; the caller owns the randomness (core does no I/O).
+    pub fn from_random_bits(bits: u128) -> Self {
+        Self(format!("ord_{bits:032x}"))
+    }
+
+    /// Accepts text that has the shape of an order id, so lookups of junk never reach the store.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix("ord_")?;
+        let well_formed = digits.len() == 32 && digits.bytes().all(|byte| byte.is_ascii_hexdigit());
+        well_formed.then(|| Self(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for OrderId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// Where an order stands. Only `accepted → submitting → confirmed | rejected | failed` and the
+/// operator's `released` exist; [`OrderState::may_become`] is the whole state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    /// Durably stored with its reservation; waiting for the downstream.
+    Accepted,
+    /// Being sent to the downstream.
+    Submitting,
+    /// The downstream has it.
+    Confirmed,
+    /// The downstream refused it for good; its units went back on sale.
+    Rejected,
+    /// Delivery gave up after the last attempt; held for an operator (dead letter).
+    Failed,
+    /// Let go by an operator before delivery; its units went back on sale.
+    Released,
+}
+
+impl OrderState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 6] = [
+        Self::Accepted,
+        Self::Submitting,
+        Self::Confirmed,
+        Self::Rejected,
+        Self::Failed,
+        Self::Released,
+    ];
+
+    /// The state's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Submitting => "submitting",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Released => "released",
+        }
+    }
+
+    /// The state named `text`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    /// Whether an order in this state keeps its units off sale.
+    pub fn holds_stock(self) -> bool {
+        !matches!(self, Self::Rejected | Self::Released)
+    }
+
+    /// Whether the state machine allows `self → next`.
+    pub fn may_become(self, next: Self) -> bool {
+        use OrderState::*;
+        matches!(
+            (self, next),
+            (Accepted, Submitting | Released)
+                // back to `accepted` is a retry scheduled after a transient failure
+                | (Submitting, Confirmed | Rejected | Failed | Accepted)
+                // from the dead-letter view: redrive, or give the units back
+                | (Failed, Accepted | Released)
+        )
+    }
+}
+
+/// What a shopper posts to `POST /api/drops/{drop}/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    /// Who is buying.
+    pub customer: String,
+    /// What.
+    pub sku: String,
+    /// How many units.
+    pub quantity: u32,
+}
+
+/// Why an [`OrderRequest`] is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOrderRequest {
+    /// Customer missing, too long or with control characters.
+    #[error("customer must be 1 to 255 bytes without control characters")]
+    Customer,
+    /// SKU code empty or too long.
+    #[error("sku must be 1 to 64 bytes")]
+    Sku,
+    /// Quantity outside `1..=max`.
+    #[error("quantity must be between 1 and {max}")]
+    Quantity {
+        /// The largest quantity one order may carry.
+        max: u32,
+    },
+}
+
+impl OrderRequest {
+    /// Checks the fields' shapes; `max_quantity` caps one order.
+    pub fn validate(&self, max_quantity: u32) -> Result<(), InvalidOrderRequest> {
+        let customer_ok = !self.customer.is_empty()
+            && self.customer.len() <= MAX_CUSTOMER_LEN
+            && !self.customer.chars().any(char::is_control);
+        if !customer_ok {
+            return Err(InvalidOrderRequest::Customer);
+        }
+        if self.sku.is_empty() || self.sku.len() > crate::drop::MAX_ID_LEN {
+            return Err(InvalidOrderRequest::Sku);
+        }
+        if self.quantity == 0 || self.quantity > max_quantity {
+            return Err(InvalidOrderRequest::Quantity { max: max_quantity });
+        }
+        Ok(())
+    }
+
+    /// A digest of the request's meaning, to tell a replay from a reused key.
+    pub fn fingerprint(&self) -> RequestFingerprint {
+        let mut hasher = Sha256::new();
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        for field in [self.customer.as_bytes(), self.sku.as_bytes()] {
+            hasher.update((field.len() as u64).to_le_bytes());
+            hasher.update(field);
+        }
+        hasher.update(self.quantity.to_le_bytes());
+        RequestFingerprint(hasher.finalize().into())
+    }
+}
+
+/// SHA-256 of an order request's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestFingerprint(pub [u8; 32]);
+
+/// The record floodgate keeps for every accepted order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// Unguessable id handed to the shopper.
+    pub order_id: OrderId,
+    /// The drop it belongs to.
+    pub drop_id: DropId,
+    /// What was ordered.
+    pub sku: String,
+    /// How many units it reserves.
+    pub quantity: u32,
+    /// Who ordered.
+    pub customer: String,
+    /// Where it stands.
+    pub state: OrderState,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When the order and its reservation were stored.
+    pub accepted_at: Timestamp,
+    /// Last state change.
+    pub updated_at: Timestamp,
+    /// The downstream's reference once confirmed.
+    pub downstream_ref: Option<String>,
+    /// The key the shopper sent.
+    pub idempotency_key: IdempotencyKey,
+    /// Digest of the request, to recognise replays.
+    pub fingerprint: RequestFingerprint,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_machine_has_no_shortcuts() {
+        use OrderState::*;
+        let allowed = [
+            (Accepted, Submitting),
+            (Accepted, Released),
+            (Submitting, Confirmed),
+            (Submitting, Rejected),
+            (Submitting, Failed),
+            (Submitting, Accepted),
+            (Failed, Accepted),
+            (Failed, Released),
+        ];
+        for from in OrderState::ALL {
+            for to in OrderState::ALL {
+                assert_eq!(from.may_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_returned_orders_free_their_units() {
+        let freeing: Vec<_> = OrderState::ALL.into_iter().filter(|state| !state.holds_stock()).collect();
+        assert_eq!(freeing, [OrderState::Rejected, OrderState::Released]);
+    }
+
+    #[test]
+    fn order_ids_are_well_formed_and_parse_back() {
+        let id = OrderId::from_random_bits(0xdead_beef);
+        assert_eq!(id.as_str().len(), 36);
+        assert_eq!(OrderId::parse(id.as_str()), Some(id));
+        for junk in ["", "ord_", "ord_xyz", "ORD_00000000000000000000000000000000", "ord_0000"] {
+            assert_eq!(OrderId::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let good = OrderRequest { customer: "c-1".into(), sku: "rod".into(), quantity: 1 };
+        assert_eq!(good.validate(10), Ok(()));
+        let cases = [
+            (OrderRequest { customer: String::new(), ..good.clone() }, InvalidOrderRequest::Customer),
+            (OrderRequest { customer: "a\nb".into(), ..good.clone() }, InvalidOrderRequest::Customer),
+            (OrderRequest { customer: "c".repeat(256), ..good.clone() }, InvalidOrderRequest::Customer),
+            (OrderRequest { sku: String::new(), ..good.clone() }, InvalidOrderRequest::Sku),
+            (OrderRequest { quantity: 0, ..good.clone() }, InvalidOrderRequest::Quantity { max: 10 }),
+            (OrderRequest { quantity: 11, ..good.clone() }, InvalidOrderRequest::Quantity { max: 10 }),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(request.validate(10), Err(expected), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_separate_fields() {
+        let one = OrderRequest { customer: "ab".into(), sku: "c".into(), quantity: 1 };
+        let two = OrderRequest { customer: "a".into(), sku: "bc".into(), quantity: 1 };
+        assert_ne!(one.fingerprint(), two.fingerprint());
+        assert_eq!(one.fingerprint(), one.clone().fingerprint());
+    }
+}
