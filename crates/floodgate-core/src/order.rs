@@ -40,7 +40,7 @@ impl std::fmt::Display for OrderId {
 
 /// Where an order stands. Only `accepted → submitting → confirmed | rejected | failed` and the
 /// operator's `released` exist; [`OrderState::may_become`] is the whole state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderState {
     /// Durably stored with its reservation; waiting for the downstream.

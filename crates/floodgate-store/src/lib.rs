@@ -1,14 +1,151 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! floodgate's durable store: the only link between order intake and delivery.
+//!
+//! [`Store`] is what the gateway and the dispatcher see. [`SqliteStore`] is the embedded default:
+//! one writer thread commits many orders per fsync (group commit), reader connections serve
+//! lookups. The crate knows nothing of HTTP. Every backend passes the same conformance suite
+//! (`tests/conformance`).
+
+mod schema;
+mod sqlite;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use floodgate_core::{
+    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderState, RequestFingerprint, Timestamp,
+};
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// The future every store method returns; boxed so `dyn Store` works.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Durable state shared by intake and delivery.
+pub trait Store: Send + Sync + 'static {
+    /// Everything needed to rebuild the in-memory ledgers at start-up; idempotency keys of orders
+    /// accepted before `keys_since` are left out (they have expired).
+    fn load(&self, keys_since: Timestamp) -> StoreFuture<'_, Snapshot>;
+
+    /// Creates or replaces a drop. Refuses to set a SKU's stock below the units its orders hold.
+    fn put_drop(&self, drop_id: DropId, spec: DropSpec, now: Timestamp) -> StoreFuture<'_, ()>;
+
+    /// Stores an order and its reservation in one transaction. When this returns `Ok` both are on
+    /// disk. Refuses with [`StoreError::Oversell`] rather than hold more units than the stock.
+    fn accept_order(&self, order: Order) -> StoreFuture<'_, ()>;
+
+    /// One order.
+    fn order(&self, order_id: OrderId) -> StoreFuture<'_, Option<Order>>;
+
+    /// Orders matching `filter`, in acceptance order.
+    fn orders(&self, filter: OrderFilter) -> StoreFuture<'_, Vec<Order>>;
+
+    /// Orders and units per state, for one drop.
+    fn order_counts(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<OrderState, StateCount>>;
+
+    /// Proves the store can still commit a write (for `/readyz`).
+    fn check_writable(&self) -> StoreFuture<'_, ()>;
+
+    /// Commits every write already handed over, then refuses new ones.
+    fn close(&self) -> StoreFuture<'_, ()>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What start-up needs from the store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every drop.
+    pub drops: Vec<(DropId, DropSpec)>,
+    /// Units held per drop, customer and SKU, by orders that keep their stock.
+    pub holdings: Vec<Holding>,
+    /// Idempotency keys still within retention.
+    pub keys: Vec<StoredKey>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+/// Units that one customer's orders hold of one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The drop.
+    pub drop_id: DropId,
+    /// The customer.
+    pub customer: String,
+    /// The SKU.
+    pub sku: String,
+    /// Units held.
+    pub units: u64,
+}
+
+/// An idempotency key and the order it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The drop the key is scoped to.
+    pub drop_id: DropId,
+    /// The key.
+    pub key: IdempotencyKey,
+    /// Digest of the request that used it first.
+    pub fingerprint: RequestFingerprint,
+    /// The order it produced.
+    pub order_id: OrderId,
+    /// When that order was accepted.
+    pub accepted_at: Timestamp,
+}
+
+/// Which orders to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    /// Only this drop.
+    pub drop_id: Option<DropId>,
+    /// Only this state.
+    pub state: Option<OrderState>,
+    /// Only orders accepted after this one (for paging).
+    pub after: Option<OrderId>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// How many orders, and how many units, are in one state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCount {
+    /// Orders.
+    pub orders: u64,
+    /// Units across those orders.
+    pub units: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The write would hold more units of a SKU than its stock; nothing was written.
+    #[error("{drop_id}/{sku}: not enough stock for the reservation")]
+    Oversell {
+        /// The drop.
+        drop_id: DropId,
+        /// The SKU.
+        sku: String,
+    },
+    /// A drop update would set a SKU's stock below the units orders hold.
+    #[error("{drop_id}/{sku}: stock may not go below the units orders hold")]
+    StockBelowHeld {
+        /// The drop.
+        drop_id: DropId,
+        /// The SKU.
+        sku: String,
+    },
+    /// The order names a drop or SKU the store does not know.
+    #[error("{drop_id}/{sku}: no such drop or sku")]
+    UnknownSku {
+        /// The drop.
+        drop_id: DropId,
+        /// The SKU.
+        sku: String,
+    },
+    /// The writer's queue is full: the disk is not keeping up.
+    #[error("the store's write queue is full")]
+    Overloaded,
+    /// The store was closed (shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// The backend failed; the text says how.
+    #[error("store backend: {0}")]
+    Backend(String),
 }

@@ -1,0 +1,112 @@
+//! The SQLite schema and the mapping between rows and domain types.
+//!
+//! Stock lives in its own table with `CHECK (held <= stock)`: the database itself refuses an
+//! oversell, whatever the in-memory ledger believed. An order's reservation is its row in a
+//! stock-holding state plus its units in `stock.held`, always changed in one transaction.
+
+use floodgate_core::{
+    DropId, IdempotencyKey, Order, OrderId, OrderState, RequestFingerprint, Timestamp,
+};
+use rusqlite::{Connection, Row};
+
+use crate::StoreError;
+
+/// Versioned migrations; `user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE drops (
+    drop_id    TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE stock (
+    drop_id TEXT NOT NULL,
+    sku     TEXT NOT NULL,
+    stock   INTEGER NOT NULL,
+    held    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (drop_id, sku),
+    CHECK (held >= 0 AND held <= stock)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE orders (
+    seq             INTEGER PRIMARY KEY,
+    order_id        TEXT NOT NULL UNIQUE,
+    drop_id         TEXT NOT NULL,
+    sku             TEXT NOT NULL,
+    quantity        INTEGER NOT NULL CHECK (quantity > 0),
+    customer        TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    accepted_at     INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    downstream_ref  TEXT,
+    idempotency_key TEXT NOT NULL,
+    fingerprint     BLOB NOT NULL
+) STRICT;
+
+CREATE INDEX orders_by_state ON orders (state, seq);
+CREATE INDEX orders_by_drop ON orders (drop_id, seq);
+CREATE INDEX orders_by_accepted_at ON orders (accepted_at);
+
+-- One row that `/readyz` rewrites to prove a commit still reaches the disk.
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), beats INTEGER NOT NULL) STRICT;
+INSERT INTO heartbeat VALUES (1, 0);
+"#];
+
+/// Columns of `orders`, in the order [`order_from_row`] reads them.
+pub(crate) const ORDER_COLUMNS: &str = "order_id, drop_id, sku, quantity, customer, state, attempts, \
+     accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint";
+
+/// Sets durability pragmas and brings the schema up to date.
+pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreError> {
+    // WAL + FULL: every commit fsyncs the log, so a committed order survives power loss
+    // (research/order_pipeline.md §5.1: NORMAL may roll back committed transactions).
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
+        .map_err(backend)?;
+    let applied: i64 =
+        connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(backend)?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let transaction = connection.transaction().map_err(backend)?;
+        transaction.execute_batch(migration).map_err(backend)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1).map_err(backend)?;
+        transaction.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Reads one order from a row selected with [`ORDER_COLUMNS`].
+pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+    let text = |index: usize| row.get::<_, String>(index);
+    let corrupt = |index: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("stored {what} is malformed").into(),
+        )
+    };
+    let fingerprint: Vec<u8> = row.get(11)?;
+    Ok(Order {
+        order_id: OrderId::parse(&text(0)?).ok_or_else(|| corrupt(0, "order id"))?,
+        drop_id: DropId::parse(&text(1)?).map_err(|_| corrupt(1, "drop id"))?,
+        sku: text(2)?,
+        quantity: row.get(3)?,
+        customer: text(4)?,
+        state: OrderState::parse(&text(5)?).ok_or_else(|| corrupt(5, "state"))?,
+        attempts: row.get(6)?,
+        accepted_at: Timestamp::from_unix_millis(row.get(7)?),
+        updated_at: Timestamp::from_unix_millis(row.get(8)?),
+        downstream_ref: row.get(9)?,
+        idempotency_key: IdempotencyKey::parse(&text(10)?).map_err(|_| corrupt(10, "key"))?,
+        fingerprint: RequestFingerprint(
+            fingerprint.try_into().map_err(|_| corrupt(11, "fingerprint"))?,
+        ),
+    })
+}
+
+/// Wraps a SQLite error as a backend failure.
+pub(crate) fn backend(error: rusqlite::Error) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
