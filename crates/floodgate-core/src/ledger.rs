@@ -44,6 +44,13 @@ struct SkuUnits {
     held: u64,
 }
 
+impl SkuUnits {
+    fn available(&self) -> u64 {
+        // Saturating: after an operator lowers the stock, in-flight orders may briefly hold more.
+        self.stock.saturating_sub(self.held)
+    }
+}
+
 /// The live counters of one drop.
 #[derive(Debug)]
 pub struct DropLedger {
@@ -72,7 +79,7 @@ impl DropLedger {
 
     /// Units of `sku` still on sale (`None` for an unknown SKU).
     pub fn available(&self, sku: &str) -> Option<u64> {
-        self.skus.get(sku).map(|units| units.stock - units.held)
+        self.skus.get(sku).map(SkuUnits::available)
     }
 
     /// Units of `sku` held by orders (`None` for an unknown SKU).
@@ -82,7 +89,7 @@ impl DropLedger {
 
     /// Units on sale across all SKUs.
     pub fn available_total(&self) -> u64 {
-        self.skus.values().map(|units| units.stock - units.held).sum()
+        self.skus.values().map(SkuUnits::available).sum()
     }
 
     /// The drop's state at `now`.
@@ -105,7 +112,7 @@ impl DropLedger {
         if !matches!(state, DropState::Live | DropState::SoldOut) {
             return Err(Refusal::NotLive(state));
         }
-        let available = units.stock - units.held;
+        let available = units.available();
         let wanted = u64::from(quantity);
         if available == 0 {
             return Err(Refusal::SoldOut);
@@ -141,25 +148,28 @@ impl DropLedger {
         self.hold(customer, sku, quantity);
     }
 
-    /// Replaces the spec, keeping every hold; refuses a change that would strand held units.
-    pub fn update_spec(&mut self, spec: DropSpec) -> Result<(), Vec<SpecProblem>> {
+    /// Checks that `spec` would strand no held units: a SKU's stock may not go below what its
+    /// orders hold, and a SKU with holds may not disappear.
+    pub fn check_spec(&self, spec: &DropSpec) -> Result<(), Vec<SpecProblem>> {
         let mut problems = Vec::new();
         for (sku, units) in &self.skus {
-            let new_stock = spec.sku(sku).map(|declared| declared.stock);
-            if units.held > new_stock.unwrap_or(0) {
+            let new_stock = spec.sku(sku).map_or(0, |declared| declared.stock);
+            if units.held > new_stock {
                 let path = match spec.skus.iter().position(|declared| &declared.sku == sku) {
                     Some(index) => format!("skus[{index}].stock"),
                     None => "skus".to_owned(),
                 };
-                problems.push(SpecProblem {
-                    path,
-                    problem: format!("{} units of {sku} are held by orders; stock may not go lower", units.held),
-                });
+                let problem = format!("{} units of {sku} are held by orders; stock may not go lower", units.held);
+                problems.push(SpecProblem { path, problem });
             }
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Replaces the spec, keeping every hold. The store has accepted `spec`, so it stands even if
+    /// orders still in flight now hold more than the new stock: those orders will be refused by
+    /// the store and give their units back, and until then nothing is available.
+    pub fn apply_spec(&mut self, spec: DropSpec) {
         self.skus = spec
             .skus
             .iter()
@@ -169,7 +179,6 @@ impl DropLedger {
             })
             .collect();
         self.spec = spec;
-        Ok(())
     }
 
     fn hold(&mut self, customer: &str, sku: &str, quantity: u64) {
@@ -239,10 +248,16 @@ mod tests {
         drop.reserve("c", "a", 4, LIVE).unwrap();
         let mut smaller = drop.spec().clone();
         smaller.skus[0].stock = 3;
-        let problems = drop.update_spec(smaller.clone()).unwrap_err();
+        let problems = drop.check_spec(&smaller).unwrap_err();
         assert_eq!(problems[0].path, "skus[0].stock");
-        smaller.skus[0].stock = 4;
-        drop.update_spec(smaller).unwrap();
+        let mut without_a = smaller.clone();
+        without_a.skus.clear();
+        assert_eq!(drop.check_spec(&without_a).unwrap_err()[0].path, "skus");
+        drop.apply_spec(smaller.clone());
         assert_eq!(drop.available("a"), Some(0));
+        smaller.skus[0].stock = 6;
+        assert_eq!(drop.check_spec(&smaller), Ok(()));
+        drop.apply_spec(smaller);
+        assert_eq!(drop.available("a"), Some(2));
     }
 }

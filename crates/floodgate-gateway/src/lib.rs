@@ -1,14 +1,136 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! floodgate's gateway: the public listener (health, drops, order intake) and the admin
+//! listener (drop definitions, order listing), on top of a [`Store`].
+//!
+//! The gateway never calls the downstream: delivering orders is the dispatcher's job, and the
+//! store is the only link between the two.
+
+mod admin_api;
+mod body;
+mod clock;
+pub mod config;
+mod error;
+mod intake;
+mod public_api;
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use floodgate_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use clock::Clock;
+pub use config::Config;
+pub use error::ApiError;
+pub use intake::{Intake, IntakeLimits, Placed};
+pub use server::ConnectionLimits;
+
+/// How often expired idempotency keys are forgotten.
+const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Shared state of both listeners.
+pub struct Gateway {
+    intake: Intake,
+    clock: Clock,
+    admin_token: String,
+    max_body_bytes: usize,
+    // Set at shutdown so `/readyz` tells the load balancer to stop sending traffic.
+    draining: AtomicBool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The settings [`Gateway::start`] needs beyond the store.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Bearer token of the admin API (empty refuses every admin request).
+    pub admin_token: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Intake limits.
+    pub intake: IntakeLimits,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Gateway {
+    /// Rebuilds the in-memory state from `store` and returns a gateway ready to serve.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        settings: GatewaySettings,
+        clock: Clock,
+    ) -> Result<Arc<Self>, StoreError> {
+        let intake = Intake::restore(store, settings.intake, clock.now()).await?;
+        Ok(Arc::new(Self {
+            intake,
+            clock,
+            admin_token: settings.admin_token,
+            max_body_bytes: settings.max_body_bytes,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// The order intake.
+    pub fn intake(&self) -> &Intake {
+        &self.intake
+    }
+}
+
+/// The public listener's router.
+pub fn public_router(gateway: Arc<Gateway>) -> axum::Router {
+    public_api::router(gateway)
+}
+
+/// The admin listener's router.
+pub fn admin_router(gateway: Arc<Gateway>) -> axum::Router {
+    admin_api::router(gateway)
+}
+
+/// The two sockets the gateway serves.
+pub struct Listeners {
+    /// Shoppers' traffic.
+    pub public: TcpListener,
+    /// Operators' traffic.
+    pub admin: TcpListener,
+}
+
+/// Serves both listeners until `shutdown` completes, then drains: `/readyz` turns `503`, no new
+/// connections are accepted, admitted requests finish, and the store commits what it was given.
+pub async fn run(
+    listeners: Listeners,
+    gateway: Arc<Gateway>,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StoreError> {
+    // Closed by `run` itself once `shutdown` completes; every serve loop watches it.
+    let (stop, stopped) = watch::channel(false);
+    let public = tokio::spawn(server::serve(
+        listeners.public,
+        public_router(Arc::clone(&gateway)),
+        limits,
+        stopped.clone(),
+    ));
+    let admin = tokio::spawn(server::serve(
+        listeners.admin,
+        admin_router(Arc::clone(&gateway)),
+        limits,
+        stopped.clone(),
+    ));
+    let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped));
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    gateway.draining.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
+    let _ = tokio::join!(public, admin, pruner);
+    gateway.intake.store().close().await?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+async fn prune_keys(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(KEY_PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => gateway.intake.prune_keys(gateway.clock.now()),
+            () = server::stop_requested(&mut stopped) => return,
+        }
     }
 }

@@ -1,3 +1,81 @@
-fn main() {
-    println!("Hello, world!");
+//! The `floodgate` command: parses the command line, then hands over to the library crates.
+
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use floodgate_gateway::Config;
+
+/// Exit code for a configuration that does not validate (EX_USAGE in sysexits.h).
+const EXIT_INVALID_CONFIG: u8 = 64;
+
+/// A self-hosted surge gateway for online shops.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (embedded defaults without --config; store in ./floodgate-data).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print every problem with its key path.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_file = match &cli.command {
+        Command::Serve { config } => config.clone(),
+        Command::CheckConfig { file } => Some(file.clone()),
+    };
+    let config = match load_config(config_file.as_deref()) {
+        Ok(config) => config,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{problem}");
+            }
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { file } => {
+            eprintln!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { .. } => match serve::serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("floodgate: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Reads, validates and applies the environment to the configuration.
+fn load_config(file: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
+    let mut config = match file {
+        None => Config::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| vec![format!("{}: cannot read: {error}", path.display())])?;
+            Config::from_toml(&text).map_err(|problems| {
+                problems.iter().map(|problem| format!("{}: {problem}", path.display())).collect::<Vec<_>>()
+            })?
+        }
+    };
+    config.apply_env(|name| std::env::var(name).ok());
+    Ok(config)
 }

@@ -1,0 +1,180 @@
+//! The admin listener: drop definitions, pause and resume, the order listing. Every request
+//! needs `Authorization: Bearer <admin token>`, compared in constant time.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use floodgate_core::{DropId, DropSpec, OrderId, OrderState};
+use floodgate_store::{OrderFilter, StateCount};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::Gateway;
+use crate::body::{parse_json, read_limited};
+use crate::error::ApiError;
+use crate::public_api::{order_json, shopper_drop_json};
+
+/// Most orders one listing page returns: keeps a page's memory and latency bounded.
+const MAX_ORDERS_PER_PAGE: u32 = 1_000;
+
+/// The admin API's routes, behind the bearer-token check.
+pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/admin/drops", get(list_drops))
+        .route("/admin/drops/{drop}", get(drop_detail).put(put_drop))
+        .route("/admin/drops/{drop}/pause", post(pause))
+        .route("/admin/drops/{drop}/resume", post(resume))
+        .route("/admin/orders", get(list_orders))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(Arc::clone(&gateway), require_admin_token))
+        .with_state(gateway)
+}
+
+async fn require_admin_token(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    let expected = gateway.admin_token.as_bytes();
+    // `ct_eq` on slices of different lengths returns false without comparing contents; the
+    // length of the token is not a secret worth hiding.
+    if bool::from(presented.ct_eq(expected)) && !expected.is_empty() {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+async fn put_drop(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let drop_id = DropId::parse(&drop)
+        .map_err(|invalid| ApiError::InvalidBody(format!("drop id {drop:?}: {invalid}")))?;
+    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let mut fields: Value = parse_json(&body)?;
+    // `paused` is switched by pause/resume; a definition that leaves it out keeps the switch.
+    if let Some(object) = fields.as_object_mut().filter(|object| !object.contains_key("paused")) {
+        let paused = gateway.intake.with_drop(&drop_id, |ledger| ledger.spec().paused).unwrap_or(false);
+        object.insert("paused".into(), Value::Bool(paused));
+    }
+    let spec: DropSpec = serde_json::from_value(fields)
+        .map_err(|error| ApiError::InvalidBody(format!("invalid drop definition: {error}")))?;
+    let now = gateway.clock.now();
+    gateway.intake.put_drop(drop_id.clone(), spec, now).await?;
+    drop_detail(State(gateway), Path(drop_id.to_string())).await
+}
+
+async fn list_drops(State(gateway): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError> {
+    let mut drops = Vec::new();
+    for drop_id in gateway.intake.drop_ids() {
+        drops.push(admin_drop_json(&gateway, &drop_id).await?);
+    }
+    Ok(Json(json!({ "drops": drops })))
+}
+
+async fn drop_detail(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    admin_drop_json(&gateway, &drop_id).await.map(Json)
+}
+
+async fn pause(state: State<Arc<Gateway>>, drop: Path<String>) -> Result<Json<Value>, ApiError> {
+    set_paused(state, drop, true).await
+}
+
+async fn resume(state: State<Arc<Gateway>>, drop: Path<String>) -> Result<Json<Value>, ApiError> {
+    set_paused(state, drop, false).await
+}
+
+async fn set_paused(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    gateway.intake.set_paused(&drop_id, paused, gateway.clock.now()).await?;
+    admin_drop_json(&gateway, &drop_id).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderQuery {
+    drop: Option<String>,
+    state: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_orders(
+    State(gateway): State<Arc<Gateway>>,
+    query: Result<Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::InvalidBody(rejection.body_text()))?;
+    let invalid = |what: &str| ApiError::InvalidBody(format!("invalid {what} in the query"));
+    let filter = OrderFilter {
+        drop_id: query.drop.as_deref().map(DropId::parse).transpose().map_err(|_| invalid("drop"))?,
+        state: query.state.as_deref().map(|state| OrderState::parse(state).ok_or(())).transpose().map_err(|()| invalid("state"))?,
+        after: query.after.as_deref().map(|after| OrderId::parse(after).ok_or(())).transpose().map_err(|()| invalid("after"))?,
+        limit: query.limit.unwrap_or(100).clamp(1, MAX_ORDERS_PER_PAGE),
+    };
+    let orders = gateway.intake.store().orders(filter.clone()).await?;
+    let next_after = (orders.len() == filter.limit as usize).then(|| orders.last().map(|order| order.order_id.clone())).flatten();
+    let orders: Vec<Value> = orders
+        .iter()
+        .map(|order| {
+            let mut view = order_json(order);
+            view["idempotency_key"] = json!(order.idempotency_key.as_str());
+            view
+        })
+        .collect();
+    Ok(Json(json!({ "orders": orders, "next_after": next_after })))
+}
+
+/// A drop with everything an operator needs: the definition, live stock and order counts.
+async fn admin_drop_json(gateway: &Gateway, drop_id: &DropId) -> Result<Value, ApiError> {
+    let now = gateway.clock.now();
+    let (mut view, spec, held) = gateway
+        .intake
+        .with_drop(drop_id, |ledger| {
+            let held: Vec<u64> = ledger.spec().skus.iter().map(|sku| ledger.held(&sku.sku).unwrap_or(0)).collect();
+            (shopper_drop_json(drop_id, ledger, now), ledger.spec().clone(), held)
+        })
+        .ok_or(ApiError::UnknownDrop)?;
+    let counts = gateway.intake.store().order_counts(drop_id.clone()).await?;
+    let units = |states: &[OrderState]| -> u64 {
+        states.iter().filter_map(|state| counts.get(state)).map(|count| count.units).sum()
+    };
+    for ((sku_view, sku), held) in view["skus"].as_array_mut().into_iter().flatten().zip(&spec.skus).zip(held) {
+        sku_view["stock"] = json!(sku.stock);
+        sku_view["held"] = json!(held);
+    }
+    view["paused"] = json!(spec.paused);
+    view["waiting_room"] = json!(spec.waiting_room);
+    view["counts"] = json!({
+        "reserved": units(&[OrderState::Accepted, OrderState::Submitting]),
+        "confirmed": units(&[OrderState::Confirmed]),
+        "failed": units(&[OrderState::Failed]),
+        "waiting": 0,
+        "orders_by_state": OrderState::ALL
+            .iter()
+            .map(|state| (state.as_str().to_owned(), json!(counts.get(state).copied().unwrap_or(StateCount::default()).orders)))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    Ok(view)
+}

@@ -1,0 +1,31 @@
+//! Reading request bodies within the configured size limit, and request headers the API needs.
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use floodgate_core::IdempotencyKey;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Reads the whole body, refusing more than `limit_bytes` with `413 body_too_large`.
+pub(crate) async fn read_limited(body: Body, limit_bytes: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit_bytes).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit_bytes }),
+        Err(error) => Err(ApiError::InvalidBody(format!("could not read the body: {error}"))),
+    }
+}
+
+/// Parses a JSON body, naming what is wrong with it.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| ApiError::InvalidBody(format!("invalid JSON body: {error}")))
+}
+
+/// The `Idempotency-Key` header, required on order creation.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let value = headers.get("idempotency-key").ok_or(ApiError::MissingIdempotencyKey)?;
+    let text = value.to_str().map_err(|_| ApiError::InvalidIdempotencyKey)?;
+    IdempotencyKey::parse(text).map_err(|_| ApiError::InvalidIdempotencyKey)
+}

@@ -1,0 +1,331 @@
+//! The typed configuration (`floodgate serve --config FILE`), validated up front: every problem
+//! is reported with its key path in one go, and every omitted key has a sensible default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::{ConnectionLimits, GatewaySettings, IntakeLimits};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[server]`: listeners and request limits.
+    pub server: ServerConfig,
+    /// `[store]`: where and how orders are stored.
+    pub store: StoreConfig,
+    /// `[intake]`: order limits.
+    pub intake: IntakeConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Public listener (shoppers, health).
+    pub listen: SocketAddr,
+    /// Admin listener (operators).
+    pub admin_listen: SocketAddr,
+    /// Admin bearer token; `FLOODGATE_ADMIN_TOKEN` overrides it. Empty: one is generated at start.
+    pub admin_token: String,
+    /// Time a client has to send its request head.
+    pub header_read_timeout_ms: u64,
+    /// Largest request body accepted (`413` beyond).
+    pub max_body_bytes: u64,
+    /// Time shutdown waits for admitted requests.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Directory of the embedded store.
+    pub path: PathBuf,
+    /// Most writes in one group commit.
+    pub max_batch: u64,
+    /// Writes that may queue for the disk before intake answers `503 overloaded`.
+    pub queue_capacity: u64,
+}
+
+/// `[intake]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeConfig {
+    /// Most units one order may ask for (`400 invalid_body` beyond).
+    pub max_quantity_per_order: u64,
+    /// Hours an idempotency key is remembered after its order was accepted.
+    pub idempotency_retention_h: u64,
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key's path, e.g. `server.listen`.
+    pub path: String,
+    /// What is wrong, lower case.
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}: {}", self.path, self.problem)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+                admin_token: String::new(),
+                header_read_timeout_ms: 10_000,
+                max_body_bytes: 64 * 1024,
+                shutdown_grace_ms: 10_000,
+            },
+            store: StoreConfig {
+                path: PathBuf::from("./floodgate-data"),
+                max_batch: 2_048,
+                queue_capacity: 65_536,
+            },
+            intake: IntakeConfig { max_quantity_per_order: 100, idempotency_retention_h: 24 },
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML configuration; omitted keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigProblem>> {
+        let table: Table = text.parse().map_err(|error: toml::de::Error| {
+            vec![ConfigProblem { path: "(file)".into(), problem: error.message().to_owned() + &location(text, &error) }]
+        })?;
+        let defaults = Self::default();
+        let mut problems = Vec::new();
+        let mut root = Section::root(&table, &mut problems);
+        let server_table = root.table("server");
+        let store_table = root.table("store");
+        let intake_table = root.table("intake");
+        root.finish();
+
+        let mut server = Section::new("server", server_table, &mut problems);
+        let server_config = ServerConfig {
+            listen: server.get("listen", defaults.server.listen, socket_addr),
+            admin_listen: server.get("admin_listen", defaults.server.admin_listen, socket_addr),
+            admin_token: server.get("admin_token", defaults.server.admin_token, text_value),
+            header_read_timeout_ms: server.get("header_read_timeout_ms", defaults.server.header_read_timeout_ms, integer(100, 600_000)),
+            max_body_bytes: server.get("max_body_bytes", defaults.server.max_body_bytes, integer(1_024, 16 * 1024 * 1024)),
+            shutdown_grace_ms: server.get("shutdown_grace_ms", defaults.server.shutdown_grace_ms, integer(0, 600_000)),
+        };
+        server.finish();
+
+        let mut store = Section::new("store", store_table, &mut problems);
+        let store_config = StoreConfig {
+            path: store.get("path", defaults.store.path, |value| text_value(value).map(PathBuf::from)),
+            max_batch: store.get("max_batch", defaults.store.max_batch, integer(1, 100_000)),
+            queue_capacity: store.get("queue_capacity", defaults.store.queue_capacity, integer(1, 10_000_000)),
+        };
+        store.finish();
+
+        let mut intake = Section::new("intake", intake_table, &mut problems);
+        let intake_config = IntakeConfig {
+            max_quantity_per_order: intake.get("max_quantity_per_order", defaults.intake.max_quantity_per_order, integer(1, 1_000_000)),
+            idempotency_retention_h: intake.get("idempotency_retention_h", defaults.intake.idempotency_retention_h, integer(24, 24 * 365)),
+        };
+        intake.finish();
+
+        if server_config.listen == server_config.admin_listen && server_config.listen.port() != 0 {
+            problems.push(ConfigProblem {
+                path: "server.admin_listen".into(),
+                problem: "must differ from server.listen".into(),
+            });
+        }
+        if problems.is_empty() {
+            Ok(Self { server: server_config, store: store_config, intake: intake_config })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Applies environment overrides (`FLOODGATE_ADMIN_TOKEN`); `var` reads one variable.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(token) = var("FLOODGATE_ADMIN_TOKEN").filter(|token| !token.is_empty()) {
+            self.server.admin_token = token;
+        }
+    }
+
+    /// What the gateway needs, given the admin token finally in force.
+    pub fn gateway_settings(&self, admin_token: String) -> GatewaySettings {
+        GatewaySettings {
+            admin_token,
+            max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
+            intake: IntakeLimits {
+                max_quantity_per_order: u32::try_from(self.intake.max_quantity_per_order).unwrap_or(u32::MAX),
+                idempotency_retention: Duration::from_secs(self.intake.idempotency_retention_h * 3_600),
+            },
+        }
+    }
+
+    /// How listeners treat connections.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+        }
+    }
+}
+
+/// One table of the file, tracking which keys were read so the rest can be reported unknown.
+struct Section<'t, 'p> {
+    path: &'static str,
+    table: Option<&'t Table>,
+    known: Vec<&'static str>,
+    problems: &'p mut Vec<ConfigProblem>,
+}
+
+impl<'t, 'p> Section<'t, 'p> {
+    fn root(table: &'t Table, problems: &'p mut Vec<ConfigProblem>) -> Self {
+        Self { path: "", table: Some(table), known: Vec::new(), problems }
+    }
+
+    fn new(path: &'static str, table: Option<&'t Table>, problems: &'p mut Vec<ConfigProblem>) -> Self {
+        Self { path, table, known: Vec::new(), problems }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
+    }
+
+    fn table(&mut self, key: &'static str) -> Option<&'t Table> {
+        self.known.push(key);
+        match self.table?.get(key)? {
+            Value::Table(table) => Some(table),
+            _ => {
+                let path = self.key_path(key);
+                self.problems.push(ConfigProblem { path, problem: "must be a table".into() });
+                None
+            }
+        }
+    }
+
+    fn get<T>(&mut self, key: &'static str, default: T, parse: impl FnOnce(&Value) -> Result<T, String>) -> T {
+        self.known.push(key);
+        let Some(value) = self.table.and_then(|table| table.get(key)) else {
+            return default;
+        };
+        parse(value).unwrap_or_else(|problem| {
+            let path = self.key_path(key);
+            self.problems.push(ConfigProblem { path, problem });
+            default
+        })
+    }
+
+    fn finish(self) {
+        let Some(table) = self.table else { return };
+        for key in table.keys().filter(|key| !self.known.contains(&key.as_str())) {
+            let path = self.key_path(key);
+            let problem = format!("unknown key (known here: {})", self.known.join(", "));
+            self.problems.push(ConfigProblem { path, problem });
+        }
+    }
+}
+
+fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
+    let text = text_value(value)?;
+    text.parse().map_err(|_| format!("{text:?} is not an address such as \"127.0.0.1:8080\""))
+}
+
+fn text_value(value: &Value) -> Result<String, String> {
+    value.as_str().map(str::to_owned).ok_or_else(|| format!("must be a string, not {}", value.type_str()))
+}
+
+fn integer(min: u64, max: u64) -> impl FnOnce(&Value) -> Result<u64, String> {
+    move |value| {
+        let number = value.as_integer().ok_or_else(|| format!("must be an integer, not {}", value.type_str()))?;
+        u64::try_from(number)
+            .ok()
+            .filter(|number| (min..=max).contains(number))
+            .ok_or_else(|| format!("must be between {min} and {max}, not {number}"))
+    }
+}
+
+fn location(text: &str, error: &toml::de::Error) -> String {
+    error.span().map_or_else(String::new, |span| {
+        let line = text[..span.start.min(text.len())].lines().count().max(1);
+        format!(" (line {line})")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        assert_eq!(Config::from_toml(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let config = Config::from_toml(
+            r#"
+            [server]
+            listen = "0.0.0.0:80"
+            admin_listen = "127.0.0.1:9999"
+            admin_token = "s3cret"
+            header_read_timeout_ms = 2000
+            max_body_bytes = 4096
+            shutdown_grace_ms = 0
+            [store]
+            path = "/var/lib/floodgate"
+            max_batch = 64
+            queue_capacity = 1000
+            [intake]
+            max_quantity_per_order = 3
+            idempotency_retention_h = 48
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(config.server.admin_token, "s3cret");
+        assert_eq!(config.store.path, PathBuf::from("/var/lib/floodgate"));
+        assert_eq!(config.intake.max_quantity_per_order, 3);
+        assert_eq!(config.connection_limits().header_read_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path_at_once() {
+        let problems = Config::from_toml(
+            r#"
+            colour = "blue"
+            [server]
+            listen = "localhost"
+            max_body_bytes = -1
+            lisen = "x"
+            [store]
+            max_batch = "many"
+            [intake]
+            idempotency_retention_h = 1
+            "#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|problem| problem.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["colour", "server.listen", "server.max_body_bytes", "server.lisen", "store.max_batch", "intake.idempotency_retention_h"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let problems = Config::from_toml("[server]\nlisten = \n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].problem.contains("line 2"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_token() {
+        let mut config = Config::default();
+        config.apply_env(|name| (name == "FLOODGATE_ADMIN_TOKEN").then(|| "from-env".to_owned()));
+        assert_eq!(config.server.admin_token, "from-env");
+    }
+}

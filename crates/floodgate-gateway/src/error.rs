@@ -1,0 +1,138 @@
+//! The one place where failures become HTTP answers: `{"error": "<code>", "message": "<text>"}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use floodgate_core::ledger::Refusal;
+use floodgate_core::drop::SpecProblem;
+use floodgate_store::StoreError;
+use serde_json::json;
+
+/// Seconds a client is told to wait after `503 overloaded`: long enough for a commit backlog to
+/// clear, short enough that a shopper does not give up.
+const OVERLOADED_RETRY_AFTER_S: u32 = 1;
+
+/// Every answer other than success that the HTTP API gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No `Idempotency-Key` header.
+    #[error("the Idempotency-Key header is required")]
+    MissingIdempotencyKey,
+    /// An `Idempotency-Key` that is not 1 to 255 printable ASCII characters.
+    #[error("the Idempotency-Key must be 1 to 255 printable ASCII characters")]
+    InvalidIdempotencyKey,
+    /// The body is not what the endpoint takes.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// A drop definition broke rules; every problem is listed.
+    #[error("the drop definition has {} problem(s)", .0.len())]
+    InvalidDrop(Vec<SpecProblem>),
+    /// The body is larger than the configured limit.
+    #[error("the body is larger than {limit_bytes} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// No such drop.
+    #[error("no drop with that id")]
+    UnknownDrop,
+    /// No such order.
+    #[error("no order with that id")]
+    UnknownOrder,
+    /// No such route.
+    #[error("nothing is served at this path")]
+    NotFound,
+    /// Refused by the stock ledger.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The same key is still being processed.
+    #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
+    RequestInProgress,
+    /// The same key was used with a different body.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// A drop update would strand held units.
+    #[error("the change would strand units held by orders")]
+    StockInUse(Vec<SpecProblem>),
+    /// The admin token is missing or wrong.
+    #[error("a valid admin bearer token is required")]
+    Unauthorized,
+    /// The store's write queue is full or the node is shutting down.
+    #[error("the gateway is at capacity; retry after the indicated delay")]
+    Overloaded,
+    /// Something failed that the client cannot fix.
+    #[error("internal error; the request was not carried out")]
+    Internal,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MissingIdempotencyKey => (StatusCode::BAD_REQUEST, "missing_idempotency_key"),
+            Self::InvalidIdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::InvalidBody(_) | Self::InvalidDrop(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::UnknownDrop => (StatusCode::NOT_FOUND, "unknown_drop"),
+            Self::UnknownOrder => (StatusCode::NOT_FOUND, "unknown_order"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Refused(Refusal::UnknownSku(_)) => (StatusCode::NOT_FOUND, "unknown_sku"),
+            Self::Refused(Refusal::NotLive(_)) => (StatusCode::CONFLICT, "not_live"),
+            Self::Refused(Refusal::SoldOut) => (StatusCode::GONE, "sold_out"),
+            Self::Refused(Refusal::InsufficientStock { .. }) => (StatusCode::CONFLICT, "insufficient_stock"),
+            Self::Refused(Refusal::LimitReached { .. }) => (StatusCode::CONFLICT, "limit_reached"),
+            Self::RequestInProgress => (StatusCode::CONFLICT, "request_in_progress"),
+            Self::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            Self::StockInUse(_) => (StatusCode::CONFLICT, "stock_in_use"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            // The ledger let the order through but the store's own guard refused it: another
+            // change (an operator lowering stock) won the race. Say what the shopper would see.
+            StoreError::Oversell { .. } => Self::Refused(Refusal::SoldOut),
+            StoreError::UnknownSku { sku, .. } => Self::Refused(Refusal::UnknownSku(sku)),
+            StoreError::StockBelowHeld { .. } => Self::StockInUse(Vec::new()),
+            StoreError::Overloaded | StoreError::Closed => Self::Overloaded,
+            StoreError::Backend(detail) => {
+                tracing::error!(%detail, "store failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut body = json!({ "error": code, "message": self.to_string() });
+        match &self {
+            Self::InvalidDrop(problems) | Self::StockInUse(problems) if !problems.is_empty() => {
+                body["problems"] = problems
+                    .iter()
+                    .map(|problem| json!({ "path": problem.path, "problem": problem.problem }))
+                    .collect();
+            }
+            Self::Refused(Refusal::NotLive(state)) => body["state"] = json!(state.as_str()),
+            Self::Refused(Refusal::InsufficientStock { available }) => body["available"] = json!(available),
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Overloaded | Self::RequestInProgress => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(OVERLOADED_RETRY_AFTER_S));
+            }
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

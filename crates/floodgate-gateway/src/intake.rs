@@ -1,0 +1,236 @@
+//! Order intake: the hot path from a shopper's order to a durable `202`.
+//!
+//! Each drop has one [`DropLedger`] behind a mutex, held only for in-memory decisions (no I/O,
+//! well under a microsecond). A winning order takes its units, is handed to the store's group
+//! commit, and is answered only once it is on disk. The commit runs in its own task, so a shopper
+//! who hangs up cannot leave a reservation or an idempotency key half-done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use floodgate_core::drop::SpecProblem;
+use floodgate_core::{
+    DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, Order, OrderId, OrderRequest,
+    OrderState, Timestamp,
+};
+use floodgate_store::{Store, StoreError};
+
+use crate::error::ApiError;
+
+/// Limits of the intake, from the `[intake]` config section.
+#[derive(Debug, Clone)]
+pub struct IntakeLimits {
+    /// Most units one order may ask for.
+    pub max_quantity_per_order: u32,
+    /// How long an idempotency key is remembered after its order was accepted.
+    pub idempotency_retention: Duration,
+}
+
+/// The answer to an order that went through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// Stored just now.
+    Accepted(OrderId),
+    /// The key was answered before with the same request: the same order again.
+    Replayed(OrderId),
+}
+
+impl Placed {
+    /// The order either way.
+    pub fn order_id(&self) -> &OrderId {
+        match self {
+            Self::Accepted(order_id) | Self::Replayed(order_id) => order_id,
+        }
+    }
+}
+
+type SharedLedger = Arc<Mutex<DropLedger>>;
+
+/// Every drop's ledger, and the store behind them.
+pub struct Intake {
+    store: Arc<dyn Store>,
+    ledgers: RwLock<HashMap<DropId, SharedLedger>>,
+    // Serialises drop definitions so two admin updates cannot interleave store and ledger writes.
+    definitions: tokio::sync::Mutex<()>,
+    limits: IntakeLimits,
+}
+
+impl Intake {
+    /// Rebuilds every ledger from the store: drops, units held, idempotency keys in retention.
+    pub async fn restore(
+        store: Arc<dyn Store>,
+        limits: IntakeLimits,
+        now: Timestamp,
+    ) -> Result<Self, StoreError> {
+        let snapshot = store.load(keys_since(now, limits.idempotency_retention)).await?;
+        let mut ledgers: HashMap<DropId, DropLedger> = snapshot
+            .drops
+            .into_iter()
+            .map(|(drop_id, spec)| (drop_id, DropLedger::new(spec)))
+            .collect();
+        for holding in snapshot.holdings {
+            if let Some(ledger) = ledgers.get_mut(&holding.drop_id) {
+                ledger.restore_holding(&holding.customer, &holding.sku, holding.units);
+            }
+        }
+        for key in snapshot.keys {
+            if let Some(ledger) = ledgers.get_mut(&key.drop_id) {
+                ledger.keys.restore(key.key, key.fingerprint, key.order_id, key.accepted_at);
+            }
+        }
+        let ledgers = ledgers
+            .into_iter()
+            .map(|(drop_id, ledger)| (drop_id, Arc::new(Mutex::new(ledger))))
+            .collect();
+        Ok(Self {
+            store,
+            ledgers: RwLock::new(ledgers),
+            definitions: tokio::sync::Mutex::new(()),
+            limits,
+        })
+    }
+
+    /// The store behind the intake.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Reads a drop's ledger under its lock.
+    pub fn with_drop<T>(&self, drop_id: &DropId, read: impl FnOnce(&DropLedger) -> T) -> Option<T> {
+        self.ledger(drop_id).map(|ledger| read(&lock(&ledger)))
+    }
+
+    /// Every drop id, sorted.
+    pub fn drop_ids(&self) -> Vec<DropId> {
+        let mut ids: Vec<DropId> =
+            self.ledgers.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Takes an order: replays a known key, refuses from memory, or reserves, stores durably and
+    /// answers once the order is on disk.
+    pub async fn place_order(
+        &self,
+        drop_id: &DropId,
+        key: IdempotencyKey,
+        request: OrderRequest,
+        now: Timestamp,
+    ) -> Result<Placed, ApiError> {
+        request
+            .validate(self.limits.max_quantity_per_order)
+            .map_err(|invalid| ApiError::InvalidBody(invalid.to_string()))?;
+        let ledger = self.ledger(drop_id).ok_or(ApiError::UnknownDrop)?;
+        let order = {
+            let mut drop = lock(&ledger);
+            match drop.keys.claim(&key, request.fingerprint()) {
+                KeyLookup::Fresh => {}
+                KeyLookup::Replay(order_id) => return Ok(Placed::Replayed(order_id)),
+                KeyLookup::InProgress => return Err(ApiError::RequestInProgress),
+                KeyLookup::Reused => return Err(ApiError::IdempotencyKeyReused),
+            }
+            if let Err(refusal) = drop.reserve(&request.customer, &request.sku, request.quantity, now) {
+                drop.keys.forget(&key);
+                return Err(refusal.into());
+            }
+            new_order(drop_id.clone(), key, request, now)
+        };
+        let store = Arc::clone(&self.store);
+        // Detached: once units are taken, the commit and its bookkeeping finish even if the
+        // client hangs up and this future is dropped.
+        let commit = tokio::spawn(async move {
+            let stored = store.accept_order(order.clone()).await;
+            let mut drop = lock(&ledger);
+            match stored {
+                Ok(()) => {
+                    drop.keys.finish(order.idempotency_key, order.order_id.clone(), now);
+                    Ok(Placed::Accepted(order.order_id))
+                }
+                Err(error) => {
+                    drop.release(&order.customer, &order.sku, order.quantity);
+                    drop.keys.forget(&order.idempotency_key);
+                    Err(ApiError::from(error))
+                }
+            }
+        });
+        commit.await.unwrap_or(Err(ApiError::Internal))
+    }
+
+    /// Creates or replaces a drop's definition, keeping the units its orders hold.
+    pub async fn put_drop(&self, drop_id: DropId, spec: DropSpec, now: Timestamp) -> Result<(), ApiError> {
+        let problems = spec.problems();
+        if !problems.is_empty() {
+            return Err(ApiError::InvalidDrop(problems));
+        }
+        let _one_definition_at_a_time = self.definitions.lock().await;
+        let existing = self.ledger(&drop_id);
+        if let Some(ledger) = &existing {
+            lock(ledger).check_spec(&spec).map_err(ApiError::StockInUse)?;
+        }
+        self.store.put_drop(drop_id.clone(), spec.clone(), now).await.map_err(|error| match error {
+            StoreError::StockBelowHeld { sku, .. } => ApiError::StockInUse(vec![SpecProblem {
+                path: "skus".into(),
+                problem: format!("units of {sku} are held by orders; stock may not go lower"),
+            }]),
+            other => ApiError::from(other),
+        })?;
+        match existing {
+            Some(ledger) => lock(&ledger).apply_spec(spec),
+            None => {
+                let ledger = Arc::new(Mutex::new(DropLedger::new(spec)));
+                self.ledgers.write().unwrap_or_else(PoisonError::into_inner).insert(drop_id, ledger);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses or resumes a drop, durably.
+    pub async fn set_paused(&self, drop_id: &DropId, paused: bool, now: Timestamp) -> Result<(), ApiError> {
+        let spec = self.with_drop(drop_id, |drop| drop.spec().clone()).ok_or(ApiError::UnknownDrop)?;
+        self.put_drop(drop_id.clone(), DropSpec { paused, ..spec }, now).await
+    }
+
+    /// Forgets idempotency keys older than the retention.
+    pub fn prune_keys(&self, now: Timestamp) {
+        let answered_before = keys_since(now, self.limits.idempotency_retention);
+        let ledgers: Vec<SharedLedger> =
+            self.ledgers.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        for ledger in ledgers {
+            lock(&ledger).keys.prune(answered_before);
+        }
+    }
+
+    fn ledger(&self, drop_id: &DropId) -> Option<SharedLedger> {
+        self.ledgers.read().unwrap_or_else(PoisonError::into_inner).get(drop_id).cloned()
+    }
+}
+
+fn new_order(drop_id: DropId, key: IdempotencyKey, request: OrderRequest, now: Timestamp) -> Order {
+    let fingerprint = request.fingerprint();
+    Order {
+        order_id: OrderId::from_random_bits(uuid::Uuid::new_v4().as_u128()),
+        drop_id,
+        sku: request.sku,
+        quantity: request.quantity,
+        customer: request.customer,
+        state: OrderState::Accepted,
+        attempts: 0,
+        accepted_at: now,
+        updated_at: now,
+        downstream_ref: None,
+        idempotency_key: key,
+        fingerprint,
+    }
+}
+
+fn keys_since(now: Timestamp, retention: Duration) -> Timestamp {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    now.add_millis(-retention_ms)
+}
+
+/// Locks a ledger. A panic while holding it cannot leave it half-updated (every change is a
+/// few plain assignments), so a poisoned lock is still safe to use.
+fn lock(ledger: &Mutex<DropLedger>) -> MutexGuard<'_, DropLedger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}

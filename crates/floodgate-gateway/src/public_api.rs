@@ -1,0 +1,136 @@
+//! The public listener's own endpoints: health, drops, orders.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use floodgate_core::{DropId, DropLedger, Order, OrderId, OrderRequest};
+use serde_json::{Value, json};
+
+use crate::Gateway;
+use crate::body::{idempotency_key, parse_json, read_limited};
+use crate::error::ApiError;
+
+/// How long `/readyz` waits for the store to prove it can commit.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Seconds a shopper is told to wait before polling an accepted order.
+const ORDER_POLL_AFTER_S: u32 = 2;
+
+/// The public API's routes (no socket needed: tests call it directly).
+pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/drops/{drop}", get(drop_view))
+        .route("/api/drops/{drop}/orders", post(place_order))
+        .route("/api/orders/{order_id}", get(order_view))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(gateway)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
+    }
+    let probe = tokio::time::timeout(READINESS_PROBE_TIMEOUT, gateway.intake.store().check_writable());
+    match probe.await {
+        Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store_unavailable" }))).into_response(),
+    }
+}
+
+async fn drop_view(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let now = gateway.clock.now();
+    gateway
+        .intake
+        .with_drop(&drop_id, |ledger| Json(shopper_drop_json(&drop_id, ledger, now)))
+        .ok_or(ApiError::UnknownDrop)
+}
+
+async fn place_order(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let key = idempotency_key(&headers)?;
+    let request: OrderRequest = parse_json(&body)?;
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let placed = gateway.intake.place_order(&drop_id, key, request, gateway.clock.now()).await?;
+    let order_id = placed.order_id();
+    let status_url = format!("/api/orders/{order_id}");
+    let body = json!({ "order_id": order_id, "state": "accepted", "status_url": status_url });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&status_url) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(ORDER_POLL_AFTER_S));
+    Ok(response)
+}
+
+async fn order_view(
+    State(gateway): State<Arc<Gateway>>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let order_id = OrderId::parse(&order_id).ok_or(ApiError::UnknownOrder)?;
+    let order = gateway.intake.store().order(order_id).await?.ok_or(ApiError::UnknownOrder)?;
+    Ok(Json(order_json(&order)))
+}
+
+/// A drop as shoppers see it.
+pub(crate) fn shopper_drop_json(drop_id: &DropId, ledger: &DropLedger, now: floodgate_core::Timestamp) -> Value {
+    let spec = ledger.spec();
+    let skus: Vec<Value> = spec
+        .skus
+        .iter()
+        .map(|sku| {
+            json!({
+                "sku": sku.sku,
+                "name": sku.name,
+                "price_cents": sku.price_cents,
+                "available": ledger.available(&sku.sku).unwrap_or(0),
+            })
+        })
+        .collect();
+    json!({
+        "id": drop_id,
+        "name": spec.name,
+        "starts_at": spec.starts_at,
+        "ends_at": spec.ends_at,
+        "state": ledger.state_at(now).as_str(),
+        "limit_per_customer": spec.limit_per_customer,
+        "skus": skus,
+    })
+}
+
+/// An order as its status endpoint shows it.
+pub(crate) fn order_json(order: &Order) -> Value {
+    json!({
+        "order_id": order.order_id,
+        "drop": order.drop_id,
+        "sku": order.sku,
+        "quantity": order.quantity,
+        "customer": order.customer,
+        "state": order.state.as_str(),
+        "attempts": order.attempts,
+        "accepted_at": order.accepted_at,
+        "updated_at": order.updated_at,
+        "downstream_ref": order.downstream_ref,
+    })
+}
