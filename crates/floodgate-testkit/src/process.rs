@@ -1,0 +1,101 @@
+//! The real `floodgate serve` process on loopback port 0, with its own data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long a gateway may take to start (build caches cold, slow CI disk).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running gateway; killed when dropped.
+pub struct GatewayProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the public listener.
+    pub public_url: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin_url: String,
+    /// The admin bearer token.
+    pub admin_token: String,
+}
+
+impl GatewayProcess {
+    /// Starts `binary serve` on `data_dir` with both listeners on port 0, and waits until it
+    /// announces its addresses. `extra_config` is appended to the generated config file.
+    pub fn spawn(binary: &Path, data_dir: &Path, extra_config: &str) -> std::io::Result<Self> {
+        let admin_token = "test-admin-token".to_owned();
+        let config_path: PathBuf = data_dir.join("floodgate.toml");
+        std::fs::create_dir_all(data_dir)?;
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [store]\npath = {:?}\n{extra_config}",
+            data_dir.join("store").display().to_string()
+        );
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("FLOODGATE_ADMIN_TOKEN", &admin_token)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // Read the announcements on a thread so a silent child cannot hang the test.
+        let (lines, announced) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut public_url, mut admin_url) = (None, None);
+        while public_url.is_none() || admin_url.is_none() {
+            let line = announced.recv_timeout(START_TIMEOUT).map_err(|_| {
+                let _ = child.kill();
+                std::io::Error::other("floodgate did not announce its listeners in time")
+            })?;
+            if let Some(url) = line.strip_prefix("floodgate public ") {
+                public_url = Some(url.to_owned());
+            } else if let Some(url) = line.strip_prefix("floodgate admin ") {
+                admin_url = Some(url.to_owned());
+            }
+        }
+        Ok(Self {
+            child,
+            public_url: public_url.unwrap_or_default(),
+            admin_url: admin_url.unwrap_or_default(),
+            admin_token,
+        })
+    }
+
+    /// `Authorization` header value for the admin API.
+    pub fn admin_authorization(&self) -> String {
+        format!("Bearer {}", self.admin_token)
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> std::io::Result<bool> {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        if !status.success() {
+            return Err(std::io::Error::other("kill -TERM failed"));
+        }
+        Ok(self.child.wait()?.success())
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
