@@ -57,7 +57,9 @@ pub struct InvalidId;
 pub fn validate_id(text: &str) -> Result<(), InvalidId> {
     let well_formed = !text.is_empty()
         && text.len() <= MAX_ID_LEN
-        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
     if well_formed { Ok(()) } else { Err(InvalidId) }
 }
 
@@ -113,7 +115,12 @@ pub struct WaitingRoomSpec {
 
 impl Default for WaitingRoomSpec {
     fn default() -> Self {
-        Self { enabled: false, max_active: 1_000, prequeue_s: 0, pass_ttl_s: 600 }
+        Self {
+            enabled: false,
+            max_active: 1_000,
+            prequeue_s: 0,
+            pass_ttl_s: 600,
+        }
     }
 }
 
@@ -137,7 +144,10 @@ impl DropSpec {
     pub fn problems(&self) -> Vec<SpecProblem> {
         let mut problems = Vec::new();
         let mut report = |path: String, problem: &str| {
-            problems.push(SpecProblem { path, problem: problem.to_owned() });
+            problems.push(SpecProblem {
+                path,
+                problem: problem.to_owned(),
+            });
         };
         if self.name.trim().is_empty() || self.name.len() > 200 {
             report("name".into(), "must be 1 to 200 bytes of text");
@@ -153,22 +163,37 @@ impl DropSpec {
         }
         for (index, sku) in self.skus.iter().enumerate() {
             if validate_id(&sku.sku).is_err() {
-                report(format!("skus[{index}].sku"), "must be 1 to 64 ASCII letters, digits, '-' or '_'");
-            } else if self.skus[..index].iter().any(|earlier| earlier.sku == sku.sku) {
+                report(
+                    format!("skus[{index}].sku"),
+                    "must be 1 to 64 ASCII letters, digits, '-' or '_'",
+                );
+            } else if self.skus[..index]
+                .iter()
+                .any(|earlier| earlier.sku == sku.sku)
+            {
                 report(format!("skus[{index}].sku"), "appears twice");
             }
             if sku.name.trim().is_empty() || sku.name.len() > 200 {
-                report(format!("skus[{index}].name"), "must be 1 to 200 bytes of text");
+                report(
+                    format!("skus[{index}].name"),
+                    "must be 1 to 200 bytes of text",
+                );
             }
             if sku.stock > u64::from(u32::MAX) {
                 report(format!("skus[{index}].stock"), "must be at most 4294967295");
             }
         }
         if self.waiting_room.enabled && self.waiting_room.max_active == 0 {
-            report("waiting_room.max_active".into(), "must be at least 1 when enabled");
+            report(
+                "waiting_room.max_active".into(),
+                "must be at least 1 when enabled",
+            );
         }
         if self.waiting_room.enabled && self.waiting_room.pass_ttl_s == 0 {
-            report("waiting_room.pass_ttl_s".into(), "must be at least 1 when enabled");
+            report(
+                "waiting_room.pass_ttl_s".into(),
+                "must be at least 1 when enabled",
+            );
         }
         problems
     }
@@ -180,7 +205,11 @@ impl DropSpec {
 
     /// When the pre-queue opens (the start itself when there is no pre-queue).
     pub fn prequeue_opens_at(&self) -> Timestamp {
-        let window_s = if self.waiting_room.enabled { self.waiting_room.prequeue_s } else { 0 };
+        let window_s = if self.waiting_room.enabled {
+            self.waiting_room.prequeue_s
+        } else {
+            0
+        };
         self.starts_at.add_millis(-i64::from(window_s) * 1_000)
     }
 
@@ -244,8 +273,17 @@ mod tests {
             starts_at: Timestamp::from_unix_millis(100_000),
             ends_at: Timestamp::from_unix_millis(200_000),
             limit_per_customer: 2,
-            skus: vec![SkuSpec { sku: "rod-1".into(), name: "Rod".into(), price_cents: 100, stock: 5 }],
-            waiting_room: WaitingRoomSpec { enabled: true, prequeue_s: 30, ..WaitingRoomSpec::default() },
+            skus: vec![SkuSpec {
+                sku: "rod-1".into(),
+                name: "Rod".into(),
+                price_cents: 100,
+                stock: 5,
+            }],
+            waiting_room: WaitingRoomSpec {
+                enabled: true,
+                prequeue_s: 30,
+                ..WaitingRoomSpec::default()
+            },
             paused: false,
         }
     }
@@ -263,15 +301,28 @@ mod tests {
             (200_000, 0, DropState::Ended),
         ];
         for (now, available, expected) in cases {
-            assert_eq!(drop.state_at(Timestamp::from_unix_millis(now), available), expected, "at {now}");
+            assert_eq!(
+                drop.state_at(Timestamp::from_unix_millis(now), available),
+                expected,
+                "at {now}"
+            );
         }
     }
 
     #[test]
     fn paused_wins_until_the_end() {
-        let drop = DropSpec { paused: true, ..spec() };
-        assert_eq!(drop.state_at(Timestamp::from_unix_millis(150_000), 5), DropState::Paused);
-        assert_eq!(drop.state_at(Timestamp::from_unix_millis(250_000), 5), DropState::Ended);
+        let drop = DropSpec {
+            paused: true,
+            ..spec()
+        };
+        assert_eq!(
+            drop.state_at(Timestamp::from_unix_millis(150_000), 5),
+            DropState::Paused
+        );
+        assert_eq!(
+            drop.state_at(Timestamp::from_unix_millis(250_000), 5),
+            DropState::Ended
+        );
     }
 
     #[test]
@@ -280,9 +331,27 @@ mod tests {
         drop.ends_at = drop.starts_at;
         drop.limit_per_customer = 0;
         drop.skus.push(drop.skus[0].clone());
-        drop.skus.push(SkuSpec { sku: "bad sku".into(), name: " ".into(), price_cents: 1, stock: 1 });
-        let paths: Vec<String> = drop.problems().into_iter().map(|problem| problem.path).collect();
-        assert_eq!(paths, ["ends_at", "limit_per_customer", "skus[1].sku", "skus[2].sku", "skus[2].name"]);
+        drop.skus.push(SkuSpec {
+            sku: "bad sku".into(),
+            name: " ".into(),
+            price_cents: 1,
+            stock: 1,
+        });
+        let paths: Vec<String> = drop
+            .problems()
+            .into_iter()
+            .map(|problem| problem.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "ends_at",
+                "limit_per_customer",
+                "skus[1].sku",
+                "skus[2].sku",
+                "skus[2].name"
+            ]
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ impl IdempotencyKey {
         let well_formed = !text.is_empty()
             && text.len() <= MAX_KEY_LEN
             && text.bytes().all(|byte| (0x20..0x7f).contains(&byte));
-        if well_formed { Ok(Self(text.to_owned())) } else { Err(InvalidKey) }
+        if well_formed {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidKey)
+        }
     }
 
     /// The key as text.
@@ -52,7 +56,11 @@ pub enum KeyLookup {
 #[derive(Debug, Clone)]
 enum KeyEntry {
     InFlight(RequestFingerprint),
-    Answered { fingerprint: RequestFingerprint, order_id: OrderId, answered_at: Timestamp },
+    Answered {
+        fingerprint: RequestFingerprint,
+        order_id: OrderId,
+        answered_at: Timestamp,
+    },
 }
 
 /// The keys of one drop, in memory. Their number is bounded by the drop's stock: only accepted
@@ -67,13 +75,16 @@ impl KeyTable {
     pub fn claim(&mut self, key: &IdempotencyKey, fingerprint: RequestFingerprint) -> KeyLookup {
         match self.entries.get(key) {
             None => {
-                self.entries.insert(key.clone(), KeyEntry::InFlight(fingerprint));
+                self.entries
+                    .insert(key.clone(), KeyEntry::InFlight(fingerprint));
                 KeyLookup::Fresh
             }
             Some(KeyEntry::InFlight(first)) if *first == fingerprint => KeyLookup::InProgress,
-            Some(KeyEntry::Answered { fingerprint: first, order_id, .. }) if *first == fingerprint => {
-                KeyLookup::Replay(order_id.clone())
-            }
+            Some(KeyEntry::Answered {
+                fingerprint: first,
+                order_id,
+                ..
+            }) if *first == fingerprint => KeyLookup::Replay(order_id.clone()),
             Some(_) => KeyLookup::Reused,
         }
     }
@@ -82,7 +93,14 @@ impl KeyTable {
     pub fn finish(&mut self, key: IdempotencyKey, order_id: OrderId, answered_at: Timestamp) {
         if let Some(KeyEntry::InFlight(fingerprint)) = self.entries.get(&key) {
             let fingerprint = *fingerprint;
-            self.entries.insert(key, KeyEntry::Answered { fingerprint, order_id, answered_at });
+            self.entries.insert(
+                key,
+                KeyEntry::Answered {
+                    fingerprint,
+                    order_id,
+                    answered_at,
+                },
+            );
         }
     }
 
@@ -101,7 +119,14 @@ impl KeyTable {
         order_id: OrderId,
         answered_at: Timestamp,
     ) {
-        self.entries.insert(key, KeyEntry::Answered { fingerprint, order_id, answered_at });
+        self.entries.insert(
+            key,
+            KeyEntry::Answered {
+                fingerprint,
+                order_id,
+                answered_at,
+            },
+        );
     }
 
     /// Drops answered keys older than `answered_before`; their keys count as new afterwards.
@@ -129,7 +154,12 @@ mod tests {
     use crate::OrderRequest;
 
     fn fingerprint(quantity: u32) -> RequestFingerprint {
-        OrderRequest { customer: "c".into(), sku: "s".into(), quantity }.fingerprint()
+        OrderRequest {
+            customer: "c".into(),
+            sku: "s".into(),
+            quantity,
+        }
+        .fingerprint()
     }
 
     #[test]
@@ -152,9 +182,16 @@ mod tests {
         assert_eq!(table.claim(&key, fingerprint(1)), KeyLookup::Fresh);
         table.forget(&key);
         assert_eq!(table.claim(&key, fingerprint(2)), KeyLookup::Fresh);
-        table.finish(key.clone(), OrderId::from_random_bits(1), Timestamp::from_unix_millis(5));
+        table.finish(
+            key.clone(),
+            OrderId::from_random_bits(1),
+            Timestamp::from_unix_millis(5),
+        );
         table.forget(&key);
-        assert!(matches!(table.claim(&key, fingerprint(2)), KeyLookup::Replay(_)));
+        assert!(matches!(
+            table.claim(&key, fingerprint(2)),
+            KeyLookup::Replay(_)
+        ));
     }
 
     #[test]
@@ -162,17 +199,36 @@ mod tests {
         let mut table = KeyTable::default();
         let old = IdempotencyKey::parse("old").unwrap();
         let new = IdempotencyKey::parse("new").unwrap();
-        table.restore(old.clone(), fingerprint(1), OrderId::from_random_bits(1), Timestamp::from_unix_millis(10));
-        table.restore(new.clone(), fingerprint(1), OrderId::from_random_bits(2), Timestamp::from_unix_millis(20));
+        table.restore(
+            old.clone(),
+            fingerprint(1),
+            OrderId::from_random_bits(1),
+            Timestamp::from_unix_millis(10),
+        );
+        table.restore(
+            new.clone(),
+            fingerprint(1),
+            OrderId::from_random_bits(2),
+            Timestamp::from_unix_millis(20),
+        );
         table.prune(Timestamp::from_unix_millis(15));
         assert_eq!(table.claim(&old, fingerprint(2)), KeyLookup::Fresh);
-        assert!(matches!(table.claim(&new, fingerprint(1)), KeyLookup::Replay(_)));
+        assert!(matches!(
+            table.claim(&new, fingerprint(1)),
+            KeyLookup::Replay(_)
+        ));
     }
 
     #[test]
     fn keys_are_printable_ascii_up_to_255() {
         assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
-        for bad in [String::new(), "k".repeat(256), "clé".into(), "a\tb".into(), "x".repeat(10_240)] {
+        for bad in [
+            String::new(),
+            "k".repeat(256),
+            "clé".into(),
+            "a\tb".into(),
+            "x".repeat(10_240),
+        ] {
             assert!(IdempotencyKey::parse(&bad).is_err(), "{bad:?}");
         }
     }

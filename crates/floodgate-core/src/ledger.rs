@@ -67,9 +67,22 @@ impl DropLedger {
         let skus = spec
             .skus
             .iter()
-            .map(|sku| (sku.sku.clone(), SkuUnits { stock: sku.stock, held: 0 }))
+            .map(|sku| {
+                (
+                    sku.sku.clone(),
+                    SkuUnits {
+                        stock: sku.stock,
+                        held: 0,
+                    },
+                )
+            })
             .collect();
-        Self { spec, skus, held_by_customer: HashMap::new(), keys: KeyTable::default() }
+        Self {
+            spec,
+            skus,
+            held_by_customer: HashMap::new(),
+            keys: KeyTable::default(),
+        }
     }
 
     /// The drop as declared.
@@ -159,11 +172,18 @@ impl DropLedger {
                     Some(index) => format!("skus[{index}].stock"),
                     None => "skus".to_owned(),
                 };
-                let problem = format!("{} units of {sku} are held by orders; stock may not go lower", units.held);
+                let problem = format!(
+                    "{} units of {sku} are held by orders; stock may not go lower",
+                    units.held
+                );
                 problems.push(SpecProblem { path, problem });
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Replaces the spec, keeping every hold. The store has accepted `spec`, so it stands even if
@@ -175,7 +195,13 @@ impl DropLedger {
             .iter()
             .map(|declared| {
                 let held = self.skus.get(&declared.sku).map_or(0, |units| units.held);
-                (declared.sku.clone(), SkuUnits { stock: declared.stock, held })
+                (
+                    declared.sku.clone(),
+                    SkuUnits {
+                        stock: declared.stock,
+                        held,
+                    },
+                )
             })
             .collect();
         self.spec = spec;
@@ -185,7 +211,10 @@ impl DropLedger {
         if let Some(units) = self.skus.get_mut(sku) {
             units.held += quantity;
         }
-        *self.held_by_customer.entry(customer.to_owned()).or_default() += quantity;
+        *self
+            .held_by_customer
+            .entry(customer.to_owned())
+            .or_default() += quantity;
     }
 }
 
@@ -202,7 +231,12 @@ mod tests {
             starts_at: Timestamp::from_unix_millis(100),
             ends_at: Timestamp::from_unix_millis(200),
             limit_per_customer: limit,
-            skus: vec![SkuSpec { sku: "a".into(), name: "A".into(), price_cents: 1, stock }],
+            skus: vec![SkuSpec {
+                sku: "a".into(),
+                name: "A".into(),
+                price_cents: 1,
+                stock,
+            }],
             waiting_room: WaitingRoomSpec::default(),
             paused: false,
         })
@@ -212,7 +246,10 @@ mod tests {
     fn sells_until_sold_out_then_refuses() {
         let mut drop = ledger(3, 10);
         assert_eq!(drop.reserve("c1", "a", 2, LIVE), Ok(()));
-        assert_eq!(drop.reserve("c2", "a", 2, LIVE), Err(Refusal::InsufficientStock { available: 1 }));
+        assert_eq!(
+            drop.reserve("c2", "a", 2, LIVE),
+            Err(Refusal::InsufficientStock { available: 1 })
+        );
         assert_eq!(drop.reserve("c2", "a", 1, LIVE), Ok(()));
         assert_eq!(drop.reserve("c3", "a", 1, LIVE), Err(Refusal::SoldOut));
         assert_eq!(drop.state_at(LIVE), DropState::SoldOut);
@@ -225,7 +262,10 @@ mod tests {
     fn holds_the_per_customer_limit_across_orders() {
         let mut drop = ledger(100, 3);
         assert_eq!(drop.reserve("c1", "a", 2, LIVE), Ok(()));
-        assert_eq!(drop.reserve("c1", "a", 2, LIVE), Err(Refusal::LimitReached { limit: 3, held: 2 }));
+        assert_eq!(
+            drop.reserve("c1", "a", 2, LIVE),
+            Err(Refusal::LimitReached { limit: 3, held: 2 })
+        );
         assert_eq!(drop.reserve("c1", "a", 1, LIVE), Ok(()));
         drop.release("c1", "a", 1);
         assert_eq!(drop.reserve("c1", "a", 1, LIVE), Ok(()));
@@ -236,9 +276,18 @@ mod tests {
         let mut drop = ledger(5, 5);
         let before = Timestamp::from_unix_millis(50);
         let after = Timestamp::from_unix_millis(200);
-        assert_eq!(drop.reserve("c", "a", 1, before), Err(Refusal::NotLive(DropState::Scheduled)));
-        assert_eq!(drop.reserve("c", "a", 1, after), Err(Refusal::NotLive(DropState::Ended)));
-        assert_eq!(drop.reserve("c", "zz", 1, LIVE), Err(Refusal::UnknownSku("zz".into())));
+        assert_eq!(
+            drop.reserve("c", "a", 1, before),
+            Err(Refusal::NotLive(DropState::Scheduled))
+        );
+        assert_eq!(
+            drop.reserve("c", "a", 1, after),
+            Err(Refusal::NotLive(DropState::Ended))
+        );
+        assert_eq!(
+            drop.reserve("c", "zz", 1, LIVE),
+            Err(Refusal::UnknownSku("zz".into()))
+        );
         assert_eq!(drop.available("a"), Some(5));
     }
 

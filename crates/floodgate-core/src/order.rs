@@ -216,14 +216,21 @@ mod tests {
         ];
         for from in OrderState::ALL {
             for to in OrderState::ALL {
-                assert_eq!(from.may_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+                assert_eq!(
+                    from.may_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
             }
         }
     }
 
     #[test]
     fn only_returned_orders_free_their_units() {
-        let freeing: Vec<_> = OrderState::ALL.into_iter().filter(|state| !state.holds_stock()).collect();
+        let freeing: Vec<_> = OrderState::ALL
+            .into_iter()
+            .filter(|state| !state.holds_stock())
+            .collect();
         assert_eq!(freeing, [OrderState::Rejected, OrderState::Released]);
     }
 
@@ -232,22 +239,68 @@ mod tests {
         let id = OrderId::from_random_bits(0xdead_beef);
         assert_eq!(id.as_str().len(), 36);
         assert_eq!(OrderId::parse(id.as_str()), Some(id));
-        for junk in ["", "ord_", "ord_xyz", "ORD_00000000000000000000000000000000", "ord_0000"] {
+        for junk in [
+            "",
+            "ord_",
+            "ord_xyz",
+            "ORD_00000000000000000000000000000000",
+            "ord_0000",
+        ] {
             assert_eq!(OrderId::parse(junk), None, "{junk:?}");
         }
     }
 
     #[test]
     fn validation_names_the_field() {
-        let good = OrderRequest { customer: "c-1".into(), sku: "rod".into(), quantity: 1 };
+        let good = OrderRequest {
+            customer: "c-1".into(),
+            sku: "rod".into(),
+            quantity: 1,
+        };
         assert_eq!(good.validate(10), Ok(()));
         let cases = [
-            (OrderRequest { customer: String::new(), ..good.clone() }, InvalidOrderRequest::Customer),
-            (OrderRequest { customer: "a\nb".into(), ..good.clone() }, InvalidOrderRequest::Customer),
-            (OrderRequest { customer: "c".repeat(256), ..good.clone() }, InvalidOrderRequest::Customer),
-            (OrderRequest { sku: String::new(), ..good.clone() }, InvalidOrderRequest::Sku),
-            (OrderRequest { quantity: 0, ..good.clone() }, InvalidOrderRequest::Quantity { max: 10 }),
-            (OrderRequest { quantity: 11, ..good.clone() }, InvalidOrderRequest::Quantity { max: 10 }),
+            (
+                OrderRequest {
+                    customer: String::new(),
+                    ..good.clone()
+                },
+                InvalidOrderRequest::Customer,
+            ),
+            (
+                OrderRequest {
+                    customer: "a\nb".into(),
+                    ..good.clone()
+                },
+                InvalidOrderRequest::Customer,
+            ),
+            (
+                OrderRequest {
+                    customer: "c".repeat(256),
+                    ..good.clone()
+                },
+                InvalidOrderRequest::Customer,
+            ),
+            (
+                OrderRequest {
+                    sku: String::new(),
+                    ..good.clone()
+                },
+                InvalidOrderRequest::Sku,
+            ),
+            (
+                OrderRequest {
+                    quantity: 0,
+                    ..good.clone()
+                },
+                InvalidOrderRequest::Quantity { max: 10 },
+            ),
+            (
+                OrderRequest {
+                    quantity: 11,
+                    ..good.clone()
+                },
+                InvalidOrderRequest::Quantity { max: 10 },
+            ),
         ];
         for (request, expected) in cases {
             assert_eq!(request.validate(10), Err(expected), "{request:?}");
@@ -256,8 +309,16 @@ mod tests {
 
     #[test]
     fn fingerprints_separate_fields() {
-        let one = OrderRequest { customer: "ab".into(), sku: "c".into(), quantity: 1 };
-        let two = OrderRequest { customer: "a".into(), sku: "bc".into(), quantity: 1 };
+        let one = OrderRequest {
+            customer: "ab".into(),
+            sku: "c".into(),
+            quantity: 1,
+        };
+        let two = OrderRequest {
+            customer: "a".into(),
+            sku: "bc".into(),
+            quantity: 1,
+        };
         assert_ne!(one.fingerprint(), two.fingerprint());
         assert_eq!(one.fingerprint(), one.clone().fingerprint());
     }

@@ -33,7 +33,10 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/drops/{drop}/resume", post(resume))
         .route("/admin/orders", get(list_orders))
         .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(Arc::clone(&gateway), require_admin_token))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            require_admin_token,
+        ))
         .with_state(gateway)
 }
 
@@ -67,8 +70,14 @@ async fn put_drop(
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let mut fields: Value = parse_json(&body)?;
     // `paused` is switched by pause/resume; a definition that leaves it out keeps the switch.
-    if let Some(object) = fields.as_object_mut().filter(|object| !object.contains_key("paused")) {
-        let paused = gateway.intake.with_drop(&drop_id, |ledger| ledger.spec().paused).unwrap_or(false);
+    if let Some(object) = fields
+        .as_object_mut()
+        .filter(|object| !object.contains_key("paused"))
+    {
+        let paused = gateway
+            .intake
+            .with_drop(&drop_id, |ledger| ledger.spec().paused)
+            .unwrap_or(false);
         object.insert("paused".into(), Value::Bool(paused));
     }
     let spec: DropSpec = serde_json::from_value(fields)
@@ -108,7 +117,10 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
-    gateway.intake.set_paused(&drop_id, paused, gateway.clock.now()).await?;
+    gateway
+        .intake
+        .set_paused(&drop_id, paused, gateway.clock.now())
+        .await?;
     admin_drop_json(&gateway, &drop_id).await.map(Json)
 }
 
@@ -128,13 +140,30 @@ async fn list_orders(
     let Query(query) = query.map_err(|rejection| ApiError::InvalidBody(rejection.body_text()))?;
     let invalid = |what: &str| ApiError::InvalidBody(format!("invalid {what} in the query"));
     let filter = OrderFilter {
-        drop_id: query.drop.as_deref().map(DropId::parse).transpose().map_err(|_| invalid("drop"))?,
-        state: query.state.as_deref().map(|state| OrderState::parse(state).ok_or(())).transpose().map_err(|()| invalid("state"))?,
-        after: query.after.as_deref().map(|after| OrderId::parse(after).ok_or(())).transpose().map_err(|()| invalid("after"))?,
+        drop_id: query
+            .drop
+            .as_deref()
+            .map(DropId::parse)
+            .transpose()
+            .map_err(|_| invalid("drop"))?,
+        state: query
+            .state
+            .as_deref()
+            .map(|state| OrderState::parse(state).ok_or(()))
+            .transpose()
+            .map_err(|()| invalid("state"))?,
+        after: query
+            .after
+            .as_deref()
+            .map(|after| OrderId::parse(after).ok_or(()))
+            .transpose()
+            .map_err(|()| invalid("after"))?,
         limit: query.limit.unwrap_or(100).clamp(1, MAX_ORDERS_PER_PAGE),
     };
     let orders = gateway.intake.store().orders(filter.clone()).await?;
-    let next_after = (orders.len() == filter.limit as usize).then(|| orders.last().map(|order| order.order_id.clone())).flatten();
+    let next_after = (orders.len() == filter.limit as usize)
+        .then(|| orders.last().map(|order| order.order_id.clone()))
+        .flatten();
     let orders: Vec<Value> = orders
         .iter()
         .map(|order| {
@@ -152,15 +181,34 @@ async fn admin_drop_json(gateway: &Gateway, drop_id: &DropId) -> Result<Value, A
     let (mut view, spec, held) = gateway
         .intake
         .with_drop(drop_id, |ledger| {
-            let held: Vec<u64> = ledger.spec().skus.iter().map(|sku| ledger.held(&sku.sku).unwrap_or(0)).collect();
-            (shopper_drop_json(drop_id, ledger, now), ledger.spec().clone(), held)
+            let held: Vec<u64> = ledger
+                .spec()
+                .skus
+                .iter()
+                .map(|sku| ledger.held(&sku.sku).unwrap_or(0))
+                .collect();
+            (
+                shopper_drop_json(drop_id, ledger, now),
+                ledger.spec().clone(),
+                held,
+            )
         })
         .ok_or(ApiError::UnknownDrop)?;
     let counts = gateway.intake.store().order_counts(drop_id.clone()).await?;
     let units = |states: &[OrderState]| -> u64 {
-        states.iter().filter_map(|state| counts.get(state)).map(|count| count.units).sum()
+        states
+            .iter()
+            .filter_map(|state| counts.get(state))
+            .map(|count| count.units)
+            .sum()
     };
-    for ((sku_view, sku), held) in view["skus"].as_array_mut().into_iter().flatten().zip(&spec.skus).zip(held) {
+    for ((sku_view, sku), held) in view["skus"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .zip(&spec.skus)
+        .zip(held)
+    {
         sku_view["stock"] = json!(sku.stock);
         sku_view["held"] = json!(held);
     }

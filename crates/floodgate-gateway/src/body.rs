@@ -14,18 +14,25 @@ pub(crate) async fn read_limited(body: Body, limit_bytes: usize) -> Result<Bytes
     match Limited::new(body, limit_bytes).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit_bytes }),
-        Err(error) => Err(ApiError::InvalidBody(format!("could not read the body: {error}"))),
+        Err(error) => Err(ApiError::InvalidBody(format!(
+            "could not read the body: {error}"
+        ))),
     }
 }
 
 /// Parses a JSON body, naming what is wrong with it.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| ApiError::InvalidBody(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(bytes)
+        .map_err(|error| ApiError::InvalidBody(format!("invalid JSON body: {error}")))
 }
 
 /// The `Idempotency-Key` header, required on order creation.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
-    let value = headers.get("idempotency-key").ok_or(ApiError::MissingIdempotencyKey)?;
-    let text = value.to_str().map_err(|_| ApiError::InvalidIdempotencyKey)?;
+    let value = headers
+        .get("idempotency-key")
+        .ok_or(ApiError::MissingIdempotencyKey)?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey)?;
     IdempotencyKey::parse(text).map_err(|_| ApiError::InvalidIdempotencyKey)
 }

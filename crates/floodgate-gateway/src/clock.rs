@@ -26,7 +26,9 @@ impl Clock {
     pub fn manual(at: Timestamp) -> (Self, Arc<AtomicI64>) {
         let millis = Arc::new(AtomicI64::new(at.unix_millis()));
         let reader = Arc::clone(&millis);
-        let clock = Self(Arc::new(move || Timestamp::from_unix_millis(reader.load(Ordering::Relaxed))));
+        let clock = Self(Arc::new(move || {
+            Timestamp::from_unix_millis(reader.load(Ordering::Relaxed))
+        }));
         (clock, millis)
     }
 

@@ -88,7 +88,10 @@ impl Default for Config {
                 max_batch: 2_048,
                 queue_capacity: 65_536,
             },
-            intake: IntakeConfig { max_quantity_per_order: 100, idempotency_retention_h: 24 },
+            intake: IntakeConfig {
+                max_quantity_per_order: 100,
+                idempotency_retention_h: 24,
+            },
         }
     }
 }
@@ -97,7 +100,10 @@ impl Config {
     /// Parses and validates a TOML configuration; omitted keys keep their defaults.
     pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigProblem>> {
         let table: Table = text.parse().map_err(|error: toml::de::Error| {
-            vec![ConfigProblem { path: "(file)".into(), problem: error.message().to_owned() + &location(text, &error) }]
+            vec![ConfigProblem {
+                path: "(file)".into(),
+                problem: error.message().to_owned() + &location(text, &error),
+            }]
         })?;
         let defaults = Self::default();
         let mut problems = Vec::new();
@@ -112,24 +118,50 @@ impl Config {
             listen: server.get("listen", defaults.server.listen, socket_addr),
             admin_listen: server.get("admin_listen", defaults.server.admin_listen, socket_addr),
             admin_token: server.get("admin_token", defaults.server.admin_token, text_value),
-            header_read_timeout_ms: server.get("header_read_timeout_ms", defaults.server.header_read_timeout_ms, integer(100, 600_000)),
-            max_body_bytes: server.get("max_body_bytes", defaults.server.max_body_bytes, integer(1_024, 16 * 1024 * 1024)),
-            shutdown_grace_ms: server.get("shutdown_grace_ms", defaults.server.shutdown_grace_ms, integer(0, 600_000)),
+            header_read_timeout_ms: server.get(
+                "header_read_timeout_ms",
+                defaults.server.header_read_timeout_ms,
+                integer(100, 600_000),
+            ),
+            max_body_bytes: server.get(
+                "max_body_bytes",
+                defaults.server.max_body_bytes,
+                integer(1_024, 16 * 1024 * 1024),
+            ),
+            shutdown_grace_ms: server.get(
+                "shutdown_grace_ms",
+                defaults.server.shutdown_grace_ms,
+                integer(0, 600_000),
+            ),
         };
         server.finish();
 
         let mut store = Section::new("store", store_table, &mut problems);
         let store_config = StoreConfig {
-            path: store.get("path", defaults.store.path, |value| text_value(value).map(PathBuf::from)),
+            path: store.get("path", defaults.store.path, |value| {
+                text_value(value).map(PathBuf::from)
+            }),
             max_batch: store.get("max_batch", defaults.store.max_batch, integer(1, 100_000)),
-            queue_capacity: store.get("queue_capacity", defaults.store.queue_capacity, integer(1, 10_000_000)),
+            queue_capacity: store.get(
+                "queue_capacity",
+                defaults.store.queue_capacity,
+                integer(1, 10_000_000),
+            ),
         };
         store.finish();
 
         let mut intake = Section::new("intake", intake_table, &mut problems);
         let intake_config = IntakeConfig {
-            max_quantity_per_order: intake.get("max_quantity_per_order", defaults.intake.max_quantity_per_order, integer(1, 1_000_000)),
-            idempotency_retention_h: intake.get("idempotency_retention_h", defaults.intake.idempotency_retention_h, integer(24, 24 * 365)),
+            max_quantity_per_order: intake.get(
+                "max_quantity_per_order",
+                defaults.intake.max_quantity_per_order,
+                integer(1, 1_000_000),
+            ),
+            idempotency_retention_h: intake.get(
+                "idempotency_retention_h",
+                defaults.intake.idempotency_retention_h,
+                integer(24, 24 * 365),
+            ),
         };
         intake.finish();
 
@@ -140,7 +172,11 @@ impl Config {
             });
         }
         if problems.is_empty() {
-            Ok(Self { server: server_config, store: store_config, intake: intake_config })
+            Ok(Self {
+                server: server_config,
+                store: store_config,
+                intake: intake_config,
+            })
         } else {
             Err(problems)
         }
@@ -159,8 +195,11 @@ impl Config {
             admin_token,
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
             intake: IntakeLimits {
-                max_quantity_per_order: u32::try_from(self.intake.max_quantity_per_order).unwrap_or(u32::MAX),
-                idempotency_retention: Duration::from_secs(self.intake.idempotency_retention_h * 3_600),
+                max_quantity_per_order: u32::try_from(self.intake.max_quantity_per_order)
+                    .unwrap_or(u32::MAX),
+                idempotency_retention: Duration::from_secs(
+                    self.intake.idempotency_retention_h * 3_600,
+                ),
             },
         }
     }
@@ -184,15 +223,33 @@ struct Section<'t, 'p> {
 
 impl<'t, 'p> Section<'t, 'p> {
     fn root(table: &'t Table, problems: &'p mut Vec<ConfigProblem>) -> Self {
-        Self { path: "", table: Some(table), known: Vec::new(), problems }
+        Self {
+            path: "",
+            table: Some(table),
+            known: Vec::new(),
+            problems,
+        }
     }
 
-    fn new(path: &'static str, table: Option<&'t Table>, problems: &'p mut Vec<ConfigProblem>) -> Self {
-        Self { path, table, known: Vec::new(), problems }
+    fn new(
+        path: &'static str,
+        table: Option<&'t Table>,
+        problems: &'p mut Vec<ConfigProblem>,
+    ) -> Self {
+        Self {
+            path,
+            table,
+            known: Vec::new(),
+            problems,
+        }
     }
 
     fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     fn table(&mut self, key: &'static str) -> Option<&'t Table> {
@@ -201,13 +258,21 @@ impl<'t, 'p> Section<'t, 'p> {
             Value::Table(table) => Some(table),
             _ => {
                 let path = self.key_path(key);
-                self.problems.push(ConfigProblem { path, problem: "must be a table".into() });
+                self.problems.push(ConfigProblem {
+                    path,
+                    problem: "must be a table".into(),
+                });
                 None
             }
         }
     }
 
-    fn get<T>(&mut self, key: &'static str, default: T, parse: impl FnOnce(&Value) -> Result<T, String>) -> T {
+    fn get<T>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> T {
         self.known.push(key);
         let Some(value) = self.table.and_then(|table| table.get(key)) else {
             return default;
@@ -221,7 +286,10 @@ impl<'t, 'p> Section<'t, 'p> {
 
     fn finish(self) {
         let Some(table) = self.table else { return };
-        for key in table.keys().filter(|key| !self.known.contains(&key.as_str())) {
+        for key in table
+            .keys()
+            .filter(|key| !self.known.contains(&key.as_str()))
+        {
             let path = self.key_path(key);
             let problem = format!("unknown key (known here: {})", self.known.join(", "));
             self.problems.push(ConfigProblem { path, problem });
@@ -231,16 +299,22 @@ impl<'t, 'p> Section<'t, 'p> {
 
 fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
     let text = text_value(value)?;
-    text.parse().map_err(|_| format!("{text:?} is not an address such as \"127.0.0.1:8080\""))
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address such as \"127.0.0.1:8080\""))
 }
 
 fn text_value(value: &Value) -> Result<String, String> {
-    value.as_str().map(str::to_owned).ok_or_else(|| format!("must be a string, not {}", value.type_str()))
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("must be a string, not {}", value.type_str()))
 }
 
 fn integer(min: u64, max: u64) -> impl FnOnce(&Value) -> Result<u64, String> {
     move |value| {
-        let number = value.as_integer().ok_or_else(|| format!("must be an integer, not {}", value.type_str()))?;
+        let number = value
+            .as_integer()
+            .ok_or_else(|| format!("must be an integer, not {}", value.type_str()))?;
         u64::try_from(number)
             .ok()
             .filter(|number| (min..=max).contains(number))
@@ -289,7 +363,10 @@ mod tests {
         assert_eq!(config.server.admin_token, "s3cret");
         assert_eq!(config.store.path, PathBuf::from("/var/lib/floodgate"));
         assert_eq!(config.intake.max_quantity_per_order, 3);
-        assert_eq!(config.connection_limits().header_read_timeout, Duration::from_secs(2));
+        assert_eq!(
+            config.connection_limits().header_read_timeout,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -308,10 +385,20 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        let paths: Vec<&str> = problems.iter().map(|problem| problem.path.as_str()).collect();
+        let paths: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.path.as_str())
+            .collect();
         assert_eq!(
             paths,
-            ["colour", "server.listen", "server.max_body_bytes", "server.lisen", "store.max_batch", "intake.idempotency_retention_h"]
+            [
+                "colour",
+                "server.listen",
+                "server.max_body_bytes",
+                "server.lisen",
+                "store.max_batch",
+                "intake.idempotency_retention_h"
+            ]
         );
     }
 

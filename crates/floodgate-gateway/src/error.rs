@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use floodgate_core::ledger::Refusal;
 use floodgate_core::drop::SpecProblem;
+use floodgate_core::ledger::Refusal;
 use floodgate_store::StoreError;
 use serde_json::json;
 
@@ -70,7 +70,9 @@ impl ApiError {
         match self {
             Self::MissingIdempotencyKey => (StatusCode::BAD_REQUEST, "missing_idempotency_key"),
             Self::InvalidIdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
-            Self::InvalidBody(_) | Self::InvalidDrop(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Self::InvalidBody(_) | Self::InvalidDrop(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_body")
+            }
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::UnknownDrop => (StatusCode::NOT_FOUND, "unknown_drop"),
             Self::UnknownOrder => (StatusCode::NOT_FOUND, "unknown_order"),
@@ -78,10 +80,14 @@ impl ApiError {
             Self::Refused(Refusal::UnknownSku(_)) => (StatusCode::NOT_FOUND, "unknown_sku"),
             Self::Refused(Refusal::NotLive(_)) => (StatusCode::CONFLICT, "not_live"),
             Self::Refused(Refusal::SoldOut) => (StatusCode::GONE, "sold_out"),
-            Self::Refused(Refusal::InsufficientStock { .. }) => (StatusCode::CONFLICT, "insufficient_stock"),
+            Self::Refused(Refusal::InsufficientStock { .. }) => {
+                (StatusCode::CONFLICT, "insufficient_stock")
+            }
             Self::Refused(Refusal::LimitReached { .. }) => (StatusCode::CONFLICT, "limit_reached"),
             Self::RequestInProgress => (StatusCode::CONFLICT, "request_in_progress"),
-            Self::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             Self::StockInUse(_) => (StatusCode::CONFLICT, "stock_in_use"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
@@ -119,14 +125,19 @@ impl IntoResponse for ApiError {
                     .collect();
             }
             Self::Refused(Refusal::NotLive(state)) => body["state"] = json!(state.as_str()),
-            Self::Refused(Refusal::InsufficientStock { available }) => body["available"] = json!(available),
+            Self::Refused(Refusal::InsufficientStock { available }) => {
+                body["available"] = json!(available)
+            }
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
             Self::Overloaded | Self::RequestInProgress => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(OVERLOADED_RETRY_AFTER_S));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(OVERLOADED_RETRY_AFTER_S),
+                );
             }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -63,7 +63,9 @@ impl Intake {
         limits: IntakeLimits,
         now: Timestamp,
     ) -> Result<Self, StoreError> {
-        let snapshot = store.load(keys_since(now, limits.idempotency_retention)).await?;
+        let snapshot = store
+            .load(keys_since(now, limits.idempotency_retention))
+            .await?;
         let mut ledgers: HashMap<DropId, DropLedger> = snapshot
             .drops
             .into_iter()
@@ -76,7 +78,9 @@ impl Intake {
         }
         for key in snapshot.keys {
             if let Some(ledger) = ledgers.get_mut(&key.drop_id) {
-                ledger.keys.restore(key.key, key.fingerprint, key.order_id, key.accepted_at);
+                ledger
+                    .keys
+                    .restore(key.key, key.fingerprint, key.order_id, key.accepted_at);
             }
         }
         let ledgers = ledgers
@@ -103,8 +107,13 @@ impl Intake {
 
     /// Every drop id, sorted.
     pub fn drop_ids(&self) -> Vec<DropId> {
-        let mut ids: Vec<DropId> =
-            self.ledgers.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let mut ids: Vec<DropId> = self
+            .ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
         ids.sort();
         ids
     }
@@ -130,7 +139,9 @@ impl Intake {
                 KeyLookup::InProgress => return Err(ApiError::RequestInProgress),
                 KeyLookup::Reused => return Err(ApiError::IdempotencyKeyReused),
             }
-            if let Err(refusal) = drop.reserve(&request.customer, &request.sku, request.quantity, now) {
+            if let Err(refusal) =
+                drop.reserve(&request.customer, &request.sku, request.quantity, now)
+            {
                 drop.keys.forget(&key);
                 return Err(refusal.into());
             }
@@ -144,7 +155,8 @@ impl Intake {
             let mut drop = lock(&ledger);
             match stored {
                 Ok(()) => {
-                    drop.keys.finish(order.idempotency_key, order.order_id.clone(), now);
+                    drop.keys
+                        .finish(order.idempotency_key, order.order_id.clone(), now);
                     Ok(Placed::Accepted(order.order_id))
                 }
                 Err(error) => {
@@ -158,7 +170,12 @@ impl Intake {
     }
 
     /// Creates or replaces a drop's definition, keeping the units its orders hold.
-    pub async fn put_drop(&self, drop_id: DropId, spec: DropSpec, now: Timestamp) -> Result<(), ApiError> {
+    pub async fn put_drop(
+        &self,
+        drop_id: DropId,
+        spec: DropSpec,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         let problems = spec.problems();
         if !problems.is_empty() {
             return Err(ApiError::InvalidDrop(problems));
@@ -166,43 +183,68 @@ impl Intake {
         let _one_definition_at_a_time = self.definitions.lock().await;
         let existing = self.ledger(&drop_id);
         if let Some(ledger) = &existing {
-            lock(ledger).check_spec(&spec).map_err(ApiError::StockInUse)?;
+            lock(ledger)
+                .check_spec(&spec)
+                .map_err(ApiError::StockInUse)?;
         }
-        self.store.put_drop(drop_id.clone(), spec.clone(), now).await.map_err(|error| match error {
-            StoreError::StockBelowHeld { sku, .. } => ApiError::StockInUse(vec![SpecProblem {
-                path: "skus".into(),
-                problem: format!("units of {sku} are held by orders; stock may not go lower"),
-            }]),
-            other => ApiError::from(other),
-        })?;
+        self.store
+            .put_drop(drop_id.clone(), spec.clone(), now)
+            .await
+            .map_err(|error| match error {
+                StoreError::StockBelowHeld { sku, .. } => ApiError::StockInUse(vec![SpecProblem {
+                    path: "skus".into(),
+                    problem: format!("units of {sku} are held by orders; stock may not go lower"),
+                }]),
+                other => ApiError::from(other),
+            })?;
         match existing {
             Some(ledger) => lock(&ledger).apply_spec(spec),
             None => {
                 let ledger = Arc::new(Mutex::new(DropLedger::new(spec)));
-                self.ledgers.write().unwrap_or_else(PoisonError::into_inner).insert(drop_id, ledger);
+                self.ledgers
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(drop_id, ledger);
             }
         }
         Ok(())
     }
 
     /// Pauses or resumes a drop, durably.
-    pub async fn set_paused(&self, drop_id: &DropId, paused: bool, now: Timestamp) -> Result<(), ApiError> {
-        let spec = self.with_drop(drop_id, |drop| drop.spec().clone()).ok_or(ApiError::UnknownDrop)?;
-        self.put_drop(drop_id.clone(), DropSpec { paused, ..spec }, now).await
+    pub async fn set_paused(
+        &self,
+        drop_id: &DropId,
+        paused: bool,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let spec = self
+            .with_drop(drop_id, |drop| drop.spec().clone())
+            .ok_or(ApiError::UnknownDrop)?;
+        self.put_drop(drop_id.clone(), DropSpec { paused, ..spec }, now)
+            .await
     }
 
     /// Forgets idempotency keys older than the retention.
     pub fn prune_keys(&self, now: Timestamp) {
         let answered_before = keys_since(now, self.limits.idempotency_retention);
-        let ledgers: Vec<SharedLedger> =
-            self.ledgers.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let ledgers: Vec<SharedLedger> = self
+            .ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         for ledger in ledgers {
             lock(&ledger).keys.prune(answered_before);
         }
     }
 
     fn ledger(&self, drop_id: &DropId) -> Option<SharedLedger> {
-        self.ledgers.read().unwrap_or_else(PoisonError::into_inner).get(drop_id).cloned()
+        self.ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(drop_id)
+            .cloned()
     }
 }
 

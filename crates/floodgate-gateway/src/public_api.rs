@@ -40,12 +40,23 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     if gateway.draining.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
     }
-    let probe = tokio::time::timeout(READINESS_PROBE_TIMEOUT, gateway.intake.store().check_writable());
+    let probe = tokio::time::timeout(
+        READINESS_PROBE_TIMEOUT,
+        gateway.intake.store().check_writable(),
+    );
     match probe.await {
         Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store_unavailable" }))).into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "store_unavailable" })),
+        )
+            .into_response(),
     }
 }
 
@@ -57,7 +68,9 @@ async fn drop_view(
     let now = gateway.clock.now();
     gateway
         .intake
-        .with_drop(&drop_id, |ledger| Json(shopper_drop_json(&drop_id, ledger, now)))
+        .with_drop(&drop_id, |ledger| {
+            Json(shopper_drop_json(&drop_id, ledger, now))
+        })
         .ok_or(ApiError::UnknownDrop)
 }
 
@@ -71,7 +84,10 @@ async fn place_order(
     let key = idempotency_key(&headers)?;
     let request: OrderRequest = parse_json(&body)?;
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
-    let placed = gateway.intake.place_order(&drop_id, key, request, gateway.clock.now()).await?;
+    let placed = gateway
+        .intake
+        .place_order(&drop_id, key, request, gateway.clock.now())
+        .await?;
     let order_id = placed.order_id();
     let status_url = format!("/api/orders/{order_id}");
     let body = json!({ "order_id": order_id, "state": "accepted", "status_url": status_url });
@@ -89,12 +105,21 @@ async fn order_view(
     Path(order_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::UnknownOrder)?;
-    let order = gateway.intake.store().order(order_id).await?.ok_or(ApiError::UnknownOrder)?;
+    let order = gateway
+        .intake
+        .store()
+        .order(order_id)
+        .await?
+        .ok_or(ApiError::UnknownOrder)?;
     Ok(Json(order_json(&order)))
 }
 
 /// A drop as shoppers see it.
-pub(crate) fn shopper_drop_json(drop_id: &DropId, ledger: &DropLedger, now: floodgate_core::Timestamp) -> Value {
+pub(crate) fn shopper_drop_json(
+    drop_id: &DropId,
+    ledger: &DropLedger,
+    now: floodgate_core::Timestamp,
+) -> Value {
     let spec = ledger.spec();
     let skus: Vec<Value> = spec
         .skus

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floodgate_core::{
-    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec,
-    Timestamp, WaitingRoomSpec,
+    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
+    WaitingRoomSpec,
 };
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 
@@ -22,13 +22,23 @@ fn reservations(criterion: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut group = criterion.benchmark_group("durable_reservations");
     group.throughput(Throughput::Elements(ORDERS_IN_FLIGHT));
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
-    for (name, max_batch, in_flight) in [("group_commit", 2_048, ORDERS_IN_FLIGHT), ("commit_per_order", 1, 200)] {
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for (name, max_batch, in_flight) in [
+        ("group_commit", 2_048, ORDERS_IN_FLIGHT),
+        ("commit_per_order", 1, 200),
+    ] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let options = SqliteOptions { max_batch, ..SqliteOptions::default() };
+        let options = SqliteOptions {
+            max_batch,
+            ..SqliteOptions::default()
+        };
         let store = Arc::new(SqliteStore::open(dir.path(), options).expect("store"));
         let drop_id = DropId::parse("bench").expect("id");
-        runtime.block_on(store.put_drop(drop_id.clone(), spec(), Timestamp::from_unix_millis(0))).expect("drop");
+        runtime
+            .block_on(store.put_drop(drop_id.clone(), spec(), Timestamp::from_unix_millis(0)))
+            .expect("drop");
         let counter = Arc::new(AtomicU64::new(0));
         group.throughput(Throughput::Elements(in_flight));
         group.bench_function(name, |bencher| {
@@ -57,14 +67,23 @@ fn spec() -> DropSpec {
         starts_at: Timestamp::from_unix_millis(0),
         ends_at: Timestamp::from_unix_millis(i64::MAX),
         limit_per_customer: 1,
-        skus: vec![SkuSpec { sku: "unit".into(), name: "Unit".into(), price_cents: 1, stock: u64::from(u32::MAX) }],
+        skus: vec![SkuSpec {
+            sku: "unit".into(),
+            name: "Unit".into(),
+            price_cents: 1,
+            stock: u64::from(u32::MAX),
+        }],
         waiting_room: WaitingRoomSpec::default(),
         paused: false,
     }
 }
 
 fn order(drop_id: &DropId, serial: u64) -> Order {
-    let request = OrderRequest { customer: format!("c-{serial}"), sku: "unit".into(), quantity: 1 };
+    let request = OrderRequest {
+        customer: format!("c-{serial}"),
+        sku: "unit".into(),
+        quantity: 1,
+    };
     Order {
         order_id: OrderId::from_random_bits(u128::from(serial)),
         drop_id: drop_id.clone(),

@@ -65,13 +65,16 @@ pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreErr
         .pragma_update(None, "journal_mode", "WAL")
         .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
         .map_err(backend)?;
-    let applied: i64 =
-        connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(backend)?;
+    let applied: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(backend)?;
     let applied = usize::try_from(applied).unwrap_or(0);
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
         let transaction = connection.transaction().map_err(backend)?;
         transaction.execute_batch(migration).map_err(backend)?;
-        transaction.pragma_update(None, "user_version", index as i64 + 1).map_err(backend)?;
+        transaction
+            .pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(backend)?;
         transaction.commit().map_err(backend)?;
     }
     Ok(())
@@ -101,7 +104,9 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         downstream_ref: row.get(9)?,
         idempotency_key: IdempotencyKey::parse(&text(10)?).map_err(|_| corrupt(10, "key"))?,
         fingerprint: RequestFingerprint(
-            fingerprint.try_into().map_err(|_| corrupt(11, "fingerprint"))?,
+            fingerprint
+                .try_into()
+                .map_err(|_| corrupt(11, "fingerprint"))?,
         ),
     })
 }

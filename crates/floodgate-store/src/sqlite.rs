@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::Semaphore;
 
 use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer};
-use crate::writer::{WriterHandle, Write};
+use crate::writer::{Write, WriterHandle};
 use crate::{
     Holding, OrderFilter, Snapshot, StateCount, Store, StoreError, StoreFuture, StoredKey,
 };
@@ -35,7 +35,11 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { max_batch: 2_048, queue_capacity: 65_536, readers: 4 }
+        Self {
+            max_batch: 2_048,
+            queue_capacity: 65_536,
+            readers: 4,
+        }
     }
 }
 
@@ -54,8 +58,10 @@ impl SqliteStore {
         let path = data_dir.join(DATABASE_FILE);
         let mut connection = Connection::open(&path).map_err(backend)?;
         prepare_writer(&mut connection)?;
-        let (writer, _thread) = WriterHandle::spawn(connection, options.max_batch, options.queue_capacity)
-            .map_err(|error| StoreError::Backend(format!("cannot start the writer: {error}")))?;
+        let (writer, _thread) =
+            WriterHandle::spawn(connection, options.max_batch, options.queue_capacity).map_err(
+                |error| StoreError::Backend(format!("cannot start the writer: {error}")),
+            )?;
         let readers = Arc::new(ReaderPool {
             path,
             idle: Mutex::new(Vec::new()),
@@ -91,7 +97,9 @@ impl Store for SqliteStore {
         self.read(move |connection| {
             let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
             let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
-            let mut rows = statement.query_map([order_id.as_str()], order_from_row).map_err(backend)?;
+            let mut rows = statement
+                .query_map([order_id.as_str()], order_from_row)
+                .map_err(backend)?;
             rows.next().transpose().map_err(backend)
         })
     }
@@ -160,13 +168,16 @@ impl Store for SqliteStore {
 fn load(connection: &Connection, keys_since: Timestamp) -> rusqlite::Result<Snapshot> {
     let mut snapshot = Snapshot::default();
     let mut drops = connection.prepare("SELECT drop_id, spec FROM drops ORDER BY drop_id")?;
-    for row in drops.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+    for row in drops.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })? {
         let (drop_id, spec) = row?;
         let corrupt = |error: String| {
             rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, error.into())
         };
         let drop_id = DropId::parse(&drop_id).map_err(|error| corrupt(error.to_string()))?;
-        let spec: DropSpec = serde_json::from_str(&spec).map_err(|error| corrupt(error.to_string()))?;
+        let spec: DropSpec =
+            serde_json::from_str(&spec).map_err(|error| corrupt(error.to_string()))?;
         snapshot.drops.push((drop_id, spec));
     }
     let mut holdings = connection.prepare(
@@ -174,11 +185,21 @@ fn load(connection: &Connection, keys_since: Timestamp) -> rusqlite::Result<Snap
          WHERE state NOT IN ('rejected', 'released') GROUP BY drop_id, customer, sku",
     )?;
     for row in holdings.query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+        ))
     })? {
         let (drop_id, customer, sku, units) = row?;
         if let Ok(drop_id) = DropId::parse(&drop_id) {
-            snapshot.holdings.push(Holding { drop_id, customer, sku, units });
+            snapshot.holdings.push(Holding {
+                drop_id,
+                customer,
+                sku,
+                units,
+            });
         }
     }
     let mut keys = connection.prepare(
@@ -186,7 +207,13 @@ fn load(connection: &Connection, keys_since: Timestamp) -> rusqlite::Result<Snap
          WHERE accepted_at >= ?1",
     )?;
     for row in keys.query_map([keys_since.unix_millis()], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Vec<u8>>(2)?, row.get::<_, String>(3)?, row.get(4)?))
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Vec<u8>>(2)?,
+            row.get::<_, String>(3)?,
+            row.get(4)?,
+        ))
     })? {
         let (drop_id, key, fingerprint, order_id, accepted_at) = row?;
         let parsed = (
@@ -222,16 +249,27 @@ impl ReaderPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let _permit = self.permits.acquire().await.map_err(|_| StoreError::Closed)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let pool = Arc::clone(&self);
         tokio::task::spawn_blocking(move || {
-            let idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let idle = pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             let connection = match idle {
                 Some(connection) => connection,
                 None => pool.open()?,
             };
             let result = query(&connection);
-            pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push(connection);
+            pool.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(connection);
             result
         })
         .await
@@ -241,7 +279,9 @@ impl ReaderPool {
     fn open(&self) -> Result<Connection, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = Connection::open_with_flags(&self.path, flags).map_err(backend)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
         Ok(connection)
     }
 }

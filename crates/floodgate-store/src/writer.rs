@@ -18,7 +18,11 @@ use crate::schema::backend;
 
 /// A write waiting for the writer thread.
 pub(crate) enum Write {
-    PutDrop { drop_id: DropId, spec: DropSpec, now: Timestamp },
+    PutDrop {
+        drop_id: DropId,
+        spec: DropSpec,
+        now: Timestamp,
+    },
     AcceptOrder(Order),
     Heartbeat,
     /// Ends the writer once everything queued before it is committed.
@@ -54,10 +58,12 @@ impl WriterHandle {
     /// Queues `write` and waits until it is committed (or refused).
     pub(crate) async fn submit(&self, write: Write) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.try_send(Job { write, reply }).map_err(|error| match error {
-            TrySendError::Full(_) => StoreError::Overloaded,
-            TrySendError::Disconnected(_) => StoreError::Closed,
-        })?;
+        self.jobs
+            .try_send(Job { write, reply })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => StoreError::Overloaded,
+                TrySendError::Disconnected(_) => StoreError::Closed,
+            })?;
         // A dropped reply means the writer stopped before reaching this job: it was not written.
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
@@ -126,8 +132,12 @@ fn put_drop(
     spec: &DropSpec,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let below_held = |sku: &str| StoreError::StockBelowHeld { drop_id: drop_id.clone(), sku: sku.to_owned() };
-    let spec_json = serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
+    let below_held = |sku: &str| StoreError::StockBelowHeld {
+        drop_id: drop_id.clone(),
+        sku: sku.to_owned(),
+    };
+    let spec_json =
+        serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
     transaction
         .execute(
             "INSERT INTO drops (drop_id, spec, updated_at) VALUES (?1, ?2, ?3)
@@ -139,7 +149,9 @@ fn put_drop(
         .prepare("SELECT sku, held FROM stock WHERE drop_id = ?1")
         .map_err(backend)?;
     let rows = existing
-        .query_map([drop_id.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+        .query_map([drop_id.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(backend)?;
     for (sku, held) in rows.iter().filter(|(sku, _)| spec.sku(sku).is_none()) {
@@ -147,7 +159,10 @@ fn put_drop(
             return Err(below_held(sku));
         }
         transaction
-            .execute("DELETE FROM stock WHERE drop_id = ?1 AND sku = ?2", params![drop_id.as_str(), sku])
+            .execute(
+                "DELETE FROM stock WHERE drop_id = ?1 AND sku = ?2",
+                params![drop_id.as_str(), sku],
+            )
             .map_err(backend)?;
     }
     for sku in &spec.skus {
@@ -175,7 +190,11 @@ fn accept_order(transaction: &Connection, order: &Order) -> Result<(), StoreErro
         .map_err(backend)?;
     if reserved == 0 {
         let known = transaction
-            .query_row("SELECT 1 FROM stock WHERE drop_id = ?1 AND sku = ?2", params![drop_id, order.sku], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM stock WHERE drop_id = ?1 AND sku = ?2",
+                params![drop_id, order.sku],
+                |_| Ok(()),
+            )
             .optional()
             .map_err(backend)?;
         let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());

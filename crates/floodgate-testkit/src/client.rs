@@ -33,7 +33,9 @@ impl HttpClient {
     pub fn new(timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let inner = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1_024).build(connector);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1_024)
+            .build(connector);
         Self { inner, timeout }
     }
 
@@ -56,18 +58,30 @@ impl HttpClient {
             }
             None => Bytes::new(),
         };
-        let request = request.body(Full::new(payload)).map_err(|error| error.to_string())?;
+        let request = request
+            .body(Full::new(payload))
+            .map_err(|error| error.to_string())?;
         let exchange = async {
-            let response = self.inner.request(request).await.map_err(|error| format!("{error:?}"))?;
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|error| format!("{error:?}"))?;
             let (parts, body) = response.into_parts();
-            let bytes = body.collect().await.map_err(|error| error.to_string())?.to_bytes();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|error| error.to_string())?
+                .to_bytes();
             Ok(JsonResponse {
                 status: parts.status,
                 headers: parts.headers,
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             })
         };
-        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| "timed out".to_owned())?
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| "timed out".to_owned())?
     }
 
     /// `GET url`.

@@ -85,7 +85,10 @@ impl GatewayProcess {
 
     /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> std::io::Result<bool> {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         if !status.success() {
             return Err(std::io::Error::other("kill -TERM failed"));
         }

@@ -72,7 +72,10 @@ fn load_config(file: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
             let text = std::fs::read_to_string(path)
                 .map_err(|error| vec![format!("{}: cannot read: {error}", path.display())])?;
             Config::from_toml(&text).map_err(|problems| {
-                problems.iter().map(|problem| format!("{}: {problem}", path.display())).collect::<Vec<_>>()
+                problems
+                    .iter()
+                    .map(|problem| format!("{}: {problem}", path.display()))
+                    .collect::<Vec<_>>()
             })?
         }
     };

@@ -15,7 +15,9 @@ pub(crate) fn serve(config: Config) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    tokio::runtime::Runtime::new().context("cannot start the async runtime")?.block_on(run(config))
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -31,22 +33,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let admin = TcpListener::bind(config.server.admin_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.admin_listen)", config.server.admin_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.admin_listen)",
+                config.server.admin_listen
+            )
+        })?;
     let admin_token = if config.server.admin_token.is_empty() {
         let generated = uuid::Uuid::new_v4().simple().to_string();
-        announce(&format!("admin-token {generated} (generated; set FLOODGATE_ADMIN_TOKEN to choose one)"));
+        announce(&format!(
+            "admin-token {generated} (generated; set FLOODGATE_ADMIN_TOKEN to choose one)"
+        ));
         generated
     } else {
         config.server.admin_token.clone()
     };
-    let gateway = Gateway::start(Arc::new(store), config.gateway_settings(admin_token), Clock::system())
-        .await
-        .context("cannot rebuild state from the store")?;
+    let gateway = Gateway::start(
+        Arc::new(store),
+        config.gateway_settings(admin_token),
+        Clock::system(),
+    )
+    .await
+    .context("cannot rebuild state from the store")?;
     announce(&format!("public http://{}", public.local_addr()?));
     announce(&format!("admin http://{}", admin.local_addr()?));
-    floodgate_gateway::run(Listeners { public, admin }, gateway, config.connection_limits(), shutdown_signal())
-        .await
-        .context("shutdown did not complete cleanly")
+    floodgate_gateway::run(
+        Listeners { public, admin },
+        gateway,
+        config.connection_limits(),
+        shutdown_signal(),
+    )
+    .await
+    .context("shutdown did not complete cleanly")
 }
 
 /// Start-up facts on stdout, one per line, for operators and for tests that bind port 0.

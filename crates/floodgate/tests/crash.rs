@@ -46,12 +46,19 @@ async fn create_drop(client: &HttpClient, gateway: &GatewayProcess) {
     });
     let auth = gateway.admin_authorization();
     let url = format!("{}/admin/drops/crash", gateway.admin_url);
-    let created = client.send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop)).await.unwrap();
+    let created = client
+        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
+        .await
+        .unwrap();
     assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
 }
 
 /// Fires every order; kills the gateway once `kill_after` answers have arrived (if given).
-async fn fire_orders(client: &HttpClient, gateway: GatewayProcess, kill_after: Option<usize>) -> Vec<Outcome> {
+async fn fire_orders(
+    client: &HttpClient,
+    gateway: GatewayProcess,
+    kill_after: Option<usize>,
+) -> Vec<Outcome> {
     let url = format!("{}/api/drops/crash/orders", gateway.public_url);
     let outcomes = Arc::new(Mutex::new(vec![Outcome::NoAnswer; ORDERS]));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -60,11 +67,23 @@ async fn fire_orders(client: &HttpClient, gateway: GatewayProcess, kill_after: O
     let mut tasks = Vec::with_capacity(ORDERS);
     for serial in 0..ORDERS {
         let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
-        let (client, url, outcomes, answered, gateway) =
-            (client.clone(), url.clone(), Arc::clone(&outcomes), Arc::clone(&answered), Arc::clone(&gateway));
+        let (client, url, outcomes, answered, gateway) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&outcomes),
+            Arc::clone(&answered),
+            Arc::clone(&gateway),
+        );
         tasks.push(tokio::spawn(async move {
             let key = key(serial);
-            let sent = client.send(Method::POST, &url, &[("idempotency-key", &key)], Some(&request_body(serial))).await;
+            let sent = client
+                .send(
+                    Method::POST,
+                    &url,
+                    &[("idempotency-key", &key)],
+                    Some(&request_body(serial)),
+                )
+                .await;
             drop(permit);
             let outcome = match sent {
                 Ok(response) if response.status == StatusCode::ACCEPTED => {
@@ -75,10 +94,10 @@ async fn fire_orders(client: &HttpClient, gateway: GatewayProcess, kill_after: O
             };
             if outcome != Outcome::NoAnswer {
                 let count = answered.fetch_add(1, Ordering::SeqCst) + 1;
-                if Some(count) == kill_after {
-                    if let Some(process) = gateway.lock().unwrap().take() {
-                        process.kill();
-                    }
+                if Some(count) == kill_after
+                    && let Some(process) = gateway.lock().unwrap().take()
+                {
+                    process.kill();
                 }
             }
             outcomes.lock().unwrap()[serial] = outcome;
@@ -98,7 +117,10 @@ async fn all_orders(client: &HttpClient, gateway: &GatewayProcess) -> Vec<Value>
     let mut orders = Vec::new();
     let mut after = String::new();
     loop {
-        let url = format!("{}/admin/orders?drop=crash&limit=1000{after}", gateway.admin_url);
+        let url = format!(
+            "{}/admin/orders?drop=crash&limit=1000{after}",
+            gateway.admin_url
+        );
         let page = client.get(&url, &[("authorization", &auth)]).await.unwrap();
         assert_eq!(page.status, StatusCode::OK);
         orders.extend(page.body["orders"].as_array().unwrap().iter().cloned());
@@ -123,20 +145,34 @@ async fn crash_and_recover(kill_after: usize) {
             _ => None,
         })
         .collect();
-    let unanswered = outcomes.iter().filter(|outcome| **outcome == Outcome::NoAnswer).count();
-    assert!(!accepted.is_empty() && unanswered > 0, "the kill must land mid-drop ({} accepted)", accepted.len());
+    let unanswered = outcomes
+        .iter()
+        .filter(|outcome| **outcome == Outcome::NoAnswer)
+        .count();
+    assert!(
+        !accepted.is_empty() && unanswered > 0,
+        "the kill must land mid-drop ({} accepted)",
+        accepted.len()
+    );
 
     let gateway = GatewayProcess::spawn(binary(), data.path(), "").unwrap();
     let stored = all_orders(&client, &gateway).await;
-    let by_key: HashMap<&str, &Value> =
-        stored.iter().map(|order| (order["idempotency_key"].as_str().unwrap(), order)).collect();
+    let by_key: HashMap<&str, &Value> = stored
+        .iter()
+        .map(|order| (order["idempotency_key"].as_str().unwrap(), order))
+        .collect();
     assert_eq!(by_key.len(), stored.len(), "one order per key");
 
     // Every order that exists is whole and was asked for; units never exceed the stock.
-    let units: u64 = stored.iter().map(|order| order["quantity"].as_u64().unwrap()).sum();
+    let units: u64 = stored
+        .iter()
+        .map(|order| order["quantity"].as_u64().unwrap())
+        .sum();
     assert!(units <= STOCK, "oversold: {units} units held of {STOCK}");
     for order in &stored {
-        let serial: usize = order["idempotency_key"].as_str().unwrap()["order-".len()..].parse().unwrap();
+        let serial: usize = order["idempotency_key"].as_str().unwrap()["order-".len()..]
+            .parse()
+            .unwrap();
         let asked = request_body(serial);
         assert_eq!(order["customer"], asked["customer"]);
         assert_eq!(order["sku"], asked["sku"]);
@@ -145,20 +181,44 @@ async fn crash_and_recover(kill_after: usize) {
     }
     // Every 202 survived, unchanged.
     for (serial, order_id) in &accepted {
-        let order = by_key.get(key(*serial).as_str()).unwrap_or_else(|| panic!("202'd order {order_id} lost"));
+        let order = by_key
+            .get(key(*serial).as_str())
+            .unwrap_or_else(|| panic!("202'd order {order_id} lost"));
         assert_eq!(order["order_id"].as_str(), Some(order_id.as_str()));
     }
     // The drop's counters agree with the orders.
     let auth = gateway.admin_authorization();
-    let detail = client.get(&format!("{}/admin/drops/crash", gateway.admin_url), &[("authorization", &auth)]).await.unwrap();
+    let detail = client
+        .get(
+            &format!("{}/admin/drops/crash", gateway.admin_url),
+            &[("authorization", &auth)],
+        )
+        .await
+        .unwrap();
     assert_eq!(detail.body["skus"][0]["held"].as_u64(), Some(units));
-    assert_eq!(detail.body["skus"][0]["available"].as_u64(), Some(STOCK - units));
+    assert_eq!(
+        detail.body["skus"][0]["available"].as_u64(),
+        Some(STOCK - units)
+    );
     // Every stored key replays its order.
     let url = format!("{}/api/drops/crash/orders", gateway.public_url);
     for (key, order) in &by_key {
         let serial: usize = key["order-".len()..].parse().unwrap();
-        let replay = client.send(Method::POST, &url, &[("idempotency-key", key)], Some(&request_body(serial))).await.unwrap();
-        assert_eq!(replay.status, StatusCode::ACCEPTED, "{key}: {:?}", replay.body);
+        let replay = client
+            .send(
+                Method::POST,
+                &url,
+                &[("idempotency-key", key)],
+                Some(&request_body(serial)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            replay.status,
+            StatusCode::ACCEPTED,
+            "{key}: {:?}",
+            replay.body
+        );
         assert_eq!(replay.body["order_id"], order["order_id"]);
     }
     eprintln!(
@@ -194,7 +254,14 @@ async fn sigterm_drains_admitted_orders_and_exits_cleanly() {
         .map(|serial| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
-                client.send(Method::POST, &url, &[("idempotency-key", &key(serial))], Some(&request_body(serial))).await
+                client
+                    .send(
+                        Method::POST,
+                        &url,
+                        &[("idempotency-key", &key(serial))],
+                        Some(&request_body(serial)),
+                    )
+                    .await
             })
         })
         .collect();
@@ -204,10 +271,16 @@ async fn sigterm_drains_admitted_orders_and_exits_cleanly() {
         assert_eq!(response.status, StatusCode::ACCEPTED);
         accepted.push(response.body["order_id"].as_str().unwrap().to_owned());
     }
-    assert!(gateway.terminate().unwrap(), "floodgate must exit 0 after SIGTERM");
+    assert!(
+        gateway.terminate().unwrap(),
+        "floodgate must exit 0 after SIGTERM"
+    );
     let gateway = GatewayProcess::spawn(binary(), data.path(), "").unwrap();
-    let stored: Vec<String> =
-        all_orders(&client, &gateway).await.iter().map(|order| order["order_id"].as_str().unwrap().to_owned()).collect();
+    let stored: Vec<String> = all_orders(&client, &gateway)
+        .await
+        .iter()
+        .map(|order| order["order_id"].as_str().unwrap().to_owned())
+        .collect();
     for order_id in accepted {
         assert!(stored.contains(&order_id), "{order_id} lost");
     }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use floodgate_core::{
-    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec,
-    Timestamp, WaitingRoomSpec,
+    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
+    WaitingRoomSpec,
 };
 use floodgate_store::{Holding, OrderFilter, StateCount, Store, StoreError};
 
@@ -61,8 +61,18 @@ fn spec(stock: u64) -> DropSpec {
         ends_at: T0.add_millis(3_600_000),
         limit_per_customer: 5,
         skus: vec![
-            SkuSpec { sku: "rod".into(), name: "Rod".into(), price_cents: 19_900, stock },
-            SkuSpec { sku: "reel".into(), name: "Reel".into(), price_cents: 9_900, stock },
+            SkuSpec {
+                sku: "rod".into(),
+                name: "Rod".into(),
+                price_cents: 19_900,
+                stock,
+            },
+            SkuSpec {
+                sku: "reel".into(),
+                name: "Reel".into(),
+                price_cents: 9_900,
+                stock,
+            },
         ],
         waiting_room: WaitingRoomSpec::default(),
         paused: false,
@@ -70,7 +80,11 @@ fn spec(stock: u64) -> DropSpec {
 }
 
 fn order(serial: u64, sku: &str, quantity: u32) -> Order {
-    let request = OrderRequest { customer: format!("c-{}", serial % 7), sku: sku.into(), quantity };
+    let request = OrderRequest {
+        customer: format!("c-{}", serial % 7),
+        sku: sku.into(),
+        quantity,
+    };
     Order {
         order_id: OrderId::from_random_bits(u128::from(serial) << 64 | 0xabc),
         drop_id: drop_id(),
@@ -97,7 +111,10 @@ pub(crate) async fn a_new_store_is_empty<B: Backend>(backend: &B) {
     let store = backend.open();
     let snapshot = store.load(Timestamp::from_unix_millis(0)).await.unwrap();
     assert!(snapshot.drops.is_empty() && snapshot.holdings.is_empty() && snapshot.keys.is_empty());
-    assert_eq!(store.order(OrderId::from_random_bits(1)).await.unwrap(), None);
+    assert_eq!(
+        store.order(OrderId::from_random_bits(1)).await.unwrap(),
+        None
+    );
     store.check_writable().await.unwrap();
 }
 
@@ -106,7 +123,10 @@ pub(crate) async fn drops_round_trip_and_update<B: Backend>(backend: &B) {
     let mut updated = spec(20);
     updated.paused = true;
     updated.skus.pop();
-    store.put_drop(drop_id(), updated.clone(), T0).await.unwrap();
+    store
+        .put_drop(drop_id(), updated.clone(), T0)
+        .await
+        .unwrap();
     let snapshot = store.load(T0).await.unwrap();
     assert_eq!(snapshot.drops, vec![(drop_id(), updated)]);
 }
@@ -115,18 +135,32 @@ pub(crate) async fn an_accepted_order_is_stored_whole<B: Backend>(backend: &B) {
     let store = with_drop(backend, 10).await;
     let accepted = order(1, "rod", 2);
     store.accept_order(accepted.clone()).await.unwrap();
-    assert_eq!(store.order(accepted.order_id.clone()).await.unwrap(), Some(accepted.clone()));
+    assert_eq!(
+        store.order(accepted.order_id.clone()).await.unwrap(),
+        Some(accepted.clone())
+    );
     let snapshot = store.load(T0).await.unwrap();
     assert_eq!(
         snapshot.holdings,
-        vec![Holding { drop_id: drop_id(), customer: accepted.customer.clone(), sku: "rod".into(), units: 2 }]
+        vec![Holding {
+            drop_id: drop_id(),
+            customer: accepted.customer.clone(),
+            sku: "rod".into(),
+            units: 2
+        }]
     );
     assert_eq!(snapshot.keys.len(), 1);
     assert_eq!(snapshot.keys[0].key, accepted.idempotency_key);
     assert_eq!(snapshot.keys[0].fingerprint, accepted.fingerprint);
     assert_eq!(snapshot.keys[0].order_id, accepted.order_id);
     let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(counts.get(&OrderState::Accepted), Some(&StateCount { orders: 1, units: 2 }));
+    assert_eq!(
+        counts.get(&OrderState::Accepted),
+        Some(&StateCount {
+            orders: 1,
+            units: 2
+        })
+    );
 }
 
 pub(crate) async fn accepted_orders_survive_a_restart<B: Backend>(backend: &B) {
@@ -137,7 +171,10 @@ pub(crate) async fn accepted_orders_survive_a_restart<B: Backend>(backend: &B) {
         store.close().await.unwrap();
     }
     let reopened = backend.open();
-    assert_eq!(reopened.order(accepted.order_id.clone()).await.unwrap(), Some(accepted));
+    assert_eq!(
+        reopened.order(accepted.order_id.clone()).await.unwrap(),
+        Some(accepted)
+    );
     assert_eq!(reopened.load(T0).await.unwrap().drops.len(), 1);
 }
 
@@ -150,7 +187,13 @@ pub(crate) async fn the_store_refuses_to_oversell<B: Backend>(backend: &B) {
     assert_eq!(store.order(refused.order_id).await.unwrap(), None);
     store.accept_order(order(3, "rod", 1)).await.unwrap();
     let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(counts[&OrderState::Accepted], StateCount { orders: 2, units: 3 });
+    assert_eq!(
+        counts[&OrderState::Accepted],
+        StateCount {
+            orders: 2,
+            units: 3
+        }
+    );
 }
 
 pub(crate) async fn unknown_skus_are_refused<B: Backend>(backend: &B) {
@@ -163,11 +206,20 @@ pub(crate) async fn stock_cannot_go_below_held_units<B: Backend>(backend: &B) {
     let store = with_drop(backend, 5).await;
     store.accept_order(order(1, "rod", 4)).await.unwrap();
     let error = store.put_drop(drop_id(), spec(3), T0).await.unwrap_err();
-    assert!(matches!(error, StoreError::StockBelowHeld { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::StockBelowHeld { .. }),
+        "{error:?}"
+    );
     let mut without_rod = spec(5);
     without_rod.skus.remove(0);
-    let error = store.put_drop(drop_id(), without_rod, T0).await.unwrap_err();
-    assert!(matches!(error, StoreError::StockBelowHeld { .. }), "{error:?}");
+    let error = store
+        .put_drop(drop_id(), without_rod, T0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::StockBelowHeld { .. }),
+        "{error:?}"
+    );
     store.put_drop(drop_id(), spec(4), T0).await.unwrap();
     assert_eq!(store.load(T0).await.unwrap().drops[0].1, spec(4));
 }
@@ -190,7 +242,13 @@ pub(crate) async fn concurrent_orders_all_commit<B: Backend>(backend: &B) {
     }
     assert_eq!(accepted, 1_000);
     let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(counts[&OrderState::Accepted], StateCount { orders: 1_000, units: 1_000 });
+    assert_eq!(
+        counts[&OrderState::Accepted],
+        StateCount {
+            orders: 1_000,
+            units: 1_000
+        }
+    );
 }
 
 pub(crate) async fn listing_filters_and_pages<B: Backend>(backend: &B) {
@@ -199,23 +257,45 @@ pub(crate) async fn listing_filters_and_pages<B: Backend>(backend: &B) {
     for accepted in &orders {
         store.accept_order(accepted.clone()).await.unwrap();
     }
-    let everything = OrderFilter { drop_id: Some(drop_id()), limit: 100, ..OrderFilter::default() };
+    let everything = OrderFilter {
+        drop_id: Some(drop_id()),
+        limit: 100,
+        ..OrderFilter::default()
+    };
     assert_eq!(store.orders(everything.clone()).await.unwrap(), orders);
-    let page = OrderFilter { after: Some(orders[1].order_id.clone()), limit: 2, ..everything.clone() };
+    let page = OrderFilter {
+        after: Some(orders[1].order_id.clone()),
+        limit: 2,
+        ..everything.clone()
+    };
     assert_eq!(store.orders(page).await.unwrap(), orders[2..4]);
-    let failed = OrderFilter { state: Some(OrderState::Failed), ..everything };
+    let failed = OrderFilter {
+        state: Some(OrderState::Failed),
+        ..everything
+    };
     assert!(store.orders(failed).await.unwrap().is_empty());
-    let other_drop = OrderFilter { drop_id: Some(DropId::parse("other").unwrap()), limit: 10, ..OrderFilter::default() };
+    let other_drop = OrderFilter {
+        drop_id: Some(DropId::parse("other").unwrap()),
+        limit: 10,
+        ..OrderFilter::default()
+    };
     assert!(store.orders(other_drop).await.unwrap().is_empty());
 }
 
 pub(crate) async fn keys_expire_by_age<B: Backend>(backend: &B) {
     let store = with_drop(backend, 100).await;
     for serial in 0..4 {
-        store.accept_order(order(serial * 1_000, "rod", 1)).await.unwrap();
+        store
+            .accept_order(order(serial * 1_000, "rod", 1))
+            .await
+            .unwrap();
     }
     let recent = store.load(T0.add_millis(1_500)).await.unwrap();
-    let mut keys: Vec<_> = recent.keys.iter().map(|key| key.key.as_str().to_owned()).collect();
+    let mut keys: Vec<_> = recent
+        .keys
+        .iter()
+        .map(|key| key.key.as_str().to_owned())
+        .collect();
     keys.sort();
     assert_eq!(keys, ["key-2000", "key-3000"]);
 }
@@ -232,7 +312,13 @@ pub(crate) async fn close_flushes_and_then_refuses<B: Backend>(backend: &B) {
         task.await.unwrap().unwrap();
     }
     store.close().await.unwrap();
-    assert_eq!(store.accept_order(order(99, "rod", 1)).await, Err(StoreError::Closed));
+    assert_eq!(
+        store.accept_order(order(99, "rod", 1)).await,
+        Err(StoreError::Closed)
+    );
     let reopened = backend.open();
-    assert_eq!(reopened.order_counts(drop_id()).await.unwrap()[&OrderState::Accepted].orders, 50);
+    assert_eq!(
+        reopened.order_counts(drop_id()).await.unwrap()[&OrderState::Accepted].orders,
+        50
+    );
 }
