@@ -166,7 +166,7 @@ mod tests {
     fn a_key_moves_from_fresh_to_in_progress_to_replay() {
         let mut table = KeyTable::default();
         let key = IdempotencyKey::parse("k-1").unwrap();
-        let order = OrderId::from_random_bits(7);
+        let order = OrderId::new(Timestamp::from_unix_millis(0), 7);
         assert_eq!(table.claim(&key, fingerprint(1)), KeyLookup::Fresh);
         assert_eq!(table.claim(&key, fingerprint(1)), KeyLookup::InProgress);
         assert_eq!(table.claim(&key, fingerprint(2)), KeyLookup::Reused);
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(table.claim(&key, fingerprint(2)), KeyLookup::Fresh);
         table.finish(
             key.clone(),
-            OrderId::from_random_bits(1),
+            OrderId::new(Timestamp::from_unix_millis(0), 1),
             Timestamp::from_unix_millis(5),
         );
         table.forget(&key);
@@ -202,13 +202,13 @@ mod tests {
         table.restore(
             old.clone(),
             fingerprint(1),
-            OrderId::from_random_bits(1),
+            OrderId::new(Timestamp::from_unix_millis(0), 1),
             Timestamp::from_unix_millis(10),
         );
         table.restore(
             new.clone(),
             fingerprint(1),
-            OrderId::from_random_bits(2),
+            OrderId::new(Timestamp::from_unix_millis(0), 2),
             Timestamp::from_unix_millis(20),
         );
         table.prune(Timestamp::from_unix_millis(15));

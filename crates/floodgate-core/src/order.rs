@@ -8,15 +8,30 @@ use crate::{DropId, IdempotencyKey, Timestamp};
 /// Longest customer identity, in bytes.
 pub const MAX_CUSTOMER_LEN: usize = 255;
 
-/// An unguessable order id: `ord_` and 32 hex digits from 128 random bits.
+/// An unguessable order id: `ord_`, 12 hex digits of the acceptance time in milliseconds, then
+/// 20 hex digits (80 bits) of randomness.
+///
+/// The time prefix makes ids of new orders sort after older ones, so the store's index on them
+/// grows at one end instead of touching a random page per order (as UUIDv7 does for the same
+/// reason); the 80 random bits keep them unguessable.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct OrderId(String);
 
+/// The random part of an [`OrderId`]: 80 bits.
+const ORDER_ID_RANDOM_MASK: u128 = (1 << 80) - 1;
+/// The time part of an [`OrderId`]: 48 bits of milliseconds (until the year 10889).
+const ORDER_ID_TIME_MASK: i64 = (1 << 48) - 1;
+
 impl OrderId {
-    /// Builds an id from 128 random bits; the caller owns the randomness (core does no I/O).
-    pub fn from_random_bits(bits: u128) -> Self {
-        Self(format!("ord_{bits:032x}"))
+    /// Builds the id of an order accepted at `accepted_at`; the caller owns the randomness
+    /// (core does no I/O), of which the low 80 bits are used.
+    pub fn new(accepted_at: Timestamp, random_bits: u128) -> Self {
+        let time = accepted_at.unix_millis() & ORDER_ID_TIME_MASK;
+        Self(format!(
+            "ord_{time:012x}{:020x}",
+            random_bits & ORDER_ID_RANDOM_MASK
+        ))
     }
 
     /// Accepts text that has the shape of an order id, so lookups of junk never reach the store.
@@ -235,10 +250,12 @@ mod tests {
     }
 
     #[test]
-    fn order_ids_are_well_formed_and_parse_back() {
-        let id = OrderId::from_random_bits(0xdead_beef);
-        assert_eq!(id.as_str().len(), 36);
-        assert_eq!(OrderId::parse(id.as_str()), Some(id));
+    fn order_ids_are_well_formed_sorted_by_time_and_parse_back() {
+        let id = OrderId::new(Timestamp::from_unix_millis(0x0123_4567_89ab), u128::MAX);
+        assert_eq!(id.as_str(), "ord_0123456789abffffffffffffffffffff");
+        assert_eq!(OrderId::parse(id.as_str()), Some(id.clone()));
+        let later = OrderId::new(Timestamp::from_unix_millis(0x0123_4567_89ac), 0);
+        assert!(later > id);
         for junk in [
             "",
             "ord_",

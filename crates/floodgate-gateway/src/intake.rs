@@ -251,7 +251,7 @@ impl Intake {
 fn new_order(drop_id: DropId, key: IdempotencyKey, request: OrderRequest, now: Timestamp) -> Order {
     let fingerprint = request.fingerprint();
     Order {
-        order_id: OrderId::from_random_bits(uuid::Uuid::new_v4().as_u128()),
+        order_id: OrderId::new(now, uuid::Uuid::new_v4().as_u128()),
         drop_id,
         sku: request.sku,
         quantity: request.quantity,

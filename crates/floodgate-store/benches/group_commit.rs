@@ -85,7 +85,7 @@ fn order(drop_id: &DropId, serial: u64) -> Order {
         quantity: 1,
     };
     Order {
-        order_id: OrderId::from_random_bits(u128::from(serial)),
+        order_id: OrderId::new(Timestamp::from_unix_millis(0), u128::from(serial)),
         drop_id: drop_id.clone(),
         sku: request.sku.clone(),
         quantity: 1,

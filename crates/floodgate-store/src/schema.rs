@@ -46,7 +46,6 @@ CREATE TABLE orders (
 
 CREATE INDEX orders_by_state ON orders (state, seq);
 CREATE INDEX orders_by_drop ON orders (drop_id, seq);
-CREATE INDEX orders_by_accepted_at ON orders (accepted_at);
 
 -- One row that `/readyz` rewrites to prove a commit still reaches the disk.
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), beats INTEGER NOT NULL) STRICT;
@@ -65,6 +64,7 @@ pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreErr
         .pragma_update(None, "journal_mode", "WAL")
         .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
         .map_err(backend)?;
+    tune_cache(connection)?;
     let applied: i64 = connection
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(backend)?;
@@ -78,6 +78,17 @@ pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreErr
         transaction.commit().map_err(backend)?;
     }
     Ok(())
+}
+
+/// Page cache and memory map sized for a drop's working set, so index pages are not re-read
+/// from the file on every insert or lookup.
+pub(crate) fn tune_cache(connection: &Connection) -> Result<(), StoreError> {
+    const CACHE_KIB: i64 = 64 * 1024;
+    const MMAP_BYTES: i64 = 256 * 1024 * 1024;
+    connection
+        .pragma_update(None, "cache_size", -CACHE_KIB)
+        .and_then(|()| connection.pragma_update(None, "mmap_size", MMAP_BYTES))
+        .map_err(backend)
 }
 
 /// Reads one order from a row selected with [`ORDER_COLUMNS`].

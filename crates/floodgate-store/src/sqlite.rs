@@ -13,7 +13,7 @@ use floodgate_core::{
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::Semaphore;
 
-use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer};
+use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
 use crate::writer::{Write, WriterHandle};
 use crate::{
     Holding, OrderFilter, Snapshot, StateCount, Store, StoreError, StoreFuture, StoredKey,

@@ -3,9 +3,10 @@
 //!
 //! Batches form by themselves: while one commit waits on the disk, new writes queue up, and the
 //! next commit takes them all. No timer is needed, so a lone order is not delayed, and under load
-//! the batch grows until one fsync serves hundreds of orders. Each write runs in a savepoint, so
-//! one refused write (an oversell) does not undo its batch-mates.
+//! the batch grows until one fsync serves hundreds of orders. A refused write (an oversell) does
+//! not undo its batch-mates.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
@@ -92,18 +93,34 @@ fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize) {
     tracing::debug!("store writer stopped");
 }
 
-/// Applies `batch` in one transaction; one result per job.
+/// Applies `batch` in one transaction; one result per job. Orders go first, reserved per SKU
+/// with one guarded `UPDATE` for the whole batch; the rare other writes follow, each in a
+/// savepoint so a refused one leaves its batch-mates standing. (The jobs of one batch were
+/// concurrent, so any order among them is a valid serialisation.)
 fn commit(connection: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
     let outcome = (|| {
         let mut transaction = connection.transaction().map_err(backend)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for job in batch {
+        let orders: Vec<(usize, &Order)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, job)| match &job.write {
+                Write::AcceptOrder(order) => Some((index, order)),
+                _ => None,
+            })
+            .collect();
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
+        for ((index, _), result) in orders.iter().zip(accept_orders(&transaction, &orders)?) {
+            results[*index] = result;
+        }
+        for (index, job) in batch.iter().enumerate() {
+            if matches!(job.write, Write::AcceptOrder(_)) {
+                continue;
+            }
             let savepoint = transaction.savepoint().map_err(backend)?;
-            let result = apply(&savepoint, &job.write);
-            if result.is_ok() {
+            results[index] = apply(&savepoint, &job.write);
+            if results[index].is_ok() {
                 savepoint.commit().map_err(backend)?;
             }
-            results.push(result);
         }
         transaction.commit().map_err(backend)?;
         Ok(results)
@@ -117,13 +134,113 @@ fn commit(connection: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreErr
 fn apply(transaction: &Connection, write: &Write) -> Result<(), StoreError> {
     match write {
         Write::PutDrop { drop_id, spec, now } => put_drop(transaction, drop_id, spec, *now),
-        Write::AcceptOrder(order) => accept_order(transaction, order),
         Write::Heartbeat => transaction
             .execute("UPDATE heartbeat SET beats = beats + 1 WHERE id = 1", [])
             .map(drop)
             .map_err(backend),
-        Write::Close => Ok(()),
+        Write::AcceptOrder(_) | Write::Close => Ok(()),
     }
+}
+
+/// Reserves and inserts `orders`; one result each. An `Err` return fails the whole batch.
+///
+/// The stock of each SKU is raised once for all its orders when the whole group fits, which is
+/// the common case; only a group that would oversell is retried order by order, so exactly the
+/// orders that fit are kept.
+fn accept_orders(
+    transaction: &Connection,
+    orders: &[(usize, &Order)],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut groups: HashMap<(&str, &str), (u64, Vec<usize>)> = HashMap::new();
+    for (position, (_, order)) in orders.iter().enumerate() {
+        let group = groups
+            .entry((order.drop_id.as_str(), order.sku.as_str()))
+            .or_default();
+        group.0 += u64::from(order.quantity);
+        group.1.push(position);
+    }
+    let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); orders.len()];
+    for ((drop_id, sku), (units, members)) in groups {
+        if reserve(transaction, drop_id, sku, units)? {
+            continue;
+        }
+        for position in members {
+            let order = orders[position].1;
+            if !reserve(transaction, drop_id, sku, u64::from(order.quantity))? {
+                results[position] = Err(refusal(transaction, order)?);
+            }
+        }
+    }
+    let mut insert = transaction
+        .prepare_cached(
+            "INSERT INTO orders (order_id, drop_id, sku, quantity, customer, state, attempts,
+                 accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .map_err(backend)?;
+    for ((_, order), result) in orders.iter().zip(results.iter_mut()) {
+        if result.is_err() {
+            continue;
+        }
+        let inserted = insert.execute(params![
+            order.order_id.as_str(),
+            order.drop_id.as_str(),
+            order.sku,
+            order.quantity,
+            order.customer,
+            order.state.as_str(),
+            order.attempts,
+            order.accepted_at.unix_millis(),
+            order.updated_at.unix_millis(),
+            order.downstream_ref,
+            order.idempotency_key.as_str(),
+            &order.fingerprint.0[..],
+        ]);
+        if let Err(error) = inserted {
+            // Give the units back so the batch's other orders still commit.
+            transaction
+                .execute(
+                    "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
+                    params![order.drop_id.as_str(), order.sku, order.quantity],
+                )
+                .map_err(backend)?;
+            *result = Err(backend(error));
+        }
+    }
+    Ok(results)
+}
+
+/// Adds `units` to a SKU's held units if they fit its stock; whether they did.
+fn reserve(
+    transaction: &Connection,
+    drop_id: &str,
+    sku: &str,
+    units: u64,
+) -> Result<bool, StoreError> {
+    transaction
+        .prepare_cached(
+            "UPDATE stock SET held = held + ?3 WHERE drop_id = ?1 AND sku = ?2 AND held + ?3 <= stock",
+        )
+        .and_then(|mut statement| statement.execute(params![drop_id, sku, units]))
+        .map(|changed| changed == 1)
+        .map_err(backend)
+}
+
+/// Why an order's units did not fit: its SKU is unknown, or the stock is short.
+fn refusal(transaction: &Connection, order: &Order) -> Result<StoreError, StoreError> {
+    let known = transaction
+        .query_row(
+            "SELECT 1 FROM stock WHERE drop_id = ?1 AND sku = ?2",
+            params![order.drop_id.as_str(), order.sku],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(backend)?;
+    let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
+    Ok(match known {
+        Some(()) => StoreError::Oversell { drop_id, sku },
+        None => StoreError::UnknownSku { drop_id, sku },
+    })
 }
 
 fn put_drop(
@@ -178,53 +295,4 @@ fn put_drop(
             })?;
     }
     Ok(())
-}
-
-fn accept_order(transaction: &Connection, order: &Order) -> Result<(), StoreError> {
-    let drop_id = order.drop_id.as_str();
-    let reserved = transaction
-        .prepare_cached(
-            "UPDATE stock SET held = held + ?3 WHERE drop_id = ?1 AND sku = ?2 AND held + ?3 <= stock",
-        )
-        .and_then(|mut statement| statement.execute(params![drop_id, order.sku, order.quantity]))
-        .map_err(backend)?;
-    if reserved == 0 {
-        let known = transaction
-            .query_row(
-                "SELECT 1 FROM stock WHERE drop_id = ?1 AND sku = ?2",
-                params![drop_id, order.sku],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(backend)?;
-        let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
-        return Err(match known {
-            Some(()) => StoreError::Oversell { drop_id, sku },
-            None => StoreError::UnknownSku { drop_id, sku },
-        });
-    }
-    transaction
-        .prepare_cached(
-            "INSERT INTO orders (order_id, drop_id, sku, quantity, customer, state, attempts,
-                 accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                order.order_id.as_str(),
-                drop_id,
-                order.sku,
-                order.quantity,
-                order.customer,
-                order.state.as_str(),
-                order.attempts,
-                order.accepted_at.unix_millis(),
-                order.updated_at.unix_millis(),
-                order.downstream_ref,
-                order.idempotency_key.as_str(),
-                &order.fingerprint.0[..],
-            ])
-        })
-        .map(drop)
-        .map_err(backend)
 }

@@ -86,7 +86,7 @@ fn order(serial: u64, sku: &str, quantity: u32) -> Order {
         quantity,
     };
     Order {
-        order_id: OrderId::from_random_bits(u128::from(serial) << 64 | 0xabc),
+        order_id: OrderId::new(T0, u128::from(serial)),
         drop_id: drop_id(),
         sku: request.sku.clone(),
         quantity,
@@ -112,7 +112,10 @@ pub(crate) async fn a_new_store_is_empty<B: Backend>(backend: &B) {
     let snapshot = store.load(Timestamp::from_unix_millis(0)).await.unwrap();
     assert!(snapshot.drops.is_empty() && snapshot.holdings.is_empty() && snapshot.keys.is_empty());
     assert_eq!(
-        store.order(OrderId::from_random_bits(1)).await.unwrap(),
+        store
+            .order(OrderId::new(Timestamp::from_unix_millis(0), 1))
+            .await
+            .unwrap(),
         None
     );
     store.check_writable().await.unwrap();

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Durable order intake over HTTP against nginx serving a fixed 200, measured in one run with the
+# same client (wrk), the same connections and the same duration.
+#
+#   bash bench/intake.sh                 # defaults: 2 threads, 64 connections, 10 s, 3 rounds
+#   THREADS=2 CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/intake.sh
+#
+# Prints each round and the median rates, p99s and the ratio floodgate/nginx
+# (target: >= 0.35, floodgate p99 < 20 ms). Only loopback addresses are used.
+set -euo pipefail
+
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+if ! need nginx || ! need wrk; then
+  echo "installing nginx and wrk" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
+FLOODGATE="$root/target/release/floodgate"
+
+# nginx: a fixed 200 with a small JSON body, as many workers as floodgate has cores.
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes $(nproc);
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { default_type application/json; return 200 '{"order_id":"ord_0","state":"accepted"}'; }
+  }
+}
+CONF
+"$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+pids+=($!)
+
+# floodgate on port 0 with its own store, announcing its addresses on stdout.
+cat > "$work/floodgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[store]
+path = "$work/store"
+CONF
+FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=warn "$FLOODGATE" serve --config "$work/floodgate.toml" > "$work/floodgate.out" &
+pids+=($!)
+for _ in $(seq 100); do grep -q '^floodgate admin ' "$work/floodgate.out" 2>/dev/null && break; sleep 0.1; done
+public=$(sed -n 's/^floodgate public //p' "$work/floodgate.out")
+admin=$(sed -n 's/^floodgate admin //p' "$work/floodgate.out")
+curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" -d '{
+  "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+  "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 4000000000}]}' >/dev/null
+
+# Every request a new shopper with a new key: no replays, every order a durable write.
+cat > "$work/orders.lua" <<'LUA'
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+function init(args) prefix = "t" .. tid .. "-" .. os.time() .. "-" ; counter = 0 end
+request = function()
+  counter = counter + 1
+  local id = prefix .. counter
+  local body = '{"customer":"' .. id .. '","sku":"unit","quantity":1}'
+  return wrk.format("POST", "/api/drops/bench/orders", {["Idempotency-Key"] = id, ["Content-Type"] = "application/json"}, body)
+end
+LUA
+
+run_wrk() { # url [script] -> "rate p99_ms non2xx"
+  local out
+  if [ -n "${2:-}" ]; then out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1")
+  else out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1"); fi
+  python3 - "$out" <<'PY'
+import re, sys
+out = sys.argv[1]
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+print(f"{rate:.0f} {p99:.2f} {bad.group(1) if bad else 0}")
+PY
+}
+
+echo "threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
+nginx_rates=(); fg_rates=(); nginx_p99=(); fg_p99=()
+for round in $(seq "$ROUNDS"); do
+  read -r rate p99 bad < <(run_wrk "http://127.0.0.1:$nginx_port/")
+  nginx_rates+=("$rate"); nginx_p99+=("$p99")
+  echo "round $round nginx fixed 200:      $rate req/s  p99 ${p99} ms  non-2xx $bad"
+  read -r rate p99 bad < <(run_wrk "$public/api/drops/bench/orders" "$work/orders.lua")
+  fg_rates+=("$rate"); fg_p99+=("$p99")
+  echo "round $round floodgate intake:     $rate req/s  p99 ${p99} ms  non-2xx $bad"
+done
+held=$(curl -sf -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["skus"][0]["held"])')
+python3 - "${nginx_rates[*]}" "${fg_rates[*]}" "${nginx_p99[*]}" "${fg_p99[*]}" "$held" <<'PY'
+import statistics, sys
+nginx, fg, nginx_p99, fg_p99 = ([float(x) for x in arg.split()] for arg in sys.argv[1:5])
+n, f = statistics.median(nginx), statistics.median(fg)
+print(f"median nginx {n:.0f} req/s (p99 {statistics.median(nginx_p99):.2f} ms)")
+print(f"median floodgate durable intake {f:.0f} orders/s (p99 {statistics.median(fg_p99):.2f} ms)")
+print(f"ratio floodgate/nginx {f / n:.2f} (target >= 0.35)")
+print(f"orders durably stored during the run: {sys.argv[5]}")
+PY
