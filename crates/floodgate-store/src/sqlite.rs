@@ -13,6 +13,7 @@ use floodgate_core::{
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::Semaphore;
 
+use crate::checkpoint::Checkpointer;
 use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
 use crate::writer::{Write, WriterHandle};
 use crate::{
@@ -58,10 +59,14 @@ impl SqliteStore {
         let path = data_dir.join(DATABASE_FILE);
         let mut connection = Connection::open(&path).map_err(backend)?;
         prepare_writer(&mut connection)?;
-        let (writer, _thread) =
-            WriterHandle::spawn(connection, options.max_batch, options.queue_capacity).map_err(
-                |error| StoreError::Backend(format!("cannot start the writer: {error}")),
-            )?;
+        let checkpoints = Checkpointer::open(&path)?;
+        let (writer, _thread) = WriterHandle::spawn(
+            connection,
+            checkpoints,
+            options.max_batch,
+            options.queue_capacity,
+        )
+        .map_err(|error| StoreError::Backend(format!("cannot start the writer: {error}")))?;
         let readers = Arc::new(ReaderPool {
             path,
             idle: Mutex::new(Vec::new()),
@@ -282,6 +287,7 @@ impl ReaderPool {
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
+        tune_cache(&connection)?;
         Ok(connection)
     }
 }

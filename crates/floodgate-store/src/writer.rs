@@ -15,6 +15,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
+use crate::checkpoint::Checkpointer;
 use crate::schema::backend;
 
 /// A write waiting for the writer thread.
@@ -46,13 +47,18 @@ impl WriterHandle {
     /// Starts the writer thread on `connection`.
     pub(crate) fn spawn(
         connection: Connection,
+        checkpoints: Checkpointer,
         max_batch: usize,
         queue_capacity: usize,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, queued) = mpsc::sync_channel(queue_capacity);
         let thread = std::thread::Builder::new()
             .name("floodgate-store-writer".into())
-            .spawn(move || run(connection, queued, max_batch))?;
+            .spawn(move || {
+                // Runs beside the writer and stops when the writer drops its handle.
+                let _checkpointing = checkpoints.start();
+                run(connection, queued, max_batch);
+            })?;
         Ok((Self { jobs }, thread))
     }
 
