@@ -93,14 +93,7 @@ impl KeyTable {
     pub fn finish(&mut self, key: IdempotencyKey, order_id: OrderId, answered_at: Timestamp) {
         if let Some(KeyEntry::InFlight(fingerprint)) = self.entries.get(&key) {
             let fingerprint = *fingerprint;
-            self.entries.insert(
-                key,
-                KeyEntry::Answered {
-                    fingerprint,
-                    order_id,
-                    answered_at,
-                },
-            );
+            self.restore(key, fingerprint, order_id, answered_at);
         }
     }
 
@@ -111,7 +104,7 @@ impl KeyTable {
         }
     }
 
-    /// Restores an answered key from the store at start-up.
+    /// Records an answered key (from the store at start-up, or when a claim finishes).
     pub fn restore(
         &mut self,
         key: IdempotencyKey,
