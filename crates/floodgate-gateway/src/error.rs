@@ -103,7 +103,10 @@ impl From<StoreError> for ApiError {
             // change (an operator lowering stock) won the race. Say what the shopper would see.
             StoreError::Oversell { .. } => Self::Refused(Refusal::SoldOut),
             StoreError::UnknownSku { sku, .. } => Self::Refused(Refusal::UnknownSku(sku)),
-            StoreError::StockBelowHeld { .. } => Self::StockInUse(Vec::new()),
+            StoreError::StockBelowHeld { sku, .. } => Self::StockInUse(vec![SpecProblem {
+                path: "skus".into(),
+                problem: format!("units of {sku} are held by orders; stock may not go lower"),
+            }]),
             StoreError::Overloaded | StoreError::Closed => Self::Overloaded,
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");
@@ -118,7 +121,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let mut body = json!({ "error": code, "message": self.to_string() });
         match &self {
-            Self::InvalidDrop(problems) | Self::StockInUse(problems) if !problems.is_empty() => {
+            Self::InvalidDrop(problems) | Self::StockInUse(problems) => {
                 body["problems"] = problems
                     .iter()
                     .map(|problem| json!({ "path": problem.path, "problem": problem.problem }))

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use floodgate_core::drop::SpecProblem;
 use floodgate_core::{
     DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, Order, OrderId, OrderRequest,
     OrderState, Timestamp,
@@ -189,14 +188,7 @@ impl Intake {
         }
         self.store
             .put_drop(drop_id.clone(), spec.clone(), now)
-            .await
-            .map_err(|error| match error {
-                StoreError::StockBelowHeld { sku, .. } => ApiError::StockInUse(vec![SpecProblem {
-                    path: "skus".into(),
-                    problem: format!("units of {sku} are held by orders; stock may not go lower"),
-                }]),
-                other => ApiError::from(other),
-            })?;
+            .await?;
         match existing {
             Some(ledger) => lock(&ledger).apply_spec(spec),
             None => {
