@@ -5,8 +5,7 @@
 //! finished key replays its answer. Only accepted orders are remembered: a refusal (sold out,
 //! limit reached) is cheap to compute again and may change as stock returns, so it is not stored.
 
-use std::collections::HashMap;
-
+use crate::sharded_map::ShardedMap;
 use crate::{OrderId, RequestFingerprint, Timestamp};
 
 /// Longest key accepted, as in Stripe's API.
@@ -67,7 +66,7 @@ enum KeyEntry {
 /// orders leave an entry behind, and each holds at least one unit.
 #[derive(Debug, Default)]
 pub struct KeyTable {
-    entries: HashMap<IdempotencyKey, KeyEntry>,
+    entries: ShardedMap<IdempotencyKey, KeyEntry>,
 }
 
 impl KeyTable {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::drop::SpecProblem;
+use crate::sharded_map::ShardedMap;
 use crate::{DropSpec, DropState, KeyTable, Timestamp};
 
 /// Why an order cannot be had, decided in memory.
@@ -56,7 +57,7 @@ impl SkuUnits {
 pub struct DropLedger {
     spec: DropSpec,
     skus: HashMap<String, SkuUnits>,
-    held_by_customer: HashMap<String, u64>,
+    held_by_customer: ShardedMap<String, u64>,
     /// The drop's idempotency keys, decided under the same lock as the stock.
     pub keys: KeyTable,
 }
@@ -80,7 +81,7 @@ impl DropLedger {
         Self {
             spec,
             skus,
-            held_by_customer: HashMap::new(),
+            held_by_customer: ShardedMap::new(),
             keys: KeyTable::default(),
         }
     }

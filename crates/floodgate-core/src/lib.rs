@@ -8,6 +8,7 @@ pub mod drop;
 pub mod idempotency;
 pub mod ledger;
 pub mod order;
+pub mod sharded_map;
 pub mod timestamp;
 
 pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};
