@@ -2,8 +2,10 @@
 //! idempotency keys.
 //!
 //! Everything here is pure: no I/O, no async runtime, no HTTP types. Time is passed in as a
-//! [`Timestamp`], randomness as bytes, so every rule can be tested exactly.
+//! [`Timestamp`] (only the outer crates read a [`Clock`]), randomness as bytes, so every rule can
+//! be tested exactly.
 
+pub mod clock;
 pub mod drop;
 pub mod idempotency;
 pub mod ledger;
@@ -11,6 +13,7 @@ pub mod order;
 pub mod sharded_map;
 pub mod timestamp;
 
+pub use clock::Clock;
 pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};
 pub use idempotency::{IdempotencyKey, KeyLookup, KeyTable};
 pub use ledger::{DropLedger, Refusal};

@@ -60,7 +60,8 @@ impl std::fmt::Display for OrderId {
 pub enum OrderState {
     /// Durably stored with its reservation; waiting for the downstream.
     Accepted,
-    /// Being sent to the downstream.
+    /// Handed to the downstream at least once, outcome not yet known; stays here between
+    /// retries, since the downstream may already have it.
     Submitting,
     /// The downstream has it.
     Confirmed,
@@ -111,8 +112,7 @@ impl OrderState {
         matches!(
             (self, next),
             (Accepted, Submitting | Released)
-                // back to `accepted` is a retry scheduled after a transient failure
-                | (Submitting, Confirmed | Rejected | Failed | Accepted)
+                | (Submitting, Confirmed | Rejected | Failed)
                 // from the dead-letter view: redrive, or give the units back
                 | (Failed, Accepted | Released)
         )
@@ -206,6 +206,8 @@ pub struct Order {
     pub updated_at: Timestamp,
     /// The downstream's reference once confirmed.
     pub downstream_ref: Option<String>,
+    /// Why the last delivery attempt did not go through, for the dead-letter view.
+    pub last_error: Option<String>,
     /// The key the shopper sent.
     pub idempotency_key: IdempotencyKey,
     /// Digest of the request, to recognise replays.
@@ -225,7 +227,6 @@ mod tests {
             (Submitting, Confirmed),
             (Submitting, Rejected),
             (Submitting, Failed),
-            (Submitting, Accepted),
             (Failed, Accepted),
             (Failed, Released),
         ];

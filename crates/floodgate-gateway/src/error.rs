@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use floodgate_core::OrderState;
 use floodgate_core::drop::SpecProblem;
 use floodgate_core::ledger::Refusal;
 use floodgate_store::StoreError;
@@ -51,6 +52,10 @@ pub enum ApiError {
     /// The same key was used with a different body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// The order is not in a state the operation applies to (a redrive of an order that is not
+    /// in the dead-letter view).
+    #[error("the order is {}; only a failed order can be redriven", .0.as_str())]
+    NotRedrivable(OrderState),
     /// A drop update would strand held units.
     #[error("the change would strand units held by orders")]
     StockInUse(Vec<SpecProblem>),
@@ -89,6 +94,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             Self::StockInUse(_) => (StatusCode::CONFLICT, "stock_in_use"),
+            Self::NotRedrivable(_) => (StatusCode::CONFLICT, "not_redrivable"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -107,6 +113,8 @@ impl From<StoreError> for ApiError {
                 path: "skus".into(),
                 problem: format!("units of {sku} are held by orders; stock may not go lower"),
             }]),
+            StoreError::UnknownOrder(_) => Self::UnknownOrder,
+            StoreError::WrongState { state, .. } => Self::NotRedrivable(state),
             StoreError::Overloaded | StoreError::Closed => Self::Overloaded,
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");
@@ -128,6 +136,7 @@ impl IntoResponse for ApiError {
                     .collect();
             }
             Self::Refused(Refusal::NotLive(state)) => body["state"] = json!(state.as_str()),
+            Self::NotRedrivable(state) => body["state"] = json!(state.as_str()),
             Self::Refused(Refusal::InsufficientStock { available }) => {
                 body["available"] = json!(available)
             }

@@ -253,6 +253,7 @@ fn new_order(drop_id: DropId, key: IdempotencyKey, request: OrderRequest, now: T
         accepted_at: now,
         updated_at: now,
         downstream_ref: None,
+        last_error: None,
         idempotency_key: key,
         fingerprint,
     }

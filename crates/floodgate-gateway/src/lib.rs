@@ -6,7 +6,6 @@
 
 mod admin_api;
 mod body;
-mod clock;
 pub mod config;
 mod error;
 mod intake;
@@ -21,9 +20,9 @@ use floodgate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use clock::Clock;
 pub use config::Config;
 pub use error::ApiError;
+pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
 pub use server::ConnectionLimits;
 

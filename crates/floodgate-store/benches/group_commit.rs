@@ -95,6 +95,7 @@ fn order(drop_id: &DropId, serial: u64) -> Order {
         accepted_at: Timestamp::from_unix_millis(0),
         updated_at: Timestamp::from_unix_millis(0),
         downstream_ref: None,
+        last_error: None,
         idempotency_key: IdempotencyKey::parse(&format!("k-{serial}")).expect("key"),
         fingerprint: request.fingerprint(),
     }

@@ -45,6 +45,16 @@ pub trait Store: Send + Sync + 'static {
     /// Orders and units per state, for one drop.
     fn order_counts(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<OrderState, StateCount>>;
 
+    /// Moves an order along its delivery, durably, if it is in a state the change starts from
+    /// ([`StoreError::WrongState`] otherwise). A rejected order's units go back to its SKU's
+    /// stock in the same transaction.
+    fn record_delivery(
+        &self,
+        order_id: OrderId,
+        change: Delivery,
+        now: Timestamp,
+    ) -> StoreFuture<'_, ()>;
+
     /// Proves the store can still commit a write (for `/readyz`).
     fn check_writable(&self) -> StoreFuture<'_, ()>;
 
@@ -113,6 +123,46 @@ pub struct StateCount {
     pub units: u64,
 }
 
+/// One step of an order's delivery to the downstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// `accepted | submitting → submitting`, counting one more attempt; recorded before the
+    /// attempt is sent, so a restart knows the downstream may have the order.
+    Attempt,
+    /// `submitting → confirmed`, with the downstream's reference if it gave one.
+    Confirmed {
+        /// The downstream's reference.
+        reference: Option<String>,
+    },
+    /// `submitting → rejected`: the downstream refused it for good; the units go back on sale.
+    Rejected {
+        /// What the downstream said.
+        reason: String,
+    },
+    /// `submitting → failed`: the last attempt failed too; the order waits in the dead-letter
+    /// view, still holding its units.
+    Failed {
+        /// What the last attempt met.
+        reason: String,
+    },
+    /// `failed → accepted` with no attempts: an operator's redrive.
+    Redrive,
+}
+
+impl Delivery {
+    /// The states the change applies to, and the state it leads to.
+    pub fn transition(&self) -> (&'static [OrderState], OrderState) {
+        use OrderState::*;
+        match self {
+            Self::Attempt => (&[Accepted, Submitting], Submitting),
+            Self::Confirmed { .. } => (&[Submitting], Confirmed),
+            Self::Rejected { .. } => (&[Submitting], Rejected),
+            Self::Failed { .. } => (&[Submitting], Failed),
+            Self::Redrive => (&[Failed], Accepted),
+        }
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -139,6 +189,17 @@ pub enum StoreError {
         drop_id: DropId,
         /// The SKU.
         sku: String,
+    },
+    /// No order has this id.
+    #[error("{0}: no such order")]
+    UnknownOrder(OrderId),
+    /// The order is not in a state the change applies to; nothing was written.
+    #[error("{order_id} is {}; the change does not apply", state.as_str())]
+    WrongState {
+        /// The order.
+        order_id: OrderId,
+        /// Where it stands.
+        state: OrderState,
     },
     /// The writer's queue is full: the disk is not keeping up.
     #[error("the store's write queue is full")]

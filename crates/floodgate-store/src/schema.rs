@@ -12,7 +12,8 @@ use rusqlite::{Connection, Row};
 use crate::StoreError;
 
 /// Versioned migrations; `user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE drops (
     drop_id    TEXT PRIMARY KEY,
     spec       TEXT NOT NULL,
@@ -50,11 +51,15 @@ CREATE INDEX orders_by_drop ON orders (drop_id, seq);
 -- One row that `/readyz` rewrites to prove a commit still reaches the disk.
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), beats INTEGER NOT NULL) STRICT;
 INSERT INTO heartbeat VALUES (1, 0);
-"#];
+"#,
+    r#"
+ALTER TABLE orders ADD COLUMN last_error TEXT;
+"#,
+];
 
 /// Columns of `orders`, in the order [`order_from_row`] reads them.
 pub(crate) const ORDER_COLUMNS: &str = "order_id, drop_id, sku, quantity, customer, state, attempts, \
-     accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint";
+     accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint, last_error";
 
 /// Sets durability pragmas and brings the schema up to date.
 pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreError> {
@@ -119,6 +124,7 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
                 .try_into()
                 .map_err(|_| corrupt(11, "fingerprint"))?,
         ),
+        last_error: row.get(12)?,
     })
 }
 

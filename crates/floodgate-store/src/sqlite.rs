@@ -17,7 +17,7 @@ use crate::checkpoint::Checkpointer;
 use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
 use crate::writer::{Write, WriterHandle};
 use crate::{
-    Holding, OrderFilter, Snapshot, StateCount, Store, StoreError, StoreFuture, StoredKey,
+    Delivery, Holding, OrderFilter, Snapshot, StateCount, Store, StoreError, StoreFuture, StoredKey,
 };
 
 /// The database file inside the data directory.
@@ -154,6 +154,19 @@ impl Store for SqliteStore {
             }
             Ok(counts)
         })
+    }
+
+    fn record_delivery(
+        &self,
+        order_id: OrderId,
+        change: Delivery,
+        now: Timestamp,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.writer.submit(Write::Delivery {
+            order_id,
+            change,
+            now,
+        }))
     }
 
     fn check_writable(&self) -> StoreFuture<'_, ()> {

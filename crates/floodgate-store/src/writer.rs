@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use floodgate_core::{DropId, DropSpec, Order, Timestamp};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::StoreError;
 use crate::checkpoint::Checkpointer;
 use crate::schema::backend;
+use crate::{Delivery, StoreError};
 
 /// A write waiting for the writer thread.
 pub(crate) enum Write {
@@ -26,6 +26,11 @@ pub(crate) enum Write {
         now: Timestamp,
     },
     AcceptOrder(Order),
+    Delivery {
+        order_id: OrderId,
+        change: Delivery,
+        now: Timestamp,
+    },
     Heartbeat,
     /// Ends the writer once everything queued before it is committed.
     Close,
@@ -140,6 +145,11 @@ fn commit(connection: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreErr
 fn apply(transaction: &Connection, write: &Write) -> Result<(), StoreError> {
     match write {
         Write::PutDrop { drop_id, spec, now } => put_drop(transaction, drop_id, spec, *now),
+        Write::Delivery {
+            order_id,
+            change,
+            now,
+        } => record_delivery(transaction, order_id, change, *now),
         Write::Heartbeat => transaction
             .execute("UPDATE heartbeat SET beats = beats + 1 WHERE id = 1", [])
             .map(drop)
@@ -247,6 +257,72 @@ fn refusal(transaction: &Connection, order: &Order) -> Result<StoreError, StoreE
         Some(()) => StoreError::Oversell { drop_id, sku },
         None => StoreError::UnknownSku { drop_id, sku },
     })
+}
+
+fn record_delivery(
+    transaction: &Connection,
+    order_id: &OrderId,
+    change: &Delivery,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let (state, drop_id, sku, quantity) = transaction
+        .query_row(
+            "SELECT state, drop_id, sku, quantity FROM orders WHERE order_id = ?1",
+            [order_id.as_str()],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, u32>(3)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
+    let state = OrderState::parse(&state)
+        .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
+    let (from, to) = change.transition();
+    if !from.contains(&state) {
+        return Err(StoreError::WrongState {
+            order_id: order_id.clone(),
+            state,
+        });
+    }
+    let (attempts, reference, error) = match change {
+        Delivery::Attempt => ("attempts + 1", None, None),
+        Delivery::Confirmed { reference } => ("attempts", reference.as_deref(), None),
+        Delivery::Rejected { reason } | Delivery::Failed { reason } => {
+            ("attempts", None, Some(reason.as_str()))
+        }
+        Delivery::Redrive => ("0", None, None),
+    };
+    transaction
+        .prepare_cached(&format!(
+            "UPDATE orders SET state = ?2, attempts = {attempts}, updated_at = ?3,
+                 downstream_ref = COALESCE(?4, downstream_ref), last_error = COALESCE(?5, last_error)
+             WHERE order_id = ?1"
+        ))
+        .and_then(|mut statement| {
+            statement.execute(params![
+                order_id.as_str(),
+                to.as_str(),
+                now.unix_millis(),
+                reference,
+                error
+            ])
+        })
+        .map_err(backend)?;
+    if !to.holds_stock() {
+        transaction
+            .execute(
+                "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
+                params![drop_id, sku, quantity],
+            )
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn put_drop(

@@ -9,7 +9,7 @@ use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
     WaitingRoomSpec,
 };
-use floodgate_store::{Holding, OrderFilter, StateCount, Store, StoreError};
+use floodgate_store::{Delivery, Holding, OrderFilter, StateCount, Store, StoreError};
 
 /// Opens a backend's store; opening twice must reach the same data (a restart).
 pub(crate) trait Backend {
@@ -36,6 +36,10 @@ macro_rules! conformance_suite {
             listing_filters_and_pages,
             keys_expire_by_age,
             close_flushes_and_then_refuses,
+            a_delivery_runs_to_confirmed_and_survives_a_restart,
+            a_rejected_order_gives_its_units_back,
+            a_failed_order_keeps_its_units_until_redriven,
+            deliveries_refuse_the_wrong_state_and_unknown_orders,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -96,6 +100,7 @@ fn order(serial: u64, sku: &str, quantity: u32) -> Order {
         accepted_at: T0.add_millis(serial as i64),
         updated_at: T0.add_millis(serial as i64),
         downstream_ref: None,
+        last_error: None,
         idempotency_key: IdempotencyKey::parse(&format!("key-{serial}")).unwrap(),
         fingerprint: request.fingerprint(),
     }
@@ -323,5 +328,144 @@ pub(crate) async fn close_flushes_and_then_refuses<B: Backend>(backend: &B) {
     assert_eq!(
         reopened.order_counts(drop_id()).await.unwrap()[&OrderState::Accepted].orders,
         50
+    );
+}
+
+fn held_units(snapshot: &floodgate_store::Snapshot) -> u64 {
+    snapshot.holdings.iter().map(|holding| holding.units).sum()
+}
+
+pub(crate) async fn a_delivery_runs_to_confirmed_and_survives_a_restart<B: Backend>(backend: &B) {
+    let store = with_drop(backend, 10).await;
+    let placed = order(1, "rod", 2);
+    let id = placed.order_id.clone();
+    store.accept_order(placed).await.unwrap();
+    for _ in 0..2 {
+        store
+            .record_delivery(id.clone(), Delivery::Attempt, T0.add_millis(5))
+            .await
+            .unwrap();
+    }
+    let submitting = store.order(id.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (submitting.state, submitting.attempts),
+        (OrderState::Submitting, 2)
+    );
+    let reference = Some("L-1".to_owned());
+    store
+        .record_delivery(
+            id.clone(),
+            Delivery::Confirmed { reference },
+            T0.add_millis(9),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let reopened = backend.open();
+    let confirmed = reopened.order(id).await.unwrap().unwrap();
+    assert_eq!(confirmed.state, OrderState::Confirmed);
+    assert_eq!(confirmed.attempts, 2);
+    assert_eq!(confirmed.downstream_ref.as_deref(), Some("L-1"));
+    assert_eq!(confirmed.updated_at, T0.add_millis(9));
+    // A confirmed order keeps its units: they are sold.
+    assert_eq!(held_units(&reopened.load(T0).await.unwrap()), 2);
+}
+
+pub(crate) async fn a_rejected_order_gives_its_units_back<B: Backend>(backend: &B) {
+    let store = with_drop(backend, 3).await;
+    let placed = order(1, "rod", 3);
+    let id = placed.order_id.clone();
+    store.accept_order(placed).await.unwrap();
+    assert!(matches!(
+        store.accept_order(order(2, "rod", 1)).await,
+        Err(StoreError::Oversell { .. })
+    ));
+    store
+        .record_delivery(id.clone(), Delivery::Attempt, T0)
+        .await
+        .unwrap();
+    let reason = "422 unknown customer".to_owned();
+    store
+        .record_delivery(id.clone(), Delivery::Rejected { reason }, T0)
+        .await
+        .unwrap();
+    let rejected = store.order(id).await.unwrap().unwrap();
+    assert_eq!(rejected.state, OrderState::Rejected);
+    assert_eq!(rejected.last_error.as_deref(), Some("422 unknown customer"));
+    assert_eq!(held_units(&store.load(T0).await.unwrap()), 0);
+    // The units are on sale again.
+    store.accept_order(order(3, "rod", 3)).await.unwrap();
+}
+
+pub(crate) async fn a_failed_order_keeps_its_units_until_redriven<B: Backend>(backend: &B) {
+    let store = with_drop(backend, 5).await;
+    let placed = order(1, "reel", 2);
+    let id = placed.order_id.clone();
+    store.accept_order(placed).await.unwrap();
+    store
+        .record_delivery(id.clone(), Delivery::Attempt, T0)
+        .await
+        .unwrap();
+    let reason = "503 after 8 attempts".to_owned();
+    store
+        .record_delivery(id.clone(), Delivery::Failed { reason }, T0)
+        .await
+        .unwrap();
+    let dead_letters = store
+        .orders(OrderFilter {
+            state: Some(OrderState::Failed),
+            limit: 10,
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead_letters.len(), 1);
+    assert_eq!(
+        dead_letters[0].last_error.as_deref(),
+        Some("503 after 8 attempts")
+    );
+    assert_eq!(held_units(&store.load(T0).await.unwrap()), 2);
+    store
+        .record_delivery(id.clone(), Delivery::Redrive, T0)
+        .await
+        .unwrap();
+    let redriven = store.order(id).await.unwrap().unwrap();
+    assert_eq!(
+        (redriven.state, redriven.attempts),
+        (OrderState::Accepted, 0)
+    );
+    assert_eq!(held_units(&store.load(T0).await.unwrap()), 2);
+}
+
+pub(crate) async fn deliveries_refuse_the_wrong_state_and_unknown_orders<B: Backend>(backend: &B) {
+    let store = with_drop(backend, 5).await;
+    let placed = order(1, "rod", 1);
+    let id = placed.order_id.clone();
+    store.accept_order(placed).await.unwrap();
+    let confirm = Delivery::Confirmed { reference: None };
+    assert_eq!(
+        store.record_delivery(id.clone(), confirm, T0).await,
+        Err(StoreError::WrongState {
+            order_id: id.clone(),
+            state: OrderState::Accepted
+        })
+    );
+    assert!(matches!(
+        store
+            .record_delivery(id.clone(), Delivery::Redrive, T0)
+            .await,
+        Err(StoreError::WrongState { .. })
+    ));
+    let unknown = OrderId::new(T0, 999);
+    assert_eq!(
+        store
+            .record_delivery(unknown.clone(), Delivery::Attempt, T0)
+            .await,
+        Err(StoreError::UnknownOrder(unknown))
+    );
+    let unchanged = store.order(id).await.unwrap().unwrap();
+    assert_eq!(
+        (unchanged.state, unchanged.attempts),
+        (OrderState::Accepted, 0)
     );
 }

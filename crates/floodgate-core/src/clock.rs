@@ -1,11 +1,12 @@
-//! The gateway's source of "now": the wall clock in production, a settable one in tests.
+//! The source of "now" for the outer crates: the wall clock in production, a settable one in
+//! tests. Nothing else in this crate reads it; its functions take `now` as an argument.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use floodgate_core::Timestamp;
+use crate::Timestamp;
 
-/// Where handlers read the time; cheap to clone.
+/// Where the gateway and the dispatcher read the time; cheap to clone.
 #[derive(Clone)]
 pub struct Clock(Arc<dyn Fn() -> Timestamp + Send + Sync>);
 
@@ -13,7 +14,7 @@ impl Clock {
     /// The system's wall clock.
     pub fn system() -> Self {
         Self(Arc::new(|| {
-            // The one place the gateway reads the wall clock; everything below takes `now`.
+            // The one place floodgate reads the wall clock; everything below takes `now`.
             #[allow(clippy::disallowed_types)]
             let since_epoch = std::time::SystemTime::now()
                 .duration_since(std::time::SystemTime::UNIX_EPOCH)
