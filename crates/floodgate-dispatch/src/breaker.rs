@@ -128,7 +128,10 @@ mod tests {
         breaker.on_failure(now);
         assert_eq!(breaker.state(), BreakerState::Open);
         assert!(!breaker.try_start(now + PERIOD - Duration::from_millis(1), 0));
-        assert!(!breaker.try_start(now + PERIOD, 1), "waits for earlier requests");
+        assert!(
+            !breaker.try_start(now + PERIOD, 1),
+            "waits for earlier requests"
+        );
         assert!(breaker.try_start(now + PERIOD, 0));
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert!(!breaker.try_start(now + PERIOD, 0), "one probe only");

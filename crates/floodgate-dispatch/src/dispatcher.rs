@@ -451,7 +451,9 @@ impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
             Ok(None) => {
                 stats.retried += 1;
                 drop(stats);
-                let delay = self.backoff(order.attempts).max(retry_after.unwrap_or_default());
+                let delay = self
+                    .backoff(order.attempts)
+                    .max(retry_after.unwrap_or_default());
                 self.schedule(order, now + delay);
             }
             Err(StoreError::WrongState { .. } | StoreError::UnknownOrder(_)) => {
@@ -545,7 +547,10 @@ where
         }),
         Verdict::Retry { reason, .. } if order.attempts >= settings.max_attempts.get() => {
             Some(Delivery::Failed {
-                reason: format!("{reason} (attempt {} of {})", order.attempts, settings.max_attempts),
+                reason: format!(
+                    "{reason} (attempt {} of {})",
+                    order.attempts, settings.max_attempts
+                ),
             })
         }
         Verdict::Retry { .. } => None,

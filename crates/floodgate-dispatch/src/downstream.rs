@@ -91,7 +91,9 @@ pub(crate) fn verdict(reply: Option<Reply>) -> Verdict {
     let reason = format!("answered {status}");
     let overload = matches!(
         status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
     );
     if status.is_client_error() && !overload {
         Verdict::Rejected { reason }
@@ -204,10 +206,18 @@ mod tests {
         assert_eq!(verdict(answered(200, None)), confirmed);
         assert_eq!(verdict(answered(409, None)), confirmed);
         for status in [400, 404, 422] {
-            assert!(matches!(verdict(answered(status, None)), Verdict::Rejected { .. }));
+            assert!(matches!(
+                verdict(answered(status, None)),
+                Verdict::Rejected { .. }
+            ));
         }
-        for (status, overload) in [(429, true), (503, true), (504, true), (500, false), (502, false)]
-        {
+        for (status, overload) in [
+            (429, true),
+            (503, true),
+            (504, true),
+            (500, false),
+            (502, false),
+        ] {
             let Verdict::Retry {
                 overload: seen,
                 retry_after,
@@ -216,13 +226,28 @@ mod tests {
             else {
                 panic!("{status} should be retried");
             };
-            assert_eq!((seen, retry_after), (overload, Some(Duration::from_secs(2))));
+            assert_eq!(
+                (seen, retry_after),
+                (overload, Some(Duration::from_secs(2)))
+            );
         }
         // A redirect is neither yes nor no: retried, and dead-lettered if it persists.
-        assert!(matches!(verdict(answered(302, None)), Verdict::Retry { .. }));
-        assert!(matches!(verdict(None), Verdict::Retry { overload: true, .. }));
+        assert!(matches!(
+            verdict(answered(302, None)),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            verdict(None),
+            Verdict::Retry { overload: true, .. }
+        ));
         let unreachable = Some(Reply::Unreachable("refused".into()));
-        assert!(matches!(verdict(unreachable), Verdict::Retry { overload: false, .. }));
+        assert!(matches!(
+            verdict(unreachable),
+            Verdict::Retry {
+                overload: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -234,8 +259,14 @@ mod tests {
             retry_after(&headers, now)
         };
         assert_eq!(header("7"), Some(Duration::from_secs(7)));
-        assert_eq!(header("Sun, 22 Nov 2026 10:00:30 GMT"), Some(Duration::from_secs(30)));
-        assert_eq!(header("Sun, 22 Nov 2026 09:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            header("Sun, 22 Nov 2026 10:00:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            header("Sun, 22 Nov 2026 09:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(header("86400"), Some(MAX_RETRY_AFTER));
         assert_eq!(header("soon"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
@@ -243,7 +274,10 @@ mod tests {
 
     #[test]
     fn the_reference_comes_from_a_json_body_if_there_is_one() {
-        assert_eq!(reference(br#"{"reference":"L-9","x":1}"#), Some("L-9".into()));
+        assert_eq!(
+            reference(br#"{"reference":"L-9","x":1}"#),
+            Some("L-9".into())
+        );
         assert_eq!(reference(b"created"), None);
         assert_eq!(reference(br#"{"id":3}"#), None);
     }

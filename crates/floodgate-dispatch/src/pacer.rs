@@ -71,7 +71,10 @@ impl Pacer {
         let window = (self.starts.len() == self.limit.get() as usize)
             .then(|| self.starts.front().map(|oldest| *oldest + WINDOW))
             .flatten();
-        [spaced, window, self.held_until].into_iter().flatten().max()
+        [spaced, window, self.held_until]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     /// Whether a request may start at `now`.
@@ -139,7 +142,9 @@ mod tests {
             .map(|first| {
                 starts[first..]
                     .iter()
-                    .take_while(|start| start.duration_since(starts[first]) < Duration::from_secs(1))
+                    .take_while(|start| {
+                        start.duration_since(starts[first]) < Duration::from_secs(1)
+                    })
                     .count()
             })
             .max()

@@ -1,8 +1,10 @@
-//! Test support for floodgate: run the real binary on port 0, and talk HTTP to it.
+//! Test support for floodgate: run the real binary on port 0, talk HTTP to it, and stand in for
+//! the shop's legacy order system.
 //!
 //! Used by tests, the demo and benchmarks only; nothing in the product depends on it.
 
 mod client;
+pub mod legacy;
 mod process;
 
 pub use client::{HttpClient, JsonResponse};
