@@ -502,10 +502,11 @@ impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
             }
         }
         let claim_room = self.ready.len() < self.settings.max_in_flight.get() as usize;
-        if self.claims.is_empty() && claim_room {
-            if let Some(((due, _), _)) = self.retries.first_key_value() {
-                wake = wake.min(*due);
-            }
+        if self.claims.is_empty()
+            && claim_room
+            && let Some(((due, _), _)) = self.retries.first_key_value()
+        {
+            wake = wake.min(*due);
         }
         if self.fresh.len() < self.fresh_target / 2 {
             wake = wake.min(self.next_poll);

@@ -9,7 +9,8 @@ use axum::http::{HeaderValue, Request, StatusCode};
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use floodgate_gateway::{Clock, Gateway, GatewaySettings, IntakeLimits};
 use floodgate_store::{
-    OrderFilter, Snapshot, SqliteOptions, SqliteStore, StateCount, Store, StoreError, StoreFuture,
+    Delivery, OrderFilter, Snapshot, SqliteOptions, SqliteStore, StateCount, Store, StoreError,
+    StoreFuture,
 };
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -55,6 +56,14 @@ impl Store for FaultyStore {
         drop_id: DropId,
     ) -> StoreFuture<'_, std::collections::BTreeMap<OrderState, StateCount>> {
         self.inner.order_counts(drop_id)
+    }
+    fn record_delivery(
+        &self,
+        order_id: OrderId,
+        change: Delivery,
+        now: Timestamp,
+    ) -> StoreFuture<'_, ()> {
+        self.inner.record_delivery(order_id, change, now)
     }
     fn check_writable(&self) -> StoreFuture<'_, ()> {
         self.inner.check_writable()
