@@ -1,4 +1,5 @@
-//! The admin listener: drop definitions, pause and resume, the order listing. Every request
+//! The admin listener: drop definitions, pause and resume, the order listing and the
+//! dead-letter redrive. Every request
 //! needs `Authorization: Bearer <admin token>`, compared in constant time.
 
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use floodgate_core::{DropId, DropSpec, OrderId, OrderState};
-use floodgate_store::{OrderFilter, StateCount};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState};
+use floodgate_store::{Delivery, OrderFilter, StateCount};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -32,6 +33,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/drops/{drop}/pause", post(pause))
         .route("/admin/drops/{drop}/resume", post(resume))
         .route("/admin/orders", get(list_orders))
+        .route("/admin/orders/{order}/redrive", post(redrive))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
@@ -164,15 +166,31 @@ async fn list_orders(
     let next_after = (orders.len() == filter.limit as usize)
         .then(|| orders.last().map(|order| order.order_id.clone()))
         .flatten();
-    let orders: Vec<Value> = orders
-        .iter()
-        .map(|order| {
-            let mut view = order_json(order);
-            view["idempotency_key"] = json!(order.idempotency_key.as_str());
-            view
-        })
-        .collect();
+    let orders: Vec<Value> = orders.iter().map(admin_order_json).collect();
     Ok(Json(json!({ "orders": orders, "next_after": next_after })))
+}
+
+/// An order as operators see it: the shopper's view plus its key and its last delivery error.
+fn admin_order_json(order: &Order) -> Value {
+    let mut view = order_json(order);
+    view["idempotency_key"] = json!(order.idempotency_key.as_str());
+    view["last_error"] = json!(order.last_error);
+    view
+}
+
+/// Puts a dead-lettered order back in line; the dispatcher sends it again from attempt one.
+async fn redrive(
+    State(gateway): State<Arc<Gateway>>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let order_id = OrderId::parse(&order_id).ok_or(ApiError::UnknownOrder)?;
+    let store = gateway.intake.store();
+    store
+        .record_delivery(order_id.clone(), Delivery::Redrive, gateway.clock.now())
+        .await?;
+    let order = store.order(order_id).await?.ok_or(ApiError::UnknownOrder)?;
+    tracing::info!(order = %order.order_id, "redriven by an operator");
+    Ok(Json(admin_order_json(&order)))
 }
 
 /// A drop with everything an operator needs: the definition, live stock and order counts.

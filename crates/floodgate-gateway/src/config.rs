@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::Uri;
 use toml::{Table, Value};
 
 use crate::{ConnectionLimits, GatewaySettings, IntakeLimits};
@@ -18,6 +19,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[intake]`: order limits.
     pub intake: IntakeConfig,
+    /// `[downstream]`: the legacy order system accepted orders are delivered to.
+    pub downstream: DownstreamConfig,
 }
 
 /// `[server]`.
@@ -57,6 +60,30 @@ pub struct IntakeConfig {
     pub idempotency_retention_h: u64,
 }
 
+/// `[downstream]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamConfig {
+    /// `POST` endpoint of the legacy order system. Without it orders are taken and kept, but
+    /// not delivered.
+    pub url: Option<Uri>,
+    /// Most request starts in any one-second window.
+    pub rate_per_second: u64,
+    /// Most deliveries awaiting an answer at once.
+    pub max_in_flight: u64,
+    /// Attempts before an order is dead-lettered (`failed`).
+    pub max_attempts: u64,
+    /// How long one attempt may take.
+    pub timeout_ms: u64,
+    /// Backoff before the second attempt, at most; doubles per attempt (full jitter).
+    pub backoff_base_ms: u64,
+    /// Longest backoff.
+    pub backoff_max_ms: u64,
+    /// Failures in a row that open the circuit breaker.
+    pub breaker_failures: u64,
+    /// How long the breaker stays open at first.
+    pub breaker_open_ms: u64,
+}
+
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -92,6 +119,17 @@ impl Default for Config {
                 max_quantity_per_order: 100,
                 idempotency_retention_h: 24,
             },
+            downstream: DownstreamConfig {
+                url: None,
+                rate_per_second: 10,
+                max_in_flight: 4,
+                max_attempts: 8,
+                timeout_ms: 5_000,
+                backoff_base_ms: 500,
+                backoff_max_ms: 30_000,
+                breaker_failures: 5,
+                breaker_open_ms: 5_000,
+            },
         }
     }
 }
@@ -111,6 +149,7 @@ impl Config {
         let server_table = root.table("server");
         let store_table = root.table("store");
         let intake_table = root.table("intake");
+        let downstream_table = root.table("downstream");
         root.finish();
 
         let mut server = Section::new("server", server_table, &mut problems);
@@ -165,6 +204,51 @@ impl Config {
         };
         intake.finish();
 
+        let mut downstream = Section::new("downstream", downstream_table, &mut problems);
+        let wanted = defaults.downstream;
+        let downstream_config = DownstreamConfig {
+            url: downstream.get("url", wanted.url, |value| http_url(value).map(Some)),
+            rate_per_second: downstream.get(
+                "rate_per_second",
+                wanted.rate_per_second,
+                integer(1, 100_000),
+            ),
+            max_in_flight: downstream.get(
+                "max_in_flight",
+                wanted.max_in_flight,
+                integer(1, 10_000),
+            ),
+            max_attempts: downstream.get("max_attempts", wanted.max_attempts, integer(1, 1_000)),
+            timeout_ms: downstream.get("timeout_ms", wanted.timeout_ms, integer(100, 600_000)),
+            backoff_base_ms: downstream.get(
+                "backoff_base_ms",
+                wanted.backoff_base_ms,
+                integer(10, 3_600_000),
+            ),
+            backoff_max_ms: downstream.get(
+                "backoff_max_ms",
+                wanted.backoff_max_ms,
+                integer(10, 86_400_000),
+            ),
+            breaker_failures: downstream.get(
+                "breaker_failures",
+                wanted.breaker_failures,
+                integer(1, 1_000),
+            ),
+            breaker_open_ms: downstream.get(
+                "breaker_open_ms",
+                wanted.breaker_open_ms,
+                integer(100, 3_600_000),
+            ),
+        };
+        downstream.finish();
+        if downstream_config.backoff_max_ms < downstream_config.backoff_base_ms {
+            problems.push(ConfigProblem {
+                path: "downstream.backoff_max_ms".into(),
+                problem: "must not be below downstream.backoff_base_ms".into(),
+            });
+        }
+
         if server_config.listen == server_config.admin_listen && server_config.listen.port() != 0 {
             problems.push(ConfigProblem {
                 path: "server.admin_listen".into(),
@@ -176,6 +260,7 @@ impl Config {
                 server: server_config,
                 store: store_config,
                 intake: intake_config,
+                downstream: downstream_config,
             })
         } else {
             Err(problems)
@@ -303,6 +388,21 @@ fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an address such as \"127.0.0.1:8080\""))
 }
 
+fn http_url(value: &Value) -> Result<Uri, String> {
+    let text = text_value(value)?;
+    let example = "an http:// URL such as \"http://127.0.0.1:9000/orders\"";
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not {example}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(uri),
+        (Some("https"), _) => Err(format!(
+            "https is not supported yet; use {example} (a local TLS proxy can add https)"
+        )),
+        _ => Err(format!("{text:?} is not {example}")),
+    }
+}
+
 fn text_value(value: &Value) -> Result<String, String> {
     value
         .as_str()
@@ -356,6 +456,16 @@ mod tests {
             [intake]
             max_quantity_per_order = 3
             idempotency_retention_h = 48
+            [downstream]
+            url = "http://127.0.0.1:9000/orders"
+            rate_per_second = 25
+            max_in_flight = 2
+            max_attempts = 3
+            timeout_ms = 1500
+            backoff_base_ms = 100
+            backoff_max_ms = 2000
+            breaker_failures = 4
+            breaker_open_ms = 1000
             "#,
         )
         .unwrap();
@@ -363,6 +473,16 @@ mod tests {
         assert_eq!(config.server.admin_token, "s3cret");
         assert_eq!(config.store.path, PathBuf::from("/var/lib/floodgate"));
         assert_eq!(config.intake.max_quantity_per_order, 3);
+        let downstream = &config.downstream;
+        assert_eq!(
+            downstream.url.as_ref().map(ToString::to_string).as_deref(),
+            Some("http://127.0.0.1:9000/orders")
+        );
+        assert_eq!(
+            (downstream.rate_per_second, downstream.max_in_flight, downstream.max_attempts),
+            (25, 2, 3)
+        );
+        assert_eq!((downstream.timeout_ms, downstream.breaker_open_ms), (1_500, 1_000));
         assert_eq!(
             config.connection_limits().header_read_timeout,
             Duration::from_secs(2)
@@ -382,6 +502,11 @@ mod tests {
             max_batch = "many"
             [intake]
             idempotency_retention_h = 1
+            [downstream]
+            url = "https://legacy.example/orders"
+            rate_per_second = 0
+            backoff_base_ms = 5000
+            backoff_max_ms = 1000
             "#,
         )
         .unwrap_err();
@@ -397,7 +522,10 @@ mod tests {
                 "server.max_body_bytes",
                 "server.lisen",
                 "store.max_batch",
-                "intake.idempotency_retention_h"
+                "intake.idempotency_retention_h",
+                "downstream.url",
+                "downstream.rate_per_second",
+                "downstream.backoff_max_ms"
             ]
         );
     }

@@ -168,6 +168,14 @@ impl Intake {
         commit.await.unwrap_or(Err(ApiError::Internal))
     }
 
+    /// Puts the units of an order that no longer holds them (rejected downstream) back on sale;
+    /// the store has already returned them.
+    pub fn return_units(&self, order: &Order) {
+        if let Some(ledger) = self.ledger(&order.drop_id) {
+            lock(&ledger).release(&order.customer, &order.sku, order.quantity);
+        }
+    }
+
     /// Creates or replaces a drop's definition, keeping the units its orders hold.
     pub async fn put_drop(
         &self,

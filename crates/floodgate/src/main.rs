@@ -1,6 +1,7 @@
 //! The `floodgate` command: parses the command line, then hands over to the library crates.
 
 mod serve;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,35 +38,42 @@ enum Command {
         /// TOML configuration file.
         file: PathBuf,
     },
+    /// Simulators for demos, tests and rehearsals.
+    #[command(subcommand)]
+    Sim(sim::Simulator),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config_file = match &cli.command {
-        Command::Serve { config } => config.clone(),
-        Command::CheckConfig { file } => Some(file.clone()),
-    };
-    let config = match load_config(config_file.as_deref()) {
-        Ok(config) => config,
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("{problem}");
-            }
-            return ExitCode::from(EXIT_INVALID_CONFIG);
-        }
-    };
-    match cli.command {
-        Command::CheckConfig { file } => {
-            eprintln!("{}: ok", file.display());
-            ExitCode::SUCCESS
-        }
-        Command::Serve { .. } => match serve::serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("floodgate: {error:#}");
-                ExitCode::FAILURE
-            }
+    match Cli::parse().command {
+        Command::Serve { config } => match load_config(config.as_deref()) {
+            Ok(config) => report(serve::serve(config)),
+            Err(problems) => invalid_config(problems),
         },
+        Command::CheckConfig { file } => match load_config(Some(&file)) {
+            Ok(_) => {
+                eprintln!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => invalid_config(problems),
+        },
+        Command::Sim(simulator) => report(sim::run(simulator)),
+    }
+}
+
+fn invalid_config(problems: Vec<String>) -> ExitCode {
+    for problem in problems {
+        eprintln!("{problem}");
+    }
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+fn report(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("floodgate: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,10 +1,15 @@
-//! `floodgate serve`: opens the store, binds the listeners, runs until SIGTERM or Ctrl-C.
+//! `floodgate serve`: opens the store, binds the listeners, starts the dispatcher, runs until
+//! SIGTERM or Ctrl-C.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use floodgate_dispatch::{DispatchSettings, Dispatcher, HttpDownstream};
+use floodgate_gateway::config::DownstreamConfig;
 use floodgate_gateway::{Clock, Config, Gateway, Listeners};
-use floodgate_store::{SqliteOptions, SqliteStore};
+use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
 /// Runs the gateway described by `config` on a new multi-threaded runtime.
@@ -48,34 +53,83 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.server.admin_token.clone()
     };
+    let store: Arc<dyn Store> = Arc::new(store);
+    let clock = Clock::system();
     let gateway = Gateway::start(
-        Arc::new(store),
+        Arc::clone(&store),
         config.gateway_settings(admin_token),
-        Clock::system(),
+        clock.clone(),
     )
     .await
     .context("cannot rebuild state from the store")?;
     announce(&format!("public http://{}", public.local_addr()?));
     announce(&format!("admin http://{}", admin.local_addr()?));
+    let dispatcher = start_dispatcher(&config.downstream, &store, &gateway, clock);
+    // The dispatcher stops first (its last answers are recorded), then the listeners drain and
+    // the store closes.
+    let shutdown = async {
+        shutdown_signal().await;
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.stop().await;
+        }
+    };
     floodgate_gateway::run(
         Listeners { public, admin },
         gateway,
         config.connection_limits(),
-        shutdown_signal(),
+        shutdown,
     )
     .await
     .context("shutdown did not complete cleanly")
 }
 
+/// Starts delivering accepted orders, if a downstream is configured.
+fn start_dispatcher(
+    config: &DownstreamConfig,
+    store: &Arc<dyn Store>,
+    gateway: &Arc<Gateway>,
+    clock: Clock,
+) -> Option<Dispatcher> {
+    let Some(url) = config.url.clone() else {
+        tracing::warn!("no downstream.url: orders are accepted and kept, but not delivered");
+        return None;
+    };
+    announce(&format!(
+        "downstream {url} at most {}/s",
+        config.rate_per_second
+    ));
+    let whole = |value: u64| {
+        NonZeroU32::new(u32::try_from(value).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+    };
+    let settings = DispatchSettings {
+        rate_per_second: whole(config.rate_per_second),
+        max_in_flight: whole(config.max_in_flight),
+        max_attempts: whole(config.max_attempts),
+        timeout: Duration::from_millis(config.timeout_ms),
+        backoff_base: Duration::from_millis(config.backoff_base_ms),
+        backoff_max: Duration::from_millis(config.backoff_max_ms),
+        breaker_failures: u32::try_from(config.breaker_failures).unwrap_or(u32::MAX),
+        breaker_open: Duration::from_millis(config.breaker_open_ms),
+    };
+    let intake = Arc::clone(gateway);
+    Some(Dispatcher::start(
+        Arc::clone(store),
+        Arc::new(HttpDownstream::new(url, clock.clone())),
+        settings,
+        clock,
+        Arc::new(move |order| intake.intake().return_units(order)),
+    ))
+}
+
 /// Start-up facts on stdout, one per line, for operators and for tests that bind port 0.
-fn announce(line: &str) {
+pub(crate) fn announce(line: &str) {
     #[allow(clippy::print_stdout)]
     {
         println!("floodgate {line}");
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler cannot fail on Unix");
     tokio::select! {
