@@ -41,6 +41,10 @@ pub(crate) struct Pacer {
     rate: f64,
     /// The last `limit` starts, oldest first.
     starts: VecDeque<Instant>,
+    /// When the next start is due by even spacing. Kept on the ideal schedule rather than
+    /// measured from the last start, so timer lateness (tokio's timer has 1 ms ticks) does not
+    /// cost rate.
+    next_slot: Option<Instant>,
     held_until: Option<Instant>,
     last_decrease: Option<Instant>,
 }
@@ -52,6 +56,7 @@ impl Pacer {
             limit,
             rate: f64::from(limit.get()),
             starts: VecDeque::with_capacity(limit.get() as usize),
+            next_slot: None,
             held_until: None,
             last_decrease: None,
         }
@@ -64,14 +69,10 @@ impl Pacer {
 
     /// The earliest moment the next request may start (possibly in the past).
     pub(crate) fn next_start(&self) -> Option<Instant> {
-        let spaced = self
-            .starts
-            .back()
-            .map(|last| *last + WINDOW.div_f64(self.rate));
         let window = (self.starts.len() == self.limit.get() as usize)
             .then(|| self.starts.front().map(|oldest| *oldest + WINDOW))
             .flatten();
-        [spaced, window, self.held_until]
+        [self.next_slot, window, self.held_until]
             .into_iter()
             .flatten()
             .max()
@@ -88,6 +89,13 @@ impl Pacer {
             self.starts.pop_front();
         }
         self.starts.push_back(at);
+        // Up to half a spacing of lateness is made up; after an idle spell the schedule restarts
+        // from now, so idleness never turns into a burst.
+        let spacing = WINDOW.div_f64(self.rate);
+        let on_schedule = self.next_slot.map_or(at, |slot| {
+            slot.max(at.checked_sub(spacing / 2).unwrap_or(at))
+        });
+        self.next_slot = Some(on_schedule + spacing);
     }
 
     /// The downstream took a request well: regain some rate.
@@ -161,6 +169,29 @@ mod tests {
         for pair in starts.windows(2) {
             assert_eq!(pair[1] - pair[0], Duration::from_millis(102));
         }
+    }
+
+    #[test]
+    fn late_timers_cost_no_rate_and_idleness_gives_no_burst() {
+        let mut pacer = Pacer::new(limit(200));
+        let start = Instant::now();
+        // Every wake-up comes on the next whole millisecond after the slot.
+        let mut now = start;
+        let mut starts = Vec::new();
+        while now < start + Duration::from_secs(10) {
+            if pacer.may_start(now) {
+                pacer.record_start(now);
+                starts.push(now);
+            }
+            now += Duration::from_millis(1);
+        }
+        assert!(most_in_one_second(&starts) <= 200);
+        assert!(starts.len() >= 1_950, "{} starts in 10 s", starts.len());
+
+        let after_idle = now + Duration::from_secs(5);
+        pacer.record_start(after_idle);
+        let next = pacer.next_start().unwrap();
+        assert!(next - after_idle >= WINDOW.div_f64(200.0) / 2);
     }
 
     #[test]

@@ -479,10 +479,17 @@ mod tests {
             Some("http://127.0.0.1:9000/orders")
         );
         assert_eq!(
-            (downstream.rate_per_second, downstream.max_in_flight, downstream.max_attempts),
+            (
+                downstream.rate_per_second,
+                downstream.max_in_flight,
+                downstream.max_attempts
+            ),
             (25, 2, 3)
         );
-        assert_eq!((downstream.timeout_ms, downstream.breaker_open_ms), (1_500, 1_000));
+        assert_eq!(
+            (downstream.timeout_ms, downstream.breaker_open_ms),
+            (1_500, 1_000)
+        );
         assert_eq!(
             config.connection_limits().header_read_timeout,
             Duration::from_secs(2)

@@ -1,4 +1,5 @@
 //! An in-memory outbox and order factory, so the dispatcher can run on paused time.
+#![allow(dead_code)] // each test binary uses its own part of the support module
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
