@@ -25,6 +25,10 @@ use tokio::time::Instant;
 /// The window the limit applies to, with the jitter margin.
 pub const WINDOW: Duration = Duration::from_millis(1_020);
 
+/// Lateness made up at high rates: tokio's timer fires on 1 ms ticks, so above 1,000 starts a
+/// second several slots fall due in one tick.
+const TIMER_TICKS: Duration = Duration::from_millis(2);
+
 /// Factor applied to the rate on an overload signal.
 const DECREASE: f64 = 0.5;
 
@@ -89,12 +93,13 @@ impl Pacer {
             self.starts.pop_front();
         }
         self.starts.push_back(at);
-        // Up to half a spacing of lateness is made up; after an idle spell the schedule restarts
-        // from now, so idleness never turns into a burst.
+        // Lateness up to half a spacing, or two timer ticks at high rates, is made up; after an
+        // idle spell the schedule restarts from now, so idleness never turns into a burst.
         let spacing = WINDOW.div_f64(self.rate);
-        let on_schedule = self.next_slot.map_or(at, |slot| {
-            slot.max(at.checked_sub(spacing / 2).unwrap_or(at))
-        });
+        let allowance = (spacing / 2).max(TIMER_TICKS);
+        let on_schedule = self
+            .next_slot
+            .map_or(at, |slot| slot.max(at.checked_sub(allowance).unwrap_or(at)));
         self.next_slot = Some(on_schedule + spacing);
     }
 
