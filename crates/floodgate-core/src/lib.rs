@@ -1,21 +1,30 @@
 //! floodgate's domain model: drops and their schedule, stock ledgers, orders and their states,
-//! idempotency keys.
+//! idempotency keys; and the maths of the front door: path globs, priority classes, the GCRA
+//! rate limit and the adaptive concurrency limit.
 //!
 //! Everything here is pure: no I/O, no async runtime, no HTTP types. Time is passed in as a
 //! [`Timestamp`] (only the outer crates read a [`Clock`]), randomness as bytes, so every rule can
 //! be tested exactly.
 
 pub mod clock;
+pub mod concurrency;
 pub mod drop;
+pub mod gcra;
+pub mod glob;
 pub mod idempotency;
 pub mod ledger;
 pub mod order;
+pub mod priority;
 pub mod sharded_map;
 pub mod timestamp;
 
 pub use clock::Clock;
+pub use concurrency::AdaptiveLimit;
 pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};
+pub use gcra::Gcra;
+pub use glob::PathGlob;
 pub use idempotency::{IdempotencyKey, KeyLookup, KeyTable};
 pub use ledger::{DropLedger, Refusal};
 pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
+pub use priority::Priority;
 pub use timestamp::Timestamp;
