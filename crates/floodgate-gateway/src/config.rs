@@ -1,12 +1,16 @@
 //! The typed configuration (`floodgate serve --config FILE`), validated up front: every problem
 //! is reported with its key path in one go, and every omitted key has a sensible default.
 
+pub mod front_door;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::Uri;
 use toml::{Table, Value};
+
+use front_door::{FrontDoorConfig, FrontDoorTables};
 
 use crate::{ConnectionLimits, GatewaySettings, IntakeLimits};
 
@@ -21,6 +25,8 @@ pub struct Config {
     pub intake: IntakeConfig,
     /// `[downstream]`: the legacy order system accepted orders are delivered to.
     pub downstream: DownstreamConfig,
+    /// `[origin]`, `[[pools]]`, `[[routes]]`, `[cache]`: the rest of the shop's traffic.
+    pub front_door: FrontDoorConfig,
 }
 
 /// `[server]`.
@@ -130,6 +136,7 @@ impl Default for Config {
                 breaker_failures: 5,
                 breaker_open_ms: 5_000,
             },
+            front_door: FrontDoorConfig::default(),
         }
     }
 }
@@ -150,6 +157,7 @@ impl Config {
         let store_table = root.table("store");
         let intake_table = root.table("intake");
         let downstream_table = root.table("downstream");
+        let front_door_tables = FrontDoorTables::take(&mut root);
         root.finish();
 
         let mut server = Section::new("server", server_table, &mut problems);
@@ -242,6 +250,7 @@ impl Config {
             ),
         };
         downstream.finish();
+        let front_door_config = FrontDoorConfig::read(front_door_tables, &mut problems);
         if downstream_config.backoff_max_ms < downstream_config.backoff_base_ms {
             problems.push(ConfigProblem {
                 path: "downstream.backoff_max_ms".into(),
@@ -261,6 +270,7 @@ impl Config {
                 store: store_config,
                 intake: intake_config,
                 downstream: downstream_config,
+                front_door: front_door_config,
             })
         } else {
             Err(problems)
@@ -278,6 +288,7 @@ impl Config {
     pub fn gateway_settings(&self, admin_token: String) -> GatewaySettings {
         GatewaySettings {
             admin_token,
+            front_door: self.front_door.clone(),
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
             intake: IntakeLimits {
                 max_quantity_per_order: u32::try_from(self.intake.max_quantity_per_order)
@@ -300,7 +311,7 @@ impl Config {
 
 /// One table of the file, tracking which keys were read so the rest can be reported unknown.
 struct Section<'t, 'p> {
-    path: &'static str,
+    path: String,
     table: Option<&'t Table>,
     known: Vec<&'static str>,
     problems: &'p mut Vec<ConfigProblem>,
@@ -309,7 +320,7 @@ struct Section<'t, 'p> {
 impl<'t, 'p> Section<'t, 'p> {
     fn root(table: &'t Table, problems: &'p mut Vec<ConfigProblem>) -> Self {
         Self {
-            path: "",
+            path: String::new(),
             table: Some(table),
             known: Vec::new(),
             problems,
@@ -317,12 +328,12 @@ impl<'t, 'p> Section<'t, 'p> {
     }
 
     fn new(
-        path: &'static str,
+        path: impl Into<String>,
         table: Option<&'t Table>,
         problems: &'p mut Vec<ConfigProblem>,
     ) -> Self {
         Self {
-            path,
+            path: path.into(),
             table,
             known: Vec::new(),
             problems,
@@ -350,6 +361,43 @@ impl<'t, 'p> Section<'t, 'p> {
                 None
             }
         }
+    }
+
+    /// An array of tables (`[[key]]`), each with its path (`key[2]`).
+    fn tables(&mut self, key: &'static str) -> Vec<(String, &'t Table)> {
+        self.known.push(key);
+        let Some(value) = self.table.and_then(|table| table.get(key)) else {
+            return Vec::new();
+        };
+        let path = self.key_path(key);
+        let Value::Array(items) = value else {
+            self.problems.push(ConfigProblem {
+                path,
+                problem: format!("must be an array of tables ([[{key}]])"),
+            });
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{index}]");
+            match item {
+                Value::Table(table) => tables.push((item_path, table)),
+                _ => self.problems.push(ConfigProblem {
+                    path: item_path,
+                    problem: "must be a table".into(),
+                }),
+            }
+        }
+        tables
+    }
+
+    /// Reports a problem with the value of `key`.
+    fn problem(&mut self, key: &str, problem: impl Into<String>) {
+        let path = self.key_path(key);
+        self.problems.push(ConfigProblem {
+            path,
+            problem: problem.into(),
+        });
     }
 
     fn get<T>(

@@ -1,5 +1,6 @@
-//! floodgate's gateway: the public listener (health, drops, order intake) and the admin
-//! listener (drop definitions, order listing), on top of a [`Store`].
+//! floodgate's gateway: the public listener (health, drops, order intake, and the front door to
+//! the shop's origin for everything else) and the admin listener (drop definitions, order
+//! listing), on top of a [`Store`].
 //!
 //! The gateway never calls the downstream: delivering orders is the dispatcher's job, and the
 //! store is the only link between the two.
@@ -8,6 +9,7 @@ mod admin_api;
 mod body;
 pub mod config;
 mod error;
+mod front_door;
 mod intake;
 mod public_api;
 mod server;
@@ -32,6 +34,7 @@ const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Shared state of both listeners.
 pub struct Gateway {
     intake: Intake,
+    front_door: front_door::FrontDoor,
     clock: Clock,
     admin_token: String,
     max_body_bytes: usize,
@@ -48,6 +51,8 @@ pub struct GatewaySettings {
     pub max_body_bytes: usize,
     /// Intake limits.
     pub intake: IntakeLimits,
+    /// Routes, pools, rate limits and cache of the rest of the shop's traffic.
+    pub front_door: config::front_door::FrontDoorConfig,
 }
 
 impl Gateway {
@@ -60,6 +65,7 @@ impl Gateway {
         let intake = Intake::restore(store, settings.intake, clock.now()).await?;
         Ok(Arc::new(Self {
             intake,
+            front_door: front_door::FrontDoor::new(&settings.front_door),
             clock,
             admin_token: settings.admin_token,
             max_body_bytes: settings.max_body_bytes,

@@ -1,4 +1,5 @@
-//! The public listener's own endpoints: health, drops, orders.
+//! The public listener's own endpoints: health, drops, orders. Everything else goes through
+//! the front door.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::body::{idempotency_key, parse_json, read_limited};
 use crate::error::ApiError;
+use crate::front_door::ClientAddr;
 
 /// How long `/readyz` waits for the store to prove it can commit.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,8 +32,19 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/drops/{drop}", get(drop_view))
         .route("/api/drops/{drop}/orders", post(place_order))
         .route("/api/orders/{order_id}", get(order_view))
-        .fallback(|| async { ApiError::NotFound })
+        .fallback(through_front_door)
         .with_state(gateway)
+}
+
+async fn through_front_door(
+    State(gateway): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+) -> Response {
+    let client = request.extensions().get::<ClientAddr>().map_or_else(
+        || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        |addr| addr.0,
+    );
+    gateway.front_door.handle(request, client).await
 }
 
 async fn healthz() -> Json<Value> {

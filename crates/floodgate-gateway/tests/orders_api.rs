@@ -90,6 +90,7 @@ impl Harness {
         let settings = GatewaySettings {
             admin_token: ADMIN_TOKEN.into(),
             max_body_bytes: 4_096,
+            front_door: Default::default(),
             intake: IntakeLimits {
                 max_quantity_per_order: 100,
                 idempotency_retention: Duration::from_secs(86_400),

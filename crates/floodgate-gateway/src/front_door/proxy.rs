@@ -1,0 +1,231 @@
+//! Forwarding one request to an upstream: HTTP/1.1 keep-alive connections pooled per upstream,
+//! bodies streamed both ways, hop-by-hop headers removed (RFC 9110 §7.6.1), `X-Forwarded-*` and
+//! `Via` added.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::admission::Permit;
+
+/// Connections kept idle per upstream between bursts.
+const IDLE_CONNECTIONS_PER_UPSTREAM: usize = 1_024;
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const VIA_FLOODGATE: &str = "1.1 floodgate";
+
+/// Why forwarding failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProxyError {
+    /// No response head within the route's timeout.
+    Timeout,
+    /// No connection, or the connection broke before a response head.
+    Unreachable(String),
+}
+
+/// The shared upstream client.
+#[derive(Clone)]
+pub(crate) struct Proxy {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Proxy {
+    pub(crate) fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_UPSTREAM)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Sends `request` to `base` and returns the upstream's response head with its body still
+    /// streaming.
+    pub(crate) async fn forward(
+        &self,
+        base: &Uri,
+        mut request: Request<Body>,
+        client: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        *request.uri_mut() = upstream_uri(base, request.uri())?;
+        prepare_request_headers(request.headers_mut(), client);
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| ProxyError::Timeout)?
+            .map_err(|error| ProxyError::Unreachable(format!("{error:?}")))?;
+        Ok(response)
+    }
+}
+
+/// `base` with the request's path and query appended to its path.
+fn upstream_uri(base: &Uri, requested: &Uri) -> Result<Uri, ProxyError> {
+    let prefix = base.path().trim_end_matches('/');
+    let path_and_query = requested
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        format!("{prefix}{path_and_query}")
+            .parse()
+            .map_err(|_| ProxyError::Unreachable("request path not forwardable".into()))?,
+    );
+    Uri::from_parts(parts).map_err(|error| ProxyError::Unreachable(error.to_string()))
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = match headers
+        .get(&name)
+        .and_then(|existing| existing.to_str().ok())
+    {
+        Some(existing) => format!("{existing}, {value}"),
+        None => value.to_owned(),
+    };
+    if let Ok(joined) = HeaderValue::from_str(&joined) {
+        headers.insert(name, joined);
+    }
+}
+
+/// The upstream learns who asked (`X-Forwarded-For`), how (`X-Forwarded-Proto`, kept if a load
+/// balancer in front already set it), for which host (`X-Forwarded-Host`; `Host` itself is kept,
+/// so a shop that serves several domains still sees which), and that floodgate passed it on.
+fn prepare_request_headers(headers: &mut HeaderMap, client: SocketAddr) {
+    remove_hop_by_hop(headers);
+    append(headers, X_FORWARDED_FOR, &client.ip().to_string());
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.entry(X_FORWARDED_HOST).or_insert(host);
+    }
+    append(headers, header::VIA, VIA_FLOODGATE);
+}
+
+/// The upstream's response as the client gets it; `permit` is held until the body has streamed.
+pub(crate) fn relay(response: Response<Incoming>, permit: Option<Permit>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    append(&mut parts.headers, header::VIA, VIA_FLOODGATE);
+    Response::from_parts(parts, Body::new(Guarded { body, permit }))
+}
+
+/// A streaming body that gives the pool slot back when it ends.
+struct Guarded {
+    body: Incoming,
+    permit: Option<Permit>,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(context);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(permit) = self.permit.take() {
+                    permit.finish(false);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(permit) = self.permit.take() {
+                    permit.finish(true);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_and_query_go_under_the_base() {
+        let base: Uri = "http://127.0.0.1:8000/".parse().unwrap();
+        let asked: Uri = "/shop/rods?page=2".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&base, &asked).unwrap(),
+            "http://127.0.0.1:8000/shop/rods?page=2"
+        );
+        let prefixed: Uri = "http://10.0.0.1/legacy".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&prefixed, &asked).unwrap(),
+            "http://10.0.0.1/legacy/shop/rods?page=2"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-trace".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-trace", "1".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert(header::HOST, "shop.example".parse().unwrap());
+        headers.insert(X_FORWARDED_FOR, "203.0.113.9".parse().unwrap());
+        headers.insert("x-customer", "c-1".parse().unwrap());
+        prepare_request_headers(&mut headers, "192.0.2.1:5555".parse().unwrap());
+        for gone in ["connection", "keep-alive", "x-trace", "te"] {
+            assert!(!headers.contains_key(gone), "{gone}");
+        }
+        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.9, 192.0.2.1");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[X_FORWARDED_HOST], "shop.example");
+        assert_eq!(headers[header::HOST], "shop.example");
+        assert_eq!(headers[header::VIA], "1.1 floodgate");
+        assert_eq!(headers["x-customer"], "c-1");
+    }
+}
