@@ -47,19 +47,36 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<JsonResponse, String> {
-        let mut request = Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
+        let mut headers = headers.to_vec();
         let payload = match body {
             Some(json) => {
-                request = request.header("content-type", "application/json");
+                headers.push(("content-type", "application/json"));
                 Bytes::from(json.to_string())
             }
             None => Bytes::new(),
         };
+        let (status, headers, bytes) = self.send_bytes(method, url, &headers, payload).await?;
+        Ok(JsonResponse {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
+    }
+
+    /// Sends `body` as it is and returns the answer's status, headers and raw body.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         let request = request
-            .body(Full::new(payload))
+            .body(Full::new(body))
             .map_err(|error| error.to_string())?;
         let exchange = async {
             let response = self
@@ -73,11 +90,7 @@ impl HttpClient {
                 .await
                 .map_err(|error| error.to_string())?
                 .to_bytes();
-            Ok(JsonResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            })
+            Ok((parts.status, parts.headers, bytes))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await

@@ -5,6 +5,7 @@
 
 mod client;
 pub mod legacy;
+pub mod origin;
 mod process;
 
 pub use client::{HttpClient, JsonResponse};

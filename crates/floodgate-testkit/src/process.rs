@@ -72,6 +72,11 @@ impl GatewayProcess {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `Authorization` header value for the admin API.
     pub fn admin_authorization(&self) -> String {
         format!("Bearer {}", self.admin_token)

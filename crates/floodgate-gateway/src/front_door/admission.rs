@@ -4,7 +4,8 @@
 //! A request of class `c` goes straight in while fewer than `limit × c.share_of_limit()` are in
 //! flight. Otherwise it waits, in its class's FIFO, for at most the queue timeout; a freed slot
 //! goes to the highest class that fits, first come first served within a class. A waiter whose
-//! client hung up (its future dropped) is skipped. A full queue or an expired wait is shed:
+//! client hung up (its future dropped) is skipped. A full queue sheds its newest waiter of the
+//! lowest class to make room for a higher one, or else the newcomer; an expired wait is shed too:
 //! `503 overloaded`. Work already admitted always finishes; only new work waits.
 
 use std::collections::VecDeque;
@@ -25,7 +26,8 @@ const MIN_LIMIT: u32 = 2;
 pub(crate) enum Shed {
     /// The wait queue is full.
     QueueFull,
-    /// It waited the whole queue timeout.
+    /// It waited and was not admitted: the queue timeout passed, or it made room for a higher
+    /// class.
     Waited,
 }
 
@@ -58,6 +60,18 @@ impl State {
         self.waiting[..=queue_index(class)]
             .iter()
             .any(|queue| !queue.is_empty())
+    }
+
+    /// Makes room in a full queue by shedding the newest waiter of the lowest class below
+    /// `class`; whether there was one.
+    fn evict_below(&mut self, class: Priority) -> bool {
+        let lower = &mut self.waiting[queue_index(class) + 1..];
+        // Dropping its sender wakes the waiter with a refusal.
+        lower
+            .iter_mut()
+            .rev()
+            .find_map(|queue| queue.pop_back())
+            .is_some()
     }
 
     /// Takes a slot.
@@ -136,7 +150,7 @@ impl Admission {
             if state.fits(class) && !state.queued_ahead_of(class) {
                 return Ok(state.take(self));
             }
-            if state.queued() >= self.queue_capacity {
+            if state.queued() >= self.queue_capacity && !state.evict_below(class) {
                 return Err(Shed::QueueFull);
             }
             let (grant, granted) = oneshot::channel();
@@ -240,6 +254,35 @@ mod tests {
             Some(Shed::QueueFull)
         );
         assert_eq!(waiting.await.unwrap(), Some(Shed::Waited));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_makes_room_for_a_higher_class() {
+        let pool = admission(8, 1);
+        let _held: Vec<Permit> = vec![
+            pool.admit(Priority::Checkout).await.unwrap(),
+            pool.admit(Priority::Checkout).await.unwrap(),
+        ];
+        let browse = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.admit(Priority::Browse).await.err() }
+        });
+        tokio::task::yield_now().await;
+        let checkout = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.admit(Priority::Checkout).await.err() }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(browse.await.unwrap(), Some(Shed::Waited), "evicted");
+        assert_eq!(
+            pool.admit(Priority::Background).await.err(),
+            Some(Shed::QueueFull)
+        );
+        assert_eq!(
+            checkout.await.unwrap(),
+            Some(Shed::Waited),
+            "timed out in turn"
+        );
     }
 
     #[tokio::test(start_paused = true)]
