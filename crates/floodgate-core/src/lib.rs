@@ -6,6 +6,7 @@
 //! [`Timestamp`] (only the outer crates read a [`Clock`]), randomness as bytes, so every rule can
 //! be tested exactly.
 
+pub mod cache_control;
 pub mod clock;
 pub mod concurrency;
 pub mod drop;
@@ -18,6 +19,7 @@ pub mod priority;
 pub mod sharded_map;
 pub mod timestamp;
 
+pub use cache_control::CacheControl;
 pub use clock::Clock;
 pub use concurrency::AdaptiveLimit;
 pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};

@@ -34,6 +34,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/drops/{drop}/resume", post(resume))
         .route("/admin/orders", get(list_orders))
         .route("/admin/orders/{order}/redrive", post(redrive))
+        .route("/admin/cache/purge", post(purge_cache))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
@@ -176,6 +177,27 @@ fn admin_order_json(order: &Order) -> Value {
     view["idempotency_key"] = json!(order.idempotency_key.as_str());
     view["last_error"] = json!(order.last_error);
     view
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Purge {
+    prefix: String,
+}
+
+/// Drops cached responses whose path starts with `prefix` (`"/"` drops everything).
+async fn purge_cache(
+    State(gateway): State<Arc<Gateway>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let Purge { prefix } = parse_json(&body)?;
+    if !prefix.starts_with('/') {
+        return Err(ApiError::InvalidBody("prefix must start with '/'".into()));
+    }
+    let purged = gateway.front_door.purge(&prefix);
+    tracing::info!(%prefix, purged, "cache purged by an operator");
+    Ok(Json(json!({ "prefix": prefix, "purged": purged })))
 }
 
 /// Puts a dead-lettered order back in line; the dispatcher sends it again from attempt one.

@@ -2,11 +2,13 @@
 //! shop's origin pools, routed by `[[routes]]`, rate limited, admitted by priority, and cached.
 //!
 //! One request: match the first route whose method and glob fit (else the `[origin]` default);
-//! check its rate limits (`429`); serve it from the edge cache if it can; otherwise take a slot
-//! in its pool (critical routes skip this), wait briefly if the pool is full, or be shed
-//! (`503`); then forward it to an upstream of the pool and stream the answer back.
+//! check its rate limits (`429`); serve it from the edge cache if it can (one origin request per
+//! URL however many miss at once); otherwise take a slot in its pool (critical routes skip
+//! this), wait briefly if the pool is full, or be shed (`503`); then forward it to an upstream
+//! of the pool and stream the answer back.
 
 mod admission;
+mod cache;
 mod pool;
 mod proxy;
 mod rate_limit;
@@ -22,10 +24,13 @@ use axum::response::{IntoResponse, Response};
 use floodgate_core::{PathGlob, Priority};
 use serde_json::json;
 
-use crate::config::front_door::{ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteConfig};
-use admission::Admission;
+use crate::config::front_door::{
+    Balance, ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteCache, RouteConfig,
+};
+use admission::{Admission, Permit};
+use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
 use pool::Pool;
-use proxy::{Proxy, ProxyError};
+use proxy::{Buffered, Proxy, ProxyError};
 use rate_limit::{GlobalLimiter, KeyedLimiter};
 
 /// How long a request may wait for a slot in a full pool before it is shed: long enough to ride
@@ -46,17 +51,31 @@ pub(crate) struct FrontDoor {
     /// Where unrouted requests go, if `origin.url` is set.
     fallback: Option<Route>,
     proxy: Proxy,
+    cache: Option<Arc<EdgeCache>>,
 }
 
 struct Route {
-    name: String,
     methods: Vec<Method>,
     glob: Option<PathGlob>,
+    target: Arc<Target>,
+    per_client: Option<(KeyedLimiter, ClientKey)>,
+    global: Option<GlobalLimiter>,
+}
+
+/// Where a route's requests go and how they are treated there.
+struct Target {
+    name: String,
     pool: Arc<Pool>,
     class: Priority,
     timeout: Duration,
-    per_client: Option<(KeyedLimiter, ClientKey)>,
-    global: Option<GlobalLimiter>,
+    cache: Option<RouteCache>,
+}
+
+/// Why a request got no answer from the origin.
+#[derive(Debug)]
+enum Failure {
+    Shed,
+    Origin(ProxyError),
 }
 
 impl FrontDoor {
@@ -83,7 +102,7 @@ impl FrontDoor {
             let origin = Pool::new(
                 ORIGIN_POOL.into(),
                 vec![url.clone()],
-                crate::config::front_door::Balance::RoundRobin,
+                Balance::RoundRobin,
                 admission(config.origin.max_concurrency),
             );
             pools.insert(ORIGIN_POOL.into(), Arc::new(origin));
@@ -94,19 +113,25 @@ impl FrontDoor {
             .filter_map(|route| Some(Route::new(route, Arc::clone(pools.get(&route.pool)?))))
             .collect();
         let fallback = pools.get(ORIGIN_POOL).map(|origin| Route {
-            name: ORIGIN_POOL.into(),
             methods: Vec::new(),
             glob: None,
-            pool: Arc::clone(origin),
-            class: config.origin.class,
-            timeout: Duration::from_millis(config.origin.timeout_ms),
+            target: Arc::new(Target {
+                name: ORIGIN_POOL.into(),
+                pool: Arc::clone(origin),
+                class: config.origin.class,
+                timeout: Duration::from_millis(config.origin.timeout_ms),
+                cache: None,
+            }),
             per_client: None,
             global: None,
         });
+        let cache = (config.cache.max_bytes > 0)
+            .then(|| EdgeCache::new(usize::try_from(config.cache.max_bytes).unwrap_or(usize::MAX)));
         Self {
             routes,
             fallback,
             proxy: Proxy::new(),
+            cache,
         }
     }
 
@@ -115,6 +140,11 @@ impl FrontDoor {
             .iter()
             .find(|route| route.matches(method, path))
             .or(self.fallback.as_ref())
+    }
+
+    /// Drops cached responses under `prefix`; how many went.
+    pub(crate) fn purge(&self, prefix: &str) -> usize {
+        self.cache.as_ref().map_or(0, |cache| cache.purge(prefix))
     }
 
     /// Answers one request that none of floodgate's own endpoints took.
@@ -138,59 +168,205 @@ impl FrontDoor {
                 Some(seconds),
             );
         }
-        let permit = if route.class == Priority::Critical {
-            None
-        } else {
-            match route.pool.admission.admit(route.class).await {
-                Ok(permit) => Some(permit),
-                Err(shed) => {
-                    tracing::debug!(route = %route.name, class = route.class.as_str(), ?shed, "shed");
-                    return refusal(
-                        request.headers(),
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "the shop is busy; retry after the indicated delay",
-                        Some(SHED_RETRY_AFTER_S),
-                    );
+        let target = &route.target;
+        match &self.cache {
+            Some(cache) if target.cache.is_some() && EdgeCache::applies_to(&request) => {
+                self.through_cache(cache, target, request, client).await
+            }
+            _ => {
+                let accept = request.headers().clone();
+                match target.fetch(&self.proxy, request, client).await {
+                    Ok((response, permit)) => {
+                        let (parts, body) = response.into_parts();
+                        proxy::relay(parts, body, permit)
+                    }
+                    Err(failure) => failure_response(&accept, failure),
                 }
             }
+        }
+    }
+
+    /// Serves a cacheable request: a fresh entry, a stale one while it is refreshed, or the
+    /// origin's answer fetched once for everyone asking at the same time.
+    async fn through_cache(
+        &self,
+        cache: &Arc<EdgeCache>,
+        target: &Arc<Target>,
+        request: Request<Body>,
+        client: SocketAddr,
+    ) -> Response {
+        let key = cache.key(&request);
+        let method = request.method().clone();
+        let stale = match cache.lookup(&key) {
+            Lookup::Fresh(entry) => return entry.respond(&method, Served::Hit),
+            Lookup::Revalidate(entry) => {
+                if let Fill::Leader(fill) = cache.join_fill(&key) {
+                    let refresh = copy_head(&request);
+                    let (proxy, cache, target) =
+                        (self.proxy.clone(), Arc::clone(cache), Arc::clone(target));
+                    tokio::spawn(async move {
+                        let refresh = refresh.map(|()| Body::empty());
+                        let (_, filled) =
+                            fetch_into_cache(&proxy, &cache, &target, refresh, client, None).await;
+                        fill.finish(filled);
+                    });
+                }
+                return entry.respond(&method, Served::Stale);
+            }
+            Lookup::StaleIfError(entry) => Some(entry),
+            Lookup::Miss => None,
         };
-        let accept = request.headers().clone();
-        let chosen = route.pool.choose();
-        let forwarded = self
-            .proxy
-            .forward(&chosen.upstream.base, request, client, route.timeout)
-            .await;
-        match forwarded {
+        match cache.join_fill(&key) {
+            Fill::Leader(fill) => {
+                let (response, filled) =
+                    fetch_into_cache(&self.proxy, cache, target, request, client, stale).await;
+                fill.finish(filled);
+                response
+            }
+            Fill::Follower(outcome) => match cache::followed(outcome, target.timeout).await {
+                Some(entry) => entry.respond(&method, Served::Hit),
+                // Nothing to share (not cacheable, or the fill failed): ask on our own.
+                None => {
+                    fetch_into_cache(&self.proxy, cache, target, request, client, stale)
+                        .await
+                        .0
+                }
+            },
+        }
+    }
+}
+
+/// Fetches a cacheable request from the origin, keeps the answer if a shared cache may, and
+/// falls back to `stale` when the origin fails.
+async fn fetch_into_cache(
+    proxy: &Proxy,
+    cache: &EdgeCache,
+    target: &Target,
+    request: Request<Body>,
+    client: SocketAddr,
+    stale: Option<Arc<Entry>>,
+) -> (Response, Filled) {
+    let head = copy_head(&request);
+    let serve_stale = |stale: &Option<Arc<Entry>>| {
+        stale
+            .as_ref()
+            .map(|entry| (entry.respond(head.method(), Served::Stale), None))
+    };
+    let (response, permit) = match target.fetch(proxy, request, client).await {
+        Ok(fetched) => fetched,
+        Err(failure) => {
+            return serve_stale(&stale)
+                .unwrap_or_else(|| (failure_response(head.headers(), failure), None));
+        }
+    };
+    if response.status().is_server_error()
+        && let Some(served) = serve_stale(&stale)
+    {
+        return served;
+    }
+    let (mut parts, body) = response.into_parts();
+    match proxy::buffer(body, cache::MAX_ENTRY_BYTES).await {
+        Buffered::Whole(bytes) => {
+            if let Some(permit) = permit {
+                permit.finish(false);
+            }
+            proxy::prepare_response_headers(&mut parts.headers);
+            let policy = target.cache.as_ref().expect("cached routes have a policy");
+            let filled =
+                EdgeCache::entry_for(&head, parts.status, &parts.headers, bytes.clone(), policy)
+                    .and_then(|entry| cache.insert(&head, entry));
+            parts.headers.insert(X_CACHE, Served::Miss.header());
+            (Response::from_parts(parts, Body::from(bytes)), filled)
+        }
+        Buffered::TooLarge(rest) => {
+            parts.headers.insert(X_CACHE, Served::Miss.header());
+            (proxy::relay(parts, rest, permit), None)
+        }
+        Buffered::Broken => {
+            if let Some(permit) = permit {
+                permit.finish(true);
+            }
+            let broken = Failure::Origin(ProxyError::Unreachable("answer broken off".into()));
+            (
+                serve_stale(&stale)
+                    .map(|(response, _)| response)
+                    .unwrap_or_else(|| failure_response(head.headers(), broken)),
+                None,
+            )
+        }
+    }
+}
+
+/// The method, URI and headers of a request, without its body.
+fn copy_head(request: &Request<Body>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.headers_mut() = request.headers().clone();
+    head
+}
+
+impl Target {
+    /// Takes a slot in the pool (unless critical), forwards, and records the upstream's health.
+    async fn fetch(
+        &self,
+        proxy: &Proxy,
+        request: Request<Body>,
+        client: SocketAddr,
+    ) -> Result<(axum::http::Response<hyper::body::Incoming>, Option<Permit>), Failure> {
+        let permit = if self.class == Priority::Critical {
+            None
+        } else {
+            let admitted = self.pool.admission.admit(self.class).await;
+            Some(admitted.map_err(|shed| {
+                tracing::debug!(route = %self.name, class = self.class.as_str(), ?shed, "shed");
+                Failure::Shed
+            })?)
+        };
+        let chosen = self.pool.choose();
+        match proxy
+            .forward(&chosen.upstream.base, request, client, self.timeout)
+            .await
+        {
             Ok(response) => {
-                let healthy = !response.status().is_server_error();
-                chosen.upstream.record(healthy);
-                proxy::relay(response, permit)
+                chosen.upstream.record(!response.status().is_server_error());
+                Ok((response, permit))
             }
             Err(error) => {
                 chosen.upstream.record(false);
                 if let Some(permit) = permit {
                     permit.finish(true);
                 }
-                tracing::warn!(route = %route.name, pool = %route.pool.name, upstream = %chosen.upstream.base, ?error, "origin failed");
-                match error {
-                    ProxyError::Timeout => refusal(
-                        &accept,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "origin_timeout",
-                        "the shop did not answer in time",
-                        None,
-                    ),
-                    ProxyError::Unreachable(_) => refusal(
-                        &accept,
-                        StatusCode::BAD_GATEWAY,
-                        "origin_unreachable",
-                        "the shop could not be reached",
-                        None,
-                    ),
-                }
+                tracing::warn!(route = %self.name, pool = %self.pool.name, upstream = %chosen.upstream.base, ?error, "origin failed");
+                Err(Failure::Origin(error))
             }
         }
+    }
+}
+
+fn failure_response(headers: &HeaderMap, failure: Failure) -> Response {
+    match failure {
+        Failure::Shed => refusal(
+            headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the shop is busy; retry after the indicated delay",
+            Some(SHED_RETRY_AFTER_S),
+        ),
+        Failure::Origin(ProxyError::Timeout) => refusal(
+            headers,
+            StatusCode::GATEWAY_TIMEOUT,
+            "origin_timeout",
+            "the shop did not answer in time",
+            None,
+        ),
+        Failure::Origin(ProxyError::Unreachable(_)) => refusal(
+            headers,
+            StatusCode::BAD_GATEWAY,
+            "origin_unreachable",
+            "the shop could not be reached",
+            None,
+        ),
     }
 }
 
@@ -198,12 +374,15 @@ impl Route {
     fn new(config: &RouteConfig, pool: Arc<Pool>) -> Self {
         let limits = config.rate_limit.as_ref();
         Self {
-            name: config.name.clone(),
             methods: config.methods.clone(),
             glob: Some(config.path.clone()),
-            pool,
-            class: config.class,
-            timeout: Duration::from_millis(config.timeout_ms),
+            target: Arc::new(Target {
+                name: config.name.clone(),
+                pool,
+                class: config.class,
+                timeout: Duration::from_millis(config.timeout_ms),
+                cache: config.cache.clone(),
+            }),
             per_client: limits.and_then(|limits| {
                 let rate = limits.per_client_per_s?;
                 Some((KeyedLimiter::new(rate, limits.burst), limits.key.clone()))

@@ -2,13 +2,16 @@
 //! bodies streamed both ways, hop-by-hop headers removed (RFC 9110 §7.6.1), `X-Forwarded-*` and
 //! `Via` added.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::response::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -140,22 +143,87 @@ fn prepare_request_headers(headers: &mut HeaderMap, client: SocketAddr) {
     append(headers, header::VIA, VIA_FLOODGATE);
 }
 
+/// Cleans an upstream response head for the client: hop-by-hop headers out, `Via` in.
+pub(crate) fn prepare_response_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    append(headers, header::VIA, VIA_FLOODGATE);
+}
+
 /// The upstream's response as the client gets it; `permit` is held until the body has streamed.
-pub(crate) fn relay(response: Response<Incoming>, permit: Option<Permit>) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    append(&mut parts.headers, header::VIA, VIA_FLOODGATE);
+pub(crate) fn relay<B>(mut parts: Parts, body: B, permit: Option<Permit>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin + Send + 'static,
+{
+    prepare_response_headers(&mut parts.headers);
     Response::from_parts(parts, Body::new(Guarded { body, permit }))
 }
 
+/// A body read as far as needed to know whether it fits in `limit` bytes.
+pub(crate) enum Buffered {
+    /// All of it.
+    Whole(Bytes),
+    /// Too large: what was read, then the rest, still streaming.
+    TooLarge(Prefixed),
+    /// The upstream broke off.
+    Broken,
+}
+
+/// Reads `body` whole if it is at most `limit` bytes.
+pub(crate) async fn buffer(mut body: Incoming, limit: usize) -> Buffered {
+    use http_body_util::BodyExt;
+    let mut read = VecDeque::new();
+    let mut length = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Buffered::Broken;
+        };
+        if let Ok(data) = frame.into_data() {
+            length += data.len();
+            read.push_back(data);
+            if length > limit {
+                return Buffered::TooLarge(Prefixed { read, rest: body });
+            }
+        }
+    }
+    let mut whole = bytes::BytesMut::with_capacity(length);
+    for chunk in read {
+        whole.extend_from_slice(&chunk);
+    }
+    Buffered::Whole(whole.freeze())
+}
+
+/// The chunks already read, then the rest of the body.
+pub(crate) struct Prefixed {
+    read: VecDeque<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.read.pop_front() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => Pin::new(&mut self.rest).poll_frame(context),
+        }
+    }
+}
+
 /// A streaming body that gives the pool slot back when it ends.
-struct Guarded {
-    body: Incoming,
+struct Guarded<B> {
+    body: B,
     permit: Option<Permit>,
 }
 
-impl hyper::body::Body for Guarded {
-    type Data = bytes::Bytes;
+impl<B> hyper::body::Body for Guarded<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
