@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Time shutdown waits for admitted requests.
     pub shutdown_grace_ms: u64,
+    /// Threads serving requests; 0: one per core.
+    pub worker_threads: u64,
 }
 
 /// `[store]`.
@@ -115,6 +117,7 @@ impl Default for Config {
                 header_read_timeout_ms: 10_000,
                 max_body_bytes: 64 * 1024,
                 shutdown_grace_ms: 10_000,
+                worker_threads: 0,
             },
             store: StoreConfig {
                 path: PathBuf::from("./floodgate-data"),
@@ -179,6 +182,11 @@ impl Config {
                 "shutdown_grace_ms",
                 defaults.server.shutdown_grace_ms,
                 integer(0, 600_000),
+            ),
+            worker_threads: server.get(
+                "worker_threads",
+                defaults.server.worker_threads,
+                integer(0, 1_024),
             ),
         };
         server.finish();
@@ -456,6 +464,12 @@ fn text_value(value: &Value) -> Result<String, String> {
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("must be a string, not {}", value.type_str()))
+}
+
+fn boolean(value: &Value) -> Result<bool, String> {
+    value
+        .as_bool()
+        .ok_or_else(|| format!("must be true or false, not {}", value.type_str()))
 }
 
 fn integer(min: u64, max: u64) -> impl FnOnce(&Value) -> Result<u64, String> {

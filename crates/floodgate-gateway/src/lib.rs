@@ -9,7 +9,7 @@ mod admin_api;
 mod body;
 pub mod config;
 mod error;
-mod front_door;
+pub mod front_door;
 mod intake;
 mod public_api;
 mod server;

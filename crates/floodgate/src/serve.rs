@@ -20,7 +20,13 @@ pub(crate) fn serve(config: Config) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    tokio::runtime::Runtime::new()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        runtime.worker_threads(usize::try_from(config.server.worker_threads)?);
+    }
+    runtime
+        .enable_all()
+        .build()
         .context("cannot start the async runtime")?
         .block_on(run(config))
 }

@@ -7,7 +7,7 @@ use axum::http::{HeaderName, Method, Uri};
 use floodgate_core::{PathGlob, Priority};
 use toml::{Table, Value};
 
-use super::{ConfigProblem, Section, http_url, integer, text_value};
+use super::{ConfigProblem, Section, boolean, http_url, integer, text_value};
 
 /// The name under which routes refer to `[origin]`.
 pub const ORIGIN_POOL: &str = "origin";
@@ -23,6 +23,18 @@ pub struct FrontDoorConfig {
     pub routes: Vec<RouteConfig>,
     /// `[cache]`.
     pub cache: CacheConfig,
+    /// `[admission]`.
+    pub admission: AdmissionConfig,
+}
+
+/// `[admission]`: how pools take requests once they are full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Adaptive limits, priority partitions and shedding; off, every request goes straight to
+    /// its pool (for comparison runs, never for a drop).
+    pub enabled: bool,
+    /// How long a request may wait for a slot before `503 overloaded`.
+    pub queue_timeout_ms: u64,
 }
 
 /// `[origin]`: the shop's own site. Requests no route claims go here.
@@ -135,6 +147,10 @@ impl Default for FrontDoorConfig {
             cache: CacheConfig {
                 max_bytes: 64 * 1024 * 1024,
             },
+            admission: AdmissionConfig {
+                enabled: true,
+                queue_timeout_ms: 1_000,
+            },
         }
     }
 }
@@ -145,6 +161,7 @@ pub(super) struct FrontDoorTables<'t> {
     pools: Vec<(String, &'t Table)>,
     routes: Vec<(String, &'t Table)>,
     cache: Option<&'t Table>,
+    admission: Option<&'t Table>,
 }
 
 impl<'t> FrontDoorTables<'t> {
@@ -154,6 +171,7 @@ impl<'t> FrontDoorTables<'t> {
             pools: root.tables("pools"),
             routes: root.tables("routes"),
             cache: root.table("cache"),
+            admission: root.table("admission"),
         }
     }
 }
@@ -167,6 +185,7 @@ impl FrontDoorConfig {
             pools: pool_tables,
             routes: route_tables,
             cache: cache_table,
+            admission: admission_table,
         } = tables;
 
         let mut section = Section::new("origin", origin_table, problems);
@@ -228,11 +247,23 @@ impl FrontDoorConfig {
             ),
         };
         section.finish();
+
+        let mut section = Section::new("admission", admission_table, problems);
+        let admission = AdmissionConfig {
+            enabled: section.get("enabled", defaults.admission.enabled, boolean),
+            queue_timeout_ms: section.get(
+                "queue_timeout_ms",
+                defaults.admission.queue_timeout_ms,
+                integer(0, 60_000),
+            ),
+        };
+        section.finish();
         Self {
             origin,
             pools,
             routes,
             cache,
+            admission,
         }
     }
 }
@@ -343,7 +374,7 @@ fn read_rate_limit(
 ) -> RouteRateLimit {
     let mut section = Section::new(path, Some(table), problems);
     let per_second = |value: &Value| {
-        integer(1, 1_000_000)(value).map(|rate| Some(u32::try_from(rate).unwrap_or(u32::MAX)))
+        integer(1, 100_000_000)(value).map(|rate| Some(u32::try_from(rate).unwrap_or(u32::MAX)))
     };
     let per_client_per_s = section.get("per_client_per_s", None, per_second);
     let burst = section.get("burst", 1, integer(1, 1_000_000));

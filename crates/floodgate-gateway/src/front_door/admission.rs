@@ -104,8 +104,9 @@ impl State {
     }
 }
 
-/// A slot in the pool; give it back with [`Permit::finish`] (dropping it counts as a failure).
-pub(crate) struct Permit {
+/// A slot in a pool; give it back with [`Permit::finish`] (dropping it frees the slot without
+/// feeding the limit).
+pub struct Permit {
     admission: Arc<Admission>,
     started: Instant,
     in_flight_at_start: u32,
@@ -143,6 +144,12 @@ impl Admission {
         (state.limit.limit(), state.in_flight)
     }
 
+    /// Admits a request of `class` at once if it fits and nobody of its class or above waits.
+    pub(crate) fn try_admit(self: &Arc<Self>, class: Priority) -> Option<Permit> {
+        let mut state = self.state();
+        (state.fits(class) && !state.queued_ahead_of(class)).then(|| state.take(self))
+    }
+
     /// Admits a request of `class` (not `critical`: those bypass admission), waiting if needed.
     pub(crate) async fn admit(self: &Arc<Self>, class: Priority) -> Result<Permit, Shed> {
         let granted = {
@@ -172,7 +179,7 @@ fn queue_index(class: Priority) -> usize {
 
 impl Permit {
     /// Gives the slot back, feeding the limit how the request went.
-    pub(crate) fn finish(mut self, failed: bool) {
+    pub fn finish(mut self, failed: bool) {
         self.release(failed);
     }
 

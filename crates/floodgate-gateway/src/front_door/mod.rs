@@ -33,9 +33,6 @@ use pool::Pool;
 use proxy::{Buffered, Proxy, ProxyError};
 use rate_limit::{GlobalLimiter, KeyedLimiter};
 
-/// How long a request may wait for a slot in a full pool before it is shed: long enough to ride
-/// out a burst, short enough that the shopper is told to retry while still looking.
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;
 /// Seconds a shed shopper is told to wait.
@@ -45,8 +42,22 @@ const SHED_RETRY_AFTER_S: u32 = 2;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
+/// What the front door decides for a request before any I/O (see [`FrontDoor::decide`]).
+pub enum Decision {
+    /// No route, no origin.
+    NotFound,
+    /// Over a rate limit; retry after this long.
+    RateLimited(Duration),
+    /// Goes to its pool without a slot (critical, or admission off).
+    Bypass(Priority),
+    /// Took a slot in its pool.
+    Admitted(Priority, Permit),
+    /// Its pool is full: it would wait in the queue.
+    MustWait(Priority),
+}
+
 /// The routes and pools, built once from the config.
-pub(crate) struct FrontDoor {
+pub struct FrontDoor {
     routes: Vec<Route>,
     /// Where unrouted requests go, if `origin.url` is set.
     fallback: Option<Route>,
@@ -67,6 +78,8 @@ struct Target {
     name: String,
     pool: Arc<Pool>,
     class: Priority,
+    /// Whether requests take a slot in the pool (not for `critical`, nor with admission off).
+    admitted: bool,
     timeout: Duration,
     cache: Option<RouteCache>,
 }
@@ -80,11 +93,13 @@ enum Failure {
 
 impl FrontDoor {
     /// Builds the front door; the config has been validated, so every pool a route names exists.
-    pub(crate) fn new(config: &FrontDoorConfig) -> Self {
+    pub fn new(config: &FrontDoorConfig) -> Self {
+        let queue_timeout = Duration::from_millis(config.admission.queue_timeout_ms);
         let admission = |max: u64| {
             let max = u32::try_from(max).unwrap_or(u32::MAX);
-            Admission::new(max, max as usize * QUEUE_PER_SLOT, QUEUE_TIMEOUT)
+            Admission::new(max, max as usize * QUEUE_PER_SLOT, queue_timeout)
         };
+        let admitted = |class: Priority| config.admission.enabled && class != Priority::Critical;
         let mut pools: HashMap<String, Arc<Pool>> = config
             .pools
             .iter()
@@ -110,7 +125,10 @@ impl FrontDoor {
         let routes = config
             .routes
             .iter()
-            .filter_map(|route| Some(Route::new(route, Arc::clone(pools.get(&route.pool)?))))
+            .filter_map(|route| {
+                let pool = Arc::clone(pools.get(&route.pool)?);
+                Some(Route::new(route, pool, admitted(route.class)))
+            })
             .collect();
         let fallback = pools.get(ORIGIN_POOL).map(|origin| Route {
             methods: Vec::new(),
@@ -119,6 +137,7 @@ impl FrontDoor {
                 name: ORIGIN_POOL.into(),
                 pool: Arc::clone(origin),
                 class: config.origin.class,
+                admitted: admitted(config.origin.class),
                 timeout: Duration::from_millis(config.origin.timeout_ms),
                 cache: None,
             }),
@@ -140,6 +159,31 @@ impl FrontDoor {
             .iter()
             .find(|route| route.matches(method, path))
             .or(self.fallback.as_ref())
+    }
+
+    /// Classifies a request, checks its rate limits and tries to take a slot in its pool, all
+    /// without waiting: the admission decision on its own, as its benchmark measures it.
+    pub fn decide(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        client: SocketAddr,
+    ) -> Decision {
+        let Some(route) = self.route(method, path) else {
+            return Decision::NotFound;
+        };
+        if let Err(wait) = route.check_rate_limits(headers, client) {
+            return Decision::RateLimited(wait);
+        }
+        let target = &route.target;
+        if !target.admitted {
+            return Decision::Bypass(target.class);
+        }
+        match target.pool.admission.try_admit(target.class) {
+            Some(permit) => Decision::Admitted(target.class, permit),
+            None => Decision::MustWait(target.class),
+        }
     }
 
     /// Drops cached responses under `prefix`; how many went.
@@ -314,7 +358,7 @@ impl Target {
         request: Request<Body>,
         client: SocketAddr,
     ) -> Result<(axum::http::Response<hyper::body::Incoming>, Option<Permit>), Failure> {
-        let permit = if self.class == Priority::Critical {
+        let permit = if !self.admitted {
             None
         } else {
             let admitted = self.pool.admission.admit(self.class).await;
@@ -371,7 +415,7 @@ fn failure_response(headers: &HeaderMap, failure: Failure) -> Response {
 }
 
 impl Route {
-    fn new(config: &RouteConfig, pool: Arc<Pool>) -> Self {
+    fn new(config: &RouteConfig, pool: Arc<Pool>, admitted: bool) -> Self {
         let limits = config.rate_limit.as_ref();
         Self {
             methods: config.methods.clone(),
@@ -380,6 +424,7 @@ impl Route {
                 name: config.name.clone(),
                 pool,
                 class: config.class,
+                admitted,
                 timeout: Duration::from_millis(config.timeout_ms),
                 cache: config.cache.clone(),
             }),
