@@ -45,6 +45,7 @@ pub struct OriginConfig {
 struct Counts {
     by_path: Mutex<HashMap<String, u64>>,
     total: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// A running test origin; stops when dropped.
@@ -67,6 +68,7 @@ impl TestOrigin {
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
+                served.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let (counts, capacity) = (Arc::clone(&served), capacity.clone());
                 let service_time = config.service_time;
@@ -102,6 +104,11 @@ impl TestOrigin {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Connections accepted in all.
+    pub fn connections(&self) -> u64 {
+        self.counts.connections.load(Ordering::Relaxed)
     }
 
     /// Requests served in all.

@@ -86,6 +86,39 @@ async fn routes_pick_their_pool_by_method_and_glob() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let shop = origin().await;
+    let (gateway, _data) = gateway(&format!("[origin]\nurl = \"{}\"\n", shop.url()));
+    let client = client();
+    for serial in 0..50 {
+        let url = format!("{}/page/{serial}", gateway.public_url);
+        assert_eq!(get(&client, &url, &[]).await.0, StatusCode::OK);
+    }
+    let head = client
+        .send_bytes(
+            Method::HEAD,
+            &format!("{}/page/h", gateway.public_url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.0, StatusCode::OK);
+    assert_eq!(
+        get(&client, &format!("{}/page/last", gateway.public_url), &[])
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(shop.total_hits(), 52);
+    assert_eq!(
+        shop.connections(),
+        1,
+        "one kept-alive connection serves them all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_origin_is_a_504_and_an_unreachable_one_a_502() {
     let shop = origin().await;
     let closed = {

@@ -12,6 +12,7 @@ mod cache;
 mod pool;
 mod proxy;
 mod rate_limit;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
 use pool::Pool;
 use proxy::{Buffered, Proxy, ProxyError};
 use rate_limit::{GlobalLimiter, KeyedLimiter};
+use upstream::UpstreamBody;
 
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;
@@ -149,7 +151,7 @@ impl FrontDoor {
         Self {
             routes,
             fallback,
-            proxy: Proxy::new(),
+            proxy: Proxy::default(),
             cache,
         }
     }
@@ -357,7 +359,7 @@ impl Target {
         proxy: &Proxy,
         request: Request<Body>,
         client: SocketAddr,
-    ) -> Result<(axum::http::Response<hyper::body::Incoming>, Option<Permit>), Failure> {
+    ) -> Result<(axum::http::Response<UpstreamBody>, Option<Permit>), Failure> {
         let permit = if !self.admitted {
             None
         } else {

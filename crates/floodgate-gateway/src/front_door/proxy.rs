@@ -1,4 +1,4 @@
-//! Forwarding one request to an upstream: HTTP/1.1 keep-alive connections pooled per upstream,
+//! Forwarding one request to an upstream over a kept-alive connection ([`super::upstream`]):
 //! bodies streamed both ways, hop-by-hop headers removed (RFC 9110 §7.6.1), `X-Forwarded-*` and
 //! `Via` added.
 
@@ -10,19 +10,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::response::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Frame, SizeHint};
 
 use super::admission::Permit;
-
-/// Connections kept idle per upstream between bursts.
-const IDLE_CONNECTIONS_PER_UPSTREAM: usize = 1_024;
-/// How long an idle upstream connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use super::upstream::{Connections, SendError, UpstreamBody};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -50,55 +43,66 @@ pub(crate) enum ProxyError {
     Unreachable(String),
 }
 
-/// The shared upstream client.
-#[derive(Clone)]
+/// The upstream side of the front door.
+#[derive(Clone, Default)]
 pub(crate) struct Proxy {
-    client: Client<HttpConnector, Body>,
+    connections: Connections,
 }
 
 impl Proxy {
-    pub(crate) fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_UPSTREAM)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
-        Self { client }
-    }
-
     /// Sends `request` to `base` and returns the upstream's response head with its body still
-    /// streaming.
+    /// streaming. A request without a body that fails on a reused connection (the upstream may
+    /// have closed it while idle) is tried once more.
     pub(crate) async fn forward(
         &self,
         base: &Uri,
         mut request: Request<Body>,
         client: SocketAddr,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        *request.uri_mut() = upstream_uri(base, request.uri())?;
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let authority = base
+            .authority()
+            .cloned()
+            .ok_or_else(|| ProxyError::Unreachable(format!("{base} names no host")))?;
+        *request.uri_mut() = upstream_path(base, request.uri())?;
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
         prepare_request_headers(request.headers_mut(), client);
-        let response = tokio::time::timeout(timeout, self.client.request(request))
+        let replay = matches!(*request.method(), Method::GET | Method::HEAD).then(|| {
+            let mut head = Request::new(Body::empty());
+            *head.method_mut() = request.method().clone();
+            *head.uri_mut() = request.uri().clone();
+            *head.headers_mut() = request.headers().clone();
+            head
+        });
+        let exchange = async {
+            match self.connections.send(&authority, request).await {
+                Err(SendError::Exchange { reused: true, .. }) if replay.is_some() => {
+                    let head = replay.expect("checked");
+                    self.connections.send(&authority, head).await
+                }
+                sent => sent,
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ProxyError::Timeout)?
-            .map_err(|error| ProxyError::Unreachable(format!("{error:?}")))?;
-        Ok(response)
+            .map_err(|error| ProxyError::Unreachable(error.to_string()))
     }
 }
 
-/// `base` with the request's path and query appended to its path.
-fn upstream_uri(base: &Uri, requested: &Uri) -> Result<Uri, ProxyError> {
+/// The request's path and query under `base`'s path, in origin form.
+fn upstream_path(base: &Uri, requested: &Uri) -> Result<Uri, ProxyError> {
     let prefix = base.path().trim_end_matches('/');
     let path_and_query = requested
         .path_and_query()
         .map_or("/", |path_and_query| path_and_query.as_str());
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(
-        format!("{prefix}{path_and_query}")
-            .parse()
-            .map_err(|_| ProxyError::Unreachable("request path not forwardable".into()))?,
-    );
-    Uri::from_parts(parts).map_err(|error| ProxyError::Unreachable(error.to_string()))
+    format!("{prefix}{path_and_query}")
+        .parse()
+        .map_err(|_| ProxyError::Unreachable("request path not forwardable".into()))
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
@@ -169,7 +173,7 @@ pub(crate) enum Buffered {
 }
 
 /// Reads `body` whole if it is at most `limit` bytes.
-pub(crate) async fn buffer(mut body: Incoming, limit: usize) -> Buffered {
+pub(crate) async fn buffer(mut body: UpstreamBody, limit: usize) -> Buffered {
     use http_body_util::BodyExt;
     let mut read = VecDeque::new();
     let mut length = 0;
@@ -195,7 +199,7 @@ pub(crate) async fn buffer(mut body: Incoming, limit: usize) -> Buffered {
 /// The chunks already read, then the rest of the body.
 pub(crate) struct Prefixed {
     read: VecDeque<Bytes>,
-    rest: Incoming,
+    rest: UpstreamBody,
 }
 
 impl hyper::body::Body for Prefixed {
@@ -264,14 +268,11 @@ mod tests {
     fn the_path_and_query_go_under_the_base() {
         let base: Uri = "http://127.0.0.1:8000/".parse().unwrap();
         let asked: Uri = "/shop/rods?page=2".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&base, &asked).unwrap(),
-            "http://127.0.0.1:8000/shop/rods?page=2"
-        );
+        assert_eq!(upstream_path(&base, &asked).unwrap(), "/shop/rods?page=2");
         let prefixed: Uri = "http://10.0.0.1/legacy".parse().unwrap();
         assert_eq!(
-            upstream_uri(&prefixed, &asked).unwrap(),
-            "http://10.0.0.1/legacy/shop/rods?page=2"
+            upstream_path(&prefixed, &asked).unwrap(),
+            "/legacy/shop/rods?page=2"
         );
     }
 

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Reverse proxying to one origin (nginx serving a small fixed page): the same wrk load through
+# (a) nginx as a reverse proxy and (b) floodgate, each with the same number of worker threads
+# (1, then 2), measured in one run; then the same with caching on (nginx proxy_cache hits vs
+# floodgate edge-cache hits).
+#
+#   bash bench/proxy.sh                  # defaults: wrk 2 threads, 64 connections, 10 s, 3 rounds
+#   CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/proxy.sh
+#
+# Prints medians of requests/s and p99 and the ratios floodgate/nginx (targets: throughput
+# >= 1.0, p99 <= 1.0). Only loopback addresses are used.
+set -euo pipefail
+
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+if ! need nginx || ! need wrk; then
+  echo "installing nginx and wrk" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
+FLOODGATE="$root/target/release/floodgate"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_nginx() { # name workers server-block
+  local dir="$work/$1"
+  mkdir -p "$dir/cache"
+  cat > "$dir/nginx.conf" <<CONF
+worker_processes $2;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 1000000;
+  proxy_cache_path $dir/cache keys_zone=pages:10m max_size=64m;
+  $3
+}
+CONF
+  "$NGINX" -c "$dir/nginx.conf" -p "$dir" &
+  pids+=($!)
+}
+
+# The origin: one worker, a small page that may be cached for a minute.
+origin_port=$(free_port)
+start_nginx origin 1 "server { listen 127.0.0.1:$origin_port;
+  location / { default_type text/html; add_header Cache-Control 'public, max-age=60';
+    return 200 '<!doctype html><title>Muskie rod</title><p>In stock: 500 units.</p>'; } }"
+
+start_proxy_nginx() { # workers cache(on|off); sets nginx_url
+  local port; port=$(free_port)
+  local cache=""
+  [ "$2" = on ] && cache="proxy_cache pages; proxy_cache_valid 200 60s;"
+  start_nginx "nginx-$1-$2" "$1" "upstream origin { server 127.0.0.1:$origin_port; keepalive 256; }
+  server { listen 127.0.0.1:$port;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ''; $cache } }"
+  nginx_url="http://127.0.0.1:$port/shop/rods/muskie"
+}
+
+start_floodgate() { # workers cache(on|off); sets floodgate_url
+  local dir="$work/floodgate-$1-$2"
+  mkdir -p "$dir"
+  local route=""
+  [ "$2" = on ] && route=$'[[routes]]\npath = "/**"\ncache = {}\n'
+  cat > "$dir/floodgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+worker_threads = $1
+[store]
+path = "$dir/store"
+[origin]
+url = "http://127.0.0.1:$origin_port"
+max_concurrency = 4096
+$route
+CONF
+  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error "$FLOODGATE" serve --config "$dir/floodgate.toml" > "$dir/out" &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q '^floodgate public ' "$dir/out" 2>/dev/null && break; sleep 0.1; done
+  floodgate_url="$(sed -n 's/^floodgate public //p' "$dir/out")/shop/rods/muskie"
+}
+
+run_wrk() { # url -> "rate p99_ms non2xx"
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
+  python3 - "$out" <<'PY'
+import re, sys
+out = sys.argv[1]
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+print(f"{rate:.0f} {p99:.2f} {bad.group(1) if bad else 0}")
+PY
+}
+
+echo "wrk threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
+summary=()
+for cache in off on; do
+  for workers in 1 2; do
+    start_proxy_nginx "$workers" "$cache"
+    start_floodgate "$workers" "$cache"
+    sleep 0.5
+    curl -sf -o /dev/null "$nginx_url" && curl -sf -o /dev/null "$floodgate_url"
+    n_rates=(); n_p99=(); f_rates=(); f_p99=()
+    for round in $(seq "$ROUNDS"); do
+      read -r rate p99 bad < <(run_wrk "$nginx_url")
+      n_rates+=("$rate"); n_p99+=("$p99")
+      echo "cache=$cache workers=$workers round $round nginx:     $rate req/s  p99 ${p99} ms  non-2xx $bad"
+      read -r rate p99 bad < <(run_wrk "$floodgate_url")
+      f_rates+=("$rate"); f_p99+=("$p99")
+      echo "cache=$cache workers=$workers round $round floodgate: $rate req/s  p99 ${p99} ms  non-2xx $bad"
+    done
+    summary+=("$(python3 - "$cache" "$workers" "${n_rates[*]}" "${n_p99[*]}" "${f_rates[*]}" "${f_p99[*]}" <<'PY'
+import statistics, sys
+cache, workers = sys.argv[1:3]
+n, n99, f, f99 = (statistics.median(float(x) for x in arg.split()) for arg in sys.argv[3:7])
+print(f"cache={cache} workers={workers}: nginx {n:.0f} req/s p99 {n99:.2f} ms | floodgate {f:.0f} req/s "
+      f"p99 {f99:.2f} ms | throughput ratio {f / n:.2f} (target >= 1.0), p99 ratio {f99 / n99:.2f} (target <= 1.0)")
+PY
+)")
+    for pid in "${pids[@]: -2}"; do kill "$pid" 2>/dev/null || true; done
+  done
+done
+printf '%s\n' "${summary[@]}"

@@ -1,0 +1,204 @@
+//! Keep-alive HTTP/1.1 connections to upstreams, driven by the task that serves the request.
+//!
+//! A pooled client that runs each connection in its own task (hyper-util's) costs two
+//! cross-thread wake-ups per request: the request goes to the connection's task and the answer
+//! comes back. Here the request's own task polls the connection while it waits for the answer
+//! head, and the answer's body polls it while it streams, so a proxied request stays on one
+//! thread as it does in nginx. A connection goes back to the idle list when its answer has been
+//! read to the end; one whose answer is abandoned is closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::uri::Authority;
+use axum::http::{Request, Response};
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Idle connections kept per upstream.
+const IDLE_PER_UPSTREAM: usize = 1_024;
+/// How long an idle connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Link {
+    sender: SendRequest<Body>,
+    connection: Connection<TokioIo<TcpStream>, Body>,
+    /// The connection future finished: the link is dead.
+    closed: bool,
+    idle_since: Instant,
+}
+
+type IdleLinks = Arc<Mutex<HashMap<Authority, Vec<Link>>>>;
+
+/// The idle connections of every upstream.
+#[derive(Clone, Default)]
+pub(crate) struct Connections {
+    idle: IdleLinks,
+}
+
+/// How a request failed before its answer head arrived.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No connection could be made.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The connection failed; `reused` says whether it came from the idle list (where the
+    /// upstream may have closed it meanwhile).
+    #[error("connection failed: {error}")]
+    Exchange { error: hyper::Error, reused: bool },
+}
+
+impl Link {
+    /// Polls the connection so its I/O progresses; notes when it has ended.
+    fn drive(&mut self, context: &mut Context<'_>) {
+        if !self.closed && Pin::new(&mut self.connection).poll(context).is_ready() {
+            self.closed = true;
+        }
+    }
+
+    /// Whether an idle link can carry another request; polls it once without waiting, which
+    /// reads the upstream's close if it closed while idle.
+    fn usable(&mut self, now: Instant) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        !self.closed && self.sender.is_ready() && now.duration_since(self.idle_since) < IDLE_TIMEOUT
+    }
+}
+
+impl Connections {
+    fn checkout(&self, authority: &Authority) -> Option<Link> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let links = idle.get_mut(authority)?;
+        while let Some(mut link) = links.pop() {
+            if link.usable(now) {
+                return Some(link);
+            }
+        }
+        None
+    }
+
+    async fn connect(authority: &Authority) -> Result<Link, SendError> {
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = TcpStream::connect((authority.host(), port))
+            .await
+            .map_err(SendError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|error| SendError::Exchange {
+                    error,
+                    reused: false,
+                })?;
+        Ok(Link {
+            sender,
+            connection,
+            closed: false,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends `request` to `authority` on an idle connection or a new one, and waits for the
+    /// answer head while driving the connection.
+    pub(crate) async fn send(
+        &self,
+        authority: &Authority,
+        request: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (mut link, reused) = match self.checkout(authority) {
+            Some(link) => (link, true),
+            None => (Self::connect(authority).await?, false),
+        };
+        let mut answer = std::pin::pin!(link.sender.send_request(request));
+        let head = std::future::poll_fn(|context| {
+            link.drive(context);
+            answer.as_mut().poll(context)
+        })
+        .await;
+        match head {
+            Ok(response) => Ok(response.map(|incoming| {
+                let mut body = UpstreamBody {
+                    incoming,
+                    link: Some(link),
+                    authority: authority.clone(),
+                    idle: Arc::clone(&self.idle),
+                };
+                // An answer without a body (HEAD, 204, 304) may never be polled: free the link now.
+                if hyper::body::Body::is_end_stream(&body.incoming) {
+                    body.release();
+                }
+                body
+            })),
+            Err(error) => Err(SendError::Exchange { error, reused }),
+        }
+    }
+}
+
+/// An answer body that drives its connection and hands it back to the idle list at its end.
+pub(crate) struct UpstreamBody {
+    incoming: Incoming,
+    link: Option<Link>,
+    authority: Authority,
+    idle: IdleLinks,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        let Some(mut link) = self.link.take() else {
+            return;
+        };
+        if link.closed {
+            return;
+        }
+        link.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let links = idle.entry(self.authority.clone()).or_default();
+        if links.len() < IDLE_PER_UPSTREAM {
+            links.push(link);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(link) = self.link.as_mut() {
+            link.drive(context);
+        }
+        let polled = Pin::new(&mut self.incoming).poll_frame(context);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            // The server stops polling once a body says it has ended, so the last frame is the
+            // moment to give the connection back.
+            Poll::Ready(Some(Ok(_))) if hyper::body::Body::is_end_stream(&self.incoming) => {
+                self.release()
+            }
+            // A broken answer leaves the connection in an unknown state: close it.
+            Poll::Ready(Some(Err(_))) => self.link = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
