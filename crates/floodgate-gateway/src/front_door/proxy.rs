@@ -167,7 +167,7 @@ pub(crate) enum Buffered {
     /// All of it.
     Whole(Bytes),
     /// Too large: what was read, then the rest, still streaming.
-    TooLarge(Prefixed),
+    TooLarge(Box<Prefixed>),
     /// The upstream broke off.
     Broken,
 }
@@ -185,7 +185,7 @@ pub(crate) async fn buffer(mut body: UpstreamBody, limit: usize) -> Buffered {
             length += data.len();
             read.push_back(data);
             if length > limit {
-                return Buffered::TooLarge(Prefixed { read, rest: body });
+                return Buffered::TooLarge(Box::new(Prefixed { read, rest: body }));
             }
         }
     }
