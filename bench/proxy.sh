@@ -36,6 +36,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_nginx() { # name workers server-block
   local dir="$work/$1"
   mkdir -p "$dir/cache"
+  # Run as root, nginx's workers drop to an unprivileged user: let them into the cache.
+  chmod 755 "$work" && chmod -R a+rwx "$dir"
   cat > "$dir/nginx.conf" <<CONF
 worker_processes $2;
 daemon off;

@@ -50,9 +50,9 @@ impl Priority {
     pub fn share_of_limit(self) -> f64 {
         match self {
             Self::Critical | Self::Checkout => 1.0,
-            Self::Cart => 0.9,
-            Self::Browse => 0.75,
-            Self::Background => 0.5,
+            Self::Cart => 0.95,
+            Self::Browse => 0.9,
+            Self::Background => 0.75,
         }
     }
 }

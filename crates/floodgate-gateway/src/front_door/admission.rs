@@ -221,10 +221,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lower_classes_stop_at_their_share_and_higher_ones_go_first() {
-        // max 16 → starts at a limit of 4: browse may fill 3, checkout all 4.
-        let pool = admission(16, 10);
+        // max 40 → starts at a limit of 10: browse may fill 9, checkout all 10.
+        let pool = admission(40, 10);
         let mut held = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..9 {
             held.push(pool.admit(Priority::Browse).await.unwrap());
         }
         let browse = tokio::spawn({
@@ -237,7 +237,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         let checkout = pool.admit(Priority::Checkout).await.unwrap();
-        assert_eq!(pool.load().1, 4);
+        assert_eq!(pool.load(), (10, 10));
         // One slot frees: checkout is served before the browse waiter would fit again.
         held.pop().unwrap().finish(false);
         checkout.finish(false);

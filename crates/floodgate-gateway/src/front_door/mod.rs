@@ -35,6 +35,8 @@ use proxy::{Buffered, Proxy, ProxyError};
 use rate_limit::{GlobalLimiter, KeyedLimiter};
 use upstream::UpstreamBody;
 
+pub use proxy::prepare_request_headers;
+
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;
 /// Seconds a shed shopper is told to wait.

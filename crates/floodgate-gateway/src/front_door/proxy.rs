@@ -65,12 +65,13 @@ impl Proxy {
             .cloned()
             .ok_or_else(|| ProxyError::Unreachable(format!("{base} names no host")))?;
         *request.uri_mut() = upstream_path(base, request.uri())?;
+        prepare_request_headers(request.headers_mut(), client);
+        // HTTP/1.1 needs a Host; a client may have sent none (or named it in `Connection`).
         if !request.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             request.headers_mut().insert(header::HOST, host);
         }
-        prepare_request_headers(request.headers_mut(), client);
         let replay = matches!(*request.method(), Method::GET | Method::HEAD).then(|| {
             let mut head = Request::new(Body::empty());
             *head.method_mut() = request.method().clone();
@@ -135,7 +136,7 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 /// The upstream learns who asked (`X-Forwarded-For`), how (`X-Forwarded-Proto`, kept if a load
 /// balancer in front already set it), for which host (`X-Forwarded-Host`; `Host` itself is kept,
 /// so a shop that serves several domains still sees which), and that floodgate passed it on.
-fn prepare_request_headers(headers: &mut HeaderMap, client: SocketAddr) {
+pub fn prepare_request_headers(headers: &mut HeaderMap, client: SocketAddr) {
     remove_hop_by_hop(headers);
     append(headers, X_FORWARDED_FOR, &client.ip().to_string());
     if !headers.contains_key(X_FORWARDED_PROTO) {
