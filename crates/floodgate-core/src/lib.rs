@@ -18,6 +18,8 @@ pub mod order;
 pub mod priority;
 pub mod sharded_map;
 pub mod timestamp;
+pub mod token;
+pub mod waiting_room;
 
 pub use cache_control::CacheControl;
 pub use clock::Clock;
@@ -30,3 +32,5 @@ pub use ledger::{DropLedger, Refusal};
 pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
 pub use priority::Priority;
 pub use timestamp::Timestamp;
+pub use token::{Claims, TokenError, TokenKeys, TokenKind};
+pub use waiting_room::{RoomRules, Standing, WaitingRoom};

@@ -1,0 +1,525 @@
+//! The queue of one drop's waiting room: invisible while there is room, FIFO once there is not,
+//! admitting as passes are used or expire, skipping shoppers who stopped polling, and closed when
+//! the drop sells out.
+//!
+//! Positions come from a counter, as in a bakery: the room keeps, per waiting shopper, only the
+//! digest of their identity and when they last polled (12 bytes in two ring buffers), plus one
+//! map entry from identity to place. Everyone at or below `admitted_through` has had their turn.
+//! Time is passed in; nothing here reads a clock.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::Timestamp;
+
+/// How far back the admission rate for ETAs is measured.
+const RATE_WINDOW_MS: i64 = 60_000;
+
+/// The rules of one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomRules {
+    /// Passes in force at once at most.
+    pub max_active: u32,
+    /// How long a pass lasts unused.
+    pub pass_ttl_ms: i64,
+    /// A waiter silent this long loses their place.
+    pub abandon_after_ms: i64,
+}
+
+/// Where a shopper stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Holds pass number `pass`, valid until `expires_at`.
+    Admitted {
+        /// The pass number.
+        pass: u64,
+        /// When it lapses unused.
+        expires_at: Timestamp,
+    },
+    /// Waiting at `position`, with `ahead` shoppers before them.
+    Waiting {
+        /// Their position.
+        position: u64,
+        /// Shoppers ahead (abandoned ones included until they are skipped).
+        ahead: u64,
+        /// Estimated seconds until admission, from the recent admission rate (`None` before
+        /// anyone has been admitted in the window).
+        eta_seconds: Option<u64>,
+    },
+    /// The drop sold out: nothing to wait for.
+    SoldOut,
+    /// The place lapsed (not polled in time, or the pass expired unused); joining again starts
+    /// at the back.
+    Lapsed,
+}
+
+/// A pass's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassState {
+    expires_at: Timestamp,
+    used: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Waiting(u64),
+    Admitted(u64),
+}
+
+/// Why a pass cannot buy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PassRefusal {
+    /// Unknown, or expired.
+    #[error("the pass is not in force")]
+    NotInForce,
+    /// Already used for an order.
+    #[error("the pass was already used")]
+    Used,
+}
+
+/// One drop's waiting room.
+#[derive(Debug)]
+pub struct WaitingRoom {
+    rules: RoomRules,
+    /// Positions handed out so far.
+    joined: u64,
+    /// Every position up to here has been admitted or skipped.
+    admitted_through: u64,
+    /// Identity digests of positions `admitted_through + 1 ..= joined`.
+    waiting_ids: VecDeque<u64>,
+    /// Their last poll, in seconds after `epoch`.
+    waiting_seen: VecDeque<u32>,
+    epoch: Timestamp,
+    places: HashMap<u64, Place>,
+    passes: HashMap<u64, PassState>,
+    /// Passes issued and neither used nor expired.
+    in_force: u32,
+    issued: u64,
+    /// Recent admissions, for the rate behind ETAs.
+    recent_admissions: VecDeque<Timestamp>,
+    sold_out: bool,
+}
+
+impl WaitingRoom {
+    /// An empty room opening at `now`.
+    pub fn new(rules: RoomRules, now: Timestamp) -> Self {
+        Self {
+            rules,
+            joined: 0,
+            admitted_through: 0,
+            waiting_ids: VecDeque::new(),
+            waiting_seen: VecDeque::new(),
+            epoch: now,
+            places: HashMap::new(),
+            passes: HashMap::new(),
+            in_force: 0,
+            issued: 0,
+            recent_admissions: VecDeque::new(),
+            sold_out: false,
+        }
+    }
+
+    /// Shoppers waiting (lapsed ones included until skipped).
+    pub fn waiting(&self) -> u64 {
+        self.joined - self.admitted_through
+    }
+
+    /// Passes in force.
+    pub fn in_force(&self) -> u32 {
+        self.in_force
+    }
+
+    /// Marks the drop sold out (or back in stock): waiters learn it on their next poll.
+    pub fn set_sold_out(&mut self, sold_out: bool) {
+        self.sold_out = sold_out;
+    }
+
+    /// A shopper asks to enter: admitted at once while there is room and nobody waits, else
+    /// placed at the back. Asking again returns the same place.
+    pub fn join(&mut self, identity: u64, now: Timestamp) -> Standing {
+        self.advance(now);
+        if self.sold_out {
+            return Standing::SoldOut;
+        }
+        match self.standing(identity, now) {
+            Standing::Lapsed => {}
+            standing => return standing,
+        }
+        if self.waiting() == 0 && self.in_force < self.rules.max_active {
+            let pass = self.issue(identity, now);
+            return self.admitted(pass);
+        }
+        self.joined += 1;
+        self.waiting_ids.push_back(identity);
+        self.waiting_seen.push_back(self.seconds(now));
+        self.places.insert(identity, Place::Waiting(self.joined));
+        self.standing(identity, now)
+    }
+
+    /// A waiting shopper polls: proves they are still there and learns where they stand.
+    pub fn poll(&mut self, identity: u64, now: Timestamp) -> Standing {
+        self.advance(now);
+        if let Some(Place::Waiting(position)) = self.places.get(&identity).copied()
+            && position > self.admitted_through
+        {
+            let index = (position - self.admitted_through - 1) as usize;
+            self.waiting_seen[index] = self.seconds(now);
+        }
+        if self.sold_out {
+            return Standing::SoldOut;
+        }
+        self.standing(identity, now)
+    }
+
+    /// Spends a pass on an order; it frees its slot for the next waiter.
+    pub fn use_pass(&mut self, pass: u64, now: Timestamp) -> Result<(), PassRefusal> {
+        self.advance(now);
+        let state = self.passes.get_mut(&pass).ok_or(PassRefusal::NotInForce)?;
+        if state.used {
+            return Err(PassRefusal::Used);
+        }
+        if now >= state.expires_at {
+            return Err(PassRefusal::NotInForce);
+        }
+        state.used = true;
+        self.in_force -= 1;
+        self.advance(now);
+        Ok(())
+    }
+
+    /// Expires passes, then admits waiters in order while passes are free, skipping those who
+    /// stopped polling.
+    pub fn advance(&mut self, now: Timestamp) {
+        let mut expired = 0;
+        self.passes.retain(|_, state| {
+            let live = now < state.expires_at;
+            if !live && !state.used {
+                expired += 1;
+            }
+            live
+        });
+        self.in_force -= expired;
+        let silent_since = self.seconds(now.add_millis(-self.rules.abandon_after_ms));
+        while self.in_force < self.rules.max_active && !self.sold_out {
+            let (Some(identity), Some(seen)) =
+                (self.waiting_ids.pop_front(), self.waiting_seen.pop_front())
+            else {
+                break;
+            };
+            self.admitted_through += 1;
+            if seen < silent_since {
+                self.places.remove(&identity);
+                continue;
+            }
+            self.issue(identity, now);
+        }
+        let window_start = now.add_millis(-RATE_WINDOW_MS);
+        while self
+            .recent_admissions
+            .front()
+            .is_some_and(|at| *at < window_start)
+        {
+            self.recent_admissions.pop_front();
+        }
+    }
+
+    fn issue(&mut self, identity: u64, now: Timestamp) -> u64 {
+        self.issued += 1;
+        let pass = self.issued;
+        self.passes.insert(
+            pass,
+            PassState {
+                expires_at: now.add_millis(self.rules.pass_ttl_ms),
+                used: false,
+            },
+        );
+        self.in_force += 1;
+        self.places.insert(identity, Place::Admitted(pass));
+        self.recent_admissions.push_back(now);
+        pass
+    }
+
+    fn admitted(&self, pass: u64) -> Standing {
+        match self.passes.get(&pass) {
+            Some(state) if !state.used => Standing::Admitted {
+                pass,
+                expires_at: state.expires_at,
+            },
+            _ => Standing::Lapsed,
+        }
+    }
+
+    /// Where `identity` stands; a lapsed place is forgotten, so joining again starts afresh.
+    fn standing(&mut self, identity: u64, now: Timestamp) -> Standing {
+        let standing = match self.places.get(&identity) {
+            None => Standing::Lapsed,
+            Some(Place::Admitted(pass)) => self.admitted(*pass),
+            Some(Place::Waiting(position)) if *position <= self.admitted_through => {
+                Standing::Lapsed
+            }
+            Some(Place::Waiting(position)) => {
+                let ahead = position - self.admitted_through - 1;
+                Standing::Waiting {
+                    position: *position,
+                    ahead,
+                    eta_seconds: self.eta(ahead, now),
+                }
+            }
+        };
+        if standing == Standing::Lapsed {
+            self.places.remove(&identity);
+        }
+        standing
+    }
+
+    /// Seconds until `ahead` more admissions at the rate seen over the last minute.
+    fn eta(&self, ahead: u64, now: Timestamp) -> Option<u64> {
+        let first = self.recent_admissions.front()?;
+        let span_ms = (now.unix_millis() - first.unix_millis()).max(1_000);
+        let per_second = self.recent_admissions.len() as f64 * 1_000.0 / span_ms as f64;
+        Some(((ahead + 1) as f64 / per_second).ceil() as u64)
+    }
+
+    fn seconds(&self, at: Timestamp) -> u32 {
+        let millis = (at.unix_millis() - self.epoch.unix_millis()).max(0);
+        u32::try_from(millis / 1_000).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const T0: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
+    const RULES: RoomRules = RoomRules {
+        max_active: 2,
+        pass_ttl_ms: 60_000,
+        abandon_after_ms: 30_000,
+    };
+
+    fn at(seconds: i64) -> Timestamp {
+        T0.add_millis(seconds * 1_000)
+    }
+
+    fn pass_of(standing: Standing) -> u64 {
+        match standing {
+            Standing::Admitted { pass, .. } => pass,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invisible_while_there_is_room_then_first_come_first_served() {
+        let mut room = WaitingRoom::new(RULES, T0);
+        let first = pass_of(room.join(1, T0));
+        pass_of(room.join(2, T0));
+        assert!(matches!(
+            room.join(3, T0),
+            Standing::Waiting {
+                position: 1,
+                ahead: 0,
+                ..
+            }
+        ));
+        assert!(matches!(
+            room.join(4, T0),
+            Standing::Waiting { ahead: 1, .. }
+        ));
+        assert_eq!(
+            room.join(3, T0),
+            room.poll(3, T0),
+            "joining again keeps the place"
+        );
+        room.use_pass(first, at(1)).unwrap();
+        pass_of(room.poll(3, at(1)));
+        assert!(matches!(
+            room.poll(4, at(1)),
+            Standing::Waiting { ahead: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_pass_buys_once_and_an_unused_one_expires_and_frees_its_slot() {
+        let mut room = WaitingRoom::new(RULES, T0);
+        let pass = pass_of(room.join(1, T0));
+        pass_of(room.join(2, T0));
+        room.join(3, T0);
+        room.use_pass(pass, at(1)).unwrap();
+        assert_eq!(room.use_pass(pass, at(2)), Err(PassRefusal::Used));
+        assert_eq!(room.use_pass(99, at(2)), Err(PassRefusal::NotInForce));
+        // Shopper 2 never buys: at expiry (60 s) the slot is free again; shopper 3's pass,
+        // issued at 1 s, is still in force.
+        pass_of(room.poll(3, at(20)));
+        let after_expiry = T0.add_millis(60_500);
+        assert_eq!(room.poll(2, after_expiry), Standing::Lapsed);
+        assert_eq!(room.in_force(), 1, "only shopper 3's pass");
+    }
+
+    #[test]
+    fn a_silent_waiter_is_skipped() {
+        let mut room = WaitingRoom::new(RULES, T0);
+        let pass = pass_of(room.join(1, T0));
+        pass_of(room.join(2, T0));
+        room.join(3, T0);
+        room.join(4, T0);
+        // 4 keeps polling, 3 does not.
+        room.poll(4, at(40));
+        room.use_pass(pass, at(45)).unwrap();
+        pass_of(room.poll(4, at(45)));
+        assert_eq!(room.poll(3, at(46)), Standing::Lapsed);
+    }
+
+    #[test]
+    fn sold_out_reaches_every_waiter_and_restocking_moves_the_queue_again() {
+        let mut room = WaitingRoom::new(RULES, T0);
+        let pass = pass_of(room.join(1, T0));
+        pass_of(room.join(2, T0));
+        room.join(3, T0);
+        room.set_sold_out(true);
+        assert_eq!(room.poll(3, at(1)), Standing::SoldOut);
+        assert_eq!(room.join(9, at(1)), Standing::SoldOut);
+        room.use_pass(pass, at(2)).unwrap();
+        room.set_sold_out(false);
+        pass_of(room.poll(3, at(3)));
+    }
+
+    #[test]
+    fn the_eta_follows_the_admission_rate() {
+        let mut room = WaitingRoom::new(
+            RoomRules {
+                max_active: 1,
+                ..RULES
+            },
+            T0,
+        );
+        let mut pass = pass_of(room.join(0, T0));
+        for identity in 1..=20 {
+            room.join(identity, T0);
+        }
+        // One admission every two seconds for 10 s.
+        for second in (2..=10).step_by(2) {
+            for identity in 1..=20 {
+                room.poll(identity, at(second));
+            }
+            room.use_pass(pass, at(second)).unwrap();
+            pass = (1..=20)
+                .find_map(|identity| match room.poll(identity, at(second)) {
+                    Standing::Admitted { pass: next, .. } if next != pass => Some(next),
+                    _ => None,
+                })
+                .unwrap();
+        }
+        let Standing::Waiting {
+            ahead, eta_seconds, ..
+        } = room.poll(20, at(10))
+        else {
+            panic!("still waiting");
+        };
+        assert_eq!(ahead, 14);
+        // Six admissions in ten seconds: 15 turns take about 25 s.
+        assert_eq!(eta_seconds, Some(25));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Join(u64),
+        Poll(u64),
+        UseFirstPass,
+        Wait(i64),
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        proptest::collection::vec(
+            prop_oneof![
+                (0u64..30).prop_map(Step::Join),
+                (0u64..30).prop_map(Step::Poll),
+                Just(Step::UseFirstPass),
+                (1i64..20_000).prop_map(Step::Wait),
+            ],
+            1..200,
+        )
+    }
+
+    proptest! {
+        /// Whatever shoppers do: passes in force never exceed `max_active` and are exactly the
+        /// unused, unexpired ones; every waiting place is behind everyone admitted, and the
+        /// ring buffers hold exactly the waiting positions.
+        #[test]
+        fn the_rooms_invariants_hold(steps in steps()) {
+            let mut room = WaitingRoom::new(RULES, T0);
+            let mut now = T0;
+            for step in steps {
+                match step {
+                    Step::Join(identity) => {
+                        room.join(identity, now);
+                    }
+                    Step::Poll(identity) => {
+                        room.poll(identity, now);
+                    }
+                    Step::UseFirstPass => {
+                        if let Some(pass) = room.passes.iter()
+                            .filter(|(_, state)| !state.used)
+                            .map(|(pass, _)| *pass)
+                            .min()
+                        {
+                            let _ = room.use_pass(pass, now);
+                        }
+                    }
+                    Step::Wait(millis) => now = now.add_millis(millis),
+                }
+                // Counts are kept as of the last event; bring them to now before checking.
+                room.advance(now);
+                prop_assert!(room.in_force() <= RULES.max_active);
+                let counted = room.passes.values()
+                    .filter(|state| !state.used && now < state.expires_at)
+                    .count() as u32;
+                prop_assert_eq!(counted, room.in_force());
+                prop_assert_eq!(room.waiting_ids.len() as u64, room.waiting());
+                prop_assert_eq!(room.waiting_seen.len() as u64, room.waiting());
+                for place in room.places.values() {
+                    if let Place::Waiting(position) = place {
+                        prop_assert!(*position <= room.joined);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn admission_follows_the_order_of_joining() {
+        let mut room = WaitingRoom::new(
+            RoomRules {
+                max_active: 1,
+                ..RULES
+            },
+            T0,
+        );
+        let mut pass = pass_of(room.join(100, T0));
+        for identity in 0..10 {
+            room.join(identity, T0);
+        }
+        for expected in 0..10 {
+            room.use_pass(pass, T0).unwrap();
+            let admitted: Vec<u64> = (0..10)
+                .filter(|identity| matches!(room.poll(*identity, T0), Standing::Admitted { .. }))
+                .collect();
+            assert_eq!(admitted, [expected], "admitted out of order");
+            pass = pass_of(room.poll(expected, T0));
+        }
+    }
+
+    #[test]
+    fn a_million_waiters_cost_under_64_bytes_each() {
+        let mut room = WaitingRoom::new(RULES, T0);
+        for identity in 0..1_000_000u64 {
+            room.join(identity, T0);
+        }
+        assert_eq!(room.waiting(), 999_998);
+        let per_entry = std::mem::size_of::<(u64, Place)>() + 1;
+        let map = room.places.capacity() * per_entry;
+        let rings = room.waiting_ids.capacity() * 8 + room.waiting_seen.capacity() * 4;
+        let per_waiter = (map + rings) as f64 / room.waiting() as f64;
+        assert!(per_waiter <= 64.0, "{per_waiter:.1} bytes per waiter");
+    }
+}
