@@ -72,12 +72,18 @@ pub struct KeyTable {
 impl KeyTable {
     /// Looks `key` up and, when it is fresh, claims it for this request.
     pub fn claim(&mut self, key: &IdempotencyKey, fingerprint: RequestFingerprint) -> KeyLookup {
+        let lookup = self.lookup(key, fingerprint);
+        if lookup == KeyLookup::Fresh {
+            self.entries
+                .insert(key.clone(), KeyEntry::InFlight(fingerprint));
+        }
+        lookup
+    }
+
+    /// What `key` would answer for a request with `fingerprint`, without claiming it.
+    pub fn lookup(&self, key: &IdempotencyKey, fingerprint: RequestFingerprint) -> KeyLookup {
         match self.entries.get(key) {
-            None => {
-                self.entries
-                    .insert(key.clone(), KeyEntry::InFlight(fingerprint));
-                KeyLookup::Fresh
-            }
+            None => KeyLookup::Fresh,
             Some(KeyEntry::InFlight(first)) if *first == fingerprint => KeyLookup::InProgress,
             Some(KeyEntry::Answered {
                 fingerprint: first,

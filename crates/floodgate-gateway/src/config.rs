@@ -27,6 +27,18 @@ pub struct Config {
     pub downstream: DownstreamConfig,
     /// `[origin]`, `[[pools]]`, `[[routes]]`, `[cache]`: the rest of the shop's traffic.
     pub front_door: FrontDoorConfig,
+    /// `[waiting_room]`: signing of tickets and passes, abandonment.
+    pub waiting_room: WaitingRoomConfig,
+}
+
+/// `[waiting_room]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingRoomConfig {
+    /// Key that signs tickets and passes; `FLOODGATE_SECRET` overrides it. Empty: one is
+    /// generated at start (tokens then do not survive a restart).
+    pub secret: String,
+    /// A waiter who has not polled for this long loses their place.
+    pub abandon_after_s: u64,
 }
 
 /// `[server]`.
@@ -140,6 +152,10 @@ impl Default for Config {
                 breaker_open_ms: 5_000,
             },
             front_door: FrontDoorConfig::default(),
+            waiting_room: WaitingRoomConfig {
+                secret: String::new(),
+                abandon_after_s: 60,
+            },
         }
     }
 }
@@ -161,6 +177,7 @@ impl Config {
         let intake_table = root.table("intake");
         let downstream_table = root.table("downstream");
         let front_door_tables = FrontDoorTables::take(&mut root);
+        let waiting_room_table = root.table("waiting_room");
         root.finish();
 
         let mut server = Section::new("server", server_table, &mut problems);
@@ -259,6 +276,16 @@ impl Config {
         };
         downstream.finish();
         let front_door_config = FrontDoorConfig::read(front_door_tables, &mut problems);
+        let mut room = Section::new("waiting_room", waiting_room_table, &mut problems);
+        let waiting_room_config = WaitingRoomConfig {
+            secret: room.get("secret", defaults.waiting_room.secret, text_value),
+            abandon_after_s: room.get(
+                "abandon_after_s",
+                defaults.waiting_room.abandon_after_s,
+                integer(5, 3_600),
+            ),
+        };
+        room.finish();
         if downstream_config.backoff_max_ms < downstream_config.backoff_base_ms {
             problems.push(ConfigProblem {
                 path: "downstream.backoff_max_ms".into(),
@@ -279,6 +306,7 @@ impl Config {
                 intake: intake_config,
                 downstream: downstream_config,
                 front_door: front_door_config,
+                waiting_room: waiting_room_config,
             })
         } else {
             Err(problems)
@@ -290,12 +318,17 @@ impl Config {
         if let Some(token) = var("FLOODGATE_ADMIN_TOKEN").filter(|token| !token.is_empty()) {
             self.server.admin_token = token;
         }
+        if let Some(secret) = var("FLOODGATE_SECRET").filter(|secret| !secret.is_empty()) {
+            self.waiting_room.secret = secret;
+        }
     }
 
-    /// What the gateway needs, given the admin token finally in force.
-    pub fn gateway_settings(&self, admin_token: String) -> GatewaySettings {
+    /// What the gateway needs, given the admin token and signing secret finally in force.
+    pub fn gateway_settings(&self, admin_token: String, secret: String) -> GatewaySettings {
         GatewaySettings {
             admin_token,
+            token_secret: secret,
+            abandon_after: Duration::from_secs(self.waiting_room.abandon_after_s),
             front_door: self.front_door.clone(),
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
             intake: IntakeLimits {

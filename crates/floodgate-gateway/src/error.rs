@@ -56,6 +56,23 @@ pub enum ApiError {
     /// in the dead-letter view).
     #[error("the order is {}; only a failed order can be redriven", .0.as_str())]
     NotRedrivable(OrderState),
+    /// A waiting-room ticket that is forged, expired or for another drop.
+    #[error("the ticket is not valid")]
+    InvalidTicket,
+    /// The ticket's place lapsed: not polled in time, or its pass went unused.
+    #[error(
+        "this place in the queue lapsed (not polled in time, or the pass went unused); join again"
+    )]
+    PlaceLapsed,
+    /// An order without a valid, unused pass for a drop with a waiting room.
+    #[error("a valid, unused Floodgate-Pass for this drop and customer is required")]
+    InvalidPass,
+    /// The waiting room is not open (before the start or after the end).
+    #[error("the waiting room is not open")]
+    NotOpen(floodgate_core::DropState),
+    /// The drop has no waiting room: order directly.
+    #[error("this drop has no waiting room; order directly")]
+    NoWaitingRoom,
     /// A drop update would strand held units.
     #[error("the change would strand units held by orders")]
     StockInUse(Vec<SpecProblem>),
@@ -94,6 +111,10 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             Self::StockInUse(_) => (StatusCode::CONFLICT, "stock_in_use"),
+            Self::InvalidTicket | Self::PlaceLapsed => (StatusCode::FORBIDDEN, "invalid_ticket"),
+            Self::InvalidPass => (StatusCode::FORBIDDEN, "invalid_pass"),
+            Self::NotOpen(_) => (StatusCode::CONFLICT, "not_open"),
+            Self::NoWaitingRoom => (StatusCode::CONFLICT, "no_waiting_room"),
             Self::NotRedrivable(_) => (StatusCode::CONFLICT, "not_redrivable"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
@@ -137,6 +158,7 @@ impl IntoResponse for ApiError {
             }
             Self::Refused(Refusal::NotLive(state)) => body["state"] = json!(state.as_str()),
             Self::NotRedrivable(state) => body["state"] = json!(state.as_str()),
+            Self::NotOpen(state) => body["state"] = json!(state.as_str()),
             Self::Refused(Refusal::InsufficientStock { available }) => {
                 body["available"] = json!(available)
             }

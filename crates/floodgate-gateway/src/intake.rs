@@ -117,6 +117,18 @@ impl Intake {
         ids
     }
 
+    /// What `key` would answer for `request` in `drop_id`, without claiming it.
+    pub fn lookup_key(
+        &self,
+        drop_id: &DropId,
+        key: &IdempotencyKey,
+        request: &OrderRequest,
+    ) -> Option<KeyLookup> {
+        self.with_drop(drop_id, |ledger| {
+            ledger.keys.lookup(key, request.fingerprint())
+        })
+    }
+
     /// Takes an order: replays a known key, refuses from memory, or reserves, stores durably and
     /// answers once the order is on disk.
     pub async fn place_order(

@@ -13,6 +13,7 @@ pub mod front_door;
 mod intake;
 mod public_api;
 mod server;
+mod waiting_room;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Shared state of both listeners.
 pub struct Gateway {
     intake: Intake,
+    rooms: waiting_room::Rooms,
     front_door: front_door::FrontDoor,
     clock: Clock,
     admin_token: String,
@@ -53,6 +55,10 @@ pub struct GatewaySettings {
     pub intake: IntakeLimits,
     /// Routes, pools, rate limits and cache of the rest of the shop's traffic.
     pub front_door: config::front_door::FrontDoorConfig,
+    /// Key that signs waiting-room tickets and passes.
+    pub token_secret: String,
+    /// A waiter silent this long loses their place.
+    pub abandon_after: Duration,
 }
 
 impl Gateway {
@@ -66,6 +72,10 @@ impl Gateway {
         Ok(Arc::new(Self {
             intake,
             front_door: front_door::FrontDoor::new(&settings.front_door),
+            rooms: waiting_room::Rooms::new(
+                floodgate_core::TokenKeys::new((1, settings.token_secret.into_bytes()), Vec::new()),
+                i64::try_from(settings.abandon_after.as_millis()).unwrap_or(i64::MAX),
+            ),
             clock,
             admin_token: settings.admin_token,
             max_body_bytes: settings.max_body_bytes,

@@ -11,13 +11,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use floodgate_core::{DropId, DropLedger, Order, OrderId, OrderRequest};
+use floodgate_core::ledger::Refusal;
+use floodgate_core::{
+    DropId, DropLedger, DropState, Identity, KeyLookup, Order, OrderId, OrderRequest,
+};
 use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::body::{idempotency_key, parse_json, read_limited};
 use crate::error::ApiError;
 use crate::front_door::ClientAddr;
+use crate::waiting_room::Answer;
 
 /// How long `/readyz` waits for the store to prove it can commit.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,6 +36,8 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/drops/{drop}", get(drop_view))
         .route("/api/drops/{drop}/orders", post(place_order))
         .route("/api/orders/{order_id}", get(order_view))
+        .route("/api/drops/{drop}/queue", post(join_queue))
+        .route("/api/queue/{ticket}", get(queue_view))
         .fallback(through_front_door)
         .with_state(gateway)
 }
@@ -97,9 +103,27 @@ async fn place_order(
     let key = idempotency_key(&headers)?;
     let request: OrderRequest = parse_json(&body)?;
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let now = gateway.clock.now();
+    let needs_pass = gateway
+        .intake
+        .with_drop(&drop_id, |ledger| ledger.spec().waiting_room.enabled)
+        .ok_or(ApiError::UnknownDrop)?;
+    // A replay of an accepted order needs no pass (its pass was spent the first time).
+    let replay = matches!(
+        gateway.intake.lookup_key(&drop_id, &key, &request),
+        Some(KeyLookup::Replay(_))
+    );
+    if needs_pass && !replay {
+        let pass = headers
+            .get("floodgate-pass")
+            .and_then(|value| value.to_str().ok())
+            .ok_or(ApiError::InvalidPass)?;
+        let identity = Identity::of(&request.customer);
+        gateway.rooms.spend(&drop_id, &identity, pass, now)?;
+    }
     let placed = gateway
         .intake
-        .place_order(&drop_id, key, request, gateway.clock.now())
+        .place_order(&drop_id, key, request, now)
         .await?;
     let order_id = placed.order_id();
     let status_url = format!("/api/orders/{order_id}");
@@ -111,6 +135,90 @@ async fn place_order(
     }
     headers.insert(header::RETRY_AFTER, HeaderValue::from(ORDER_POLL_AFTER_S));
     Ok(response)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    customer: String,
+}
+
+async fn join_queue(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let JoinRequest { customer } = parse_json(&body)?;
+    if customer.is_empty() || customer.len() > 255 {
+        return Err(ApiError::InvalidBody(
+            "customer must be 1 to 255 characters".into(),
+        ));
+    }
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let now = gateway.clock.now();
+    let (room, state, ends_at) = gateway
+        .intake
+        .with_drop(&drop_id, |ledger| {
+            let spec = ledger.spec();
+            (
+                spec.waiting_room.clone(),
+                ledger.state_at(now),
+                spec.ends_at,
+            )
+        })
+        .ok_or(ApiError::UnknownDrop)?;
+    if !room.enabled {
+        return Err(ApiError::NoWaitingRoom);
+    }
+    let sold_out = match state {
+        DropState::Live => false,
+        DropState::SoldOut => true,
+        // The pre-queue and its published shuffle are not built yet: the room opens at the start.
+        other => return Err(ApiError::NotOpen(other)),
+    };
+    let identity = Identity::of(&customer);
+    let answer = gateway
+        .rooms
+        .join(&drop_id, &room, &identity, sold_out, now, ends_at);
+    queue_response(answer)
+}
+
+async fn queue_view(
+    State(gateway): State<Arc<Gateway>>,
+    Path(ticket): Path<String>,
+) -> Result<Response, ApiError> {
+    let now = gateway.clock.now();
+    let answer = gateway.rooms.poll(&ticket, now, |drop_id| {
+        gateway
+            .intake
+            .with_drop(drop_id, |ledger| ledger.state_at(now) == DropState::SoldOut)
+    })?;
+    queue_response(answer)
+}
+
+fn queue_response(answer: Answer) -> Result<Response, ApiError> {
+    Ok(match answer {
+        Answer::Admitted { pass, expires_at } => Json(json!({
+            "state": "admitted", "pass": pass, "expires_at": expires_at,
+        }))
+        .into_response(),
+        Answer::Waiting {
+            ticket,
+            position,
+            ahead,
+            eta_seconds,
+            poll_after_ms,
+        } => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "state": "waiting", "ticket": ticket, "position": position, "ahead": ahead,
+                "eta_seconds": eta_seconds, "poll_after_ms": poll_after_ms,
+            })),
+        )
+            .into_response(),
+        Answer::SoldOut => return Err(ApiError::Refused(Refusal::SoldOut)),
+    })
 }
 
 async fn order_view(

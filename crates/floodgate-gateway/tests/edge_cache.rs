@@ -31,7 +31,7 @@ impl Harness {
         let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
         let gateway = Gateway::start(
             Arc::new(store) as Arc<dyn Store>,
-            config.gateway_settings(TOKEN.into()),
+            config.gateway_settings(TOKEN.into(), "secret".into()),
             Clock::manual(Timestamp::from_unix_millis(0)).0,
         )
         .await

@@ -91,6 +91,8 @@ impl Harness {
             admin_token: ADMIN_TOKEN.into(),
             max_body_bytes: 4_096,
             front_door: Default::default(),
+            token_secret: "test secret".into(),
+            abandon_after: Duration::from_secs(60),
             intake: IntakeLimits {
                 max_quantity_per_order: 100,
                 idempotency_retention: Duration::from_secs(86_400),

@@ -59,11 +59,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.server.admin_token.clone()
     };
+    let secret = if config.waiting_room.secret.is_empty() {
+        tracing::warn!(
+            "no waiting_room.secret: one is generated, so tickets and passes do not survive a \
+             restart; set FLOODGATE_SECRET"
+        );
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        config.waiting_room.secret.clone()
+    };
     let store: Arc<dyn Store> = Arc::new(store);
     let clock = Clock::system();
     let gateway = Gateway::start(
         Arc::clone(&store),
-        config.gateway_settings(admin_token),
+        config.gateway_settings(admin_token, secret),
         clock.clone(),
     )
     .await

@@ -1,0 +1,172 @@
+//! The drops' waiting rooms as the public API sees them: joining, polling a ticket, and spending
+//! a pass on an order. The queue rules are `floodgate_core::waiting_room`; tickets and passes are
+//! signed tokens (`floodgate_core::token`), so a poll needs no lookup to know whom it is for.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use floodgate_core::{
+    DropId, Identity, RoomRules, Standing, Timestamp, TokenKeys, TokenKind, WaitingRoom,
+    WaitingRoomSpec,
+};
+
+use crate::error::ApiError;
+
+/// The spread of poll intervals: a waiter is told to come back after 2–4 s, so polls do not
+/// arrive in synchronized waves.
+const POLL_AFTER_MS: (u64, u64) = (2_000, 4_000);
+
+/// What a shopper is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// In: the pass lets them order until `expires_at`.
+    Admitted { pass: String, expires_at: Timestamp },
+    /// Waiting: poll `ticket` again after `poll_after_ms`.
+    Waiting {
+        ticket: String,
+        position: u64,
+        ahead: u64,
+        eta_seconds: Option<u64>,
+        poll_after_ms: u64,
+    },
+    /// Nothing left to wait for.
+    SoldOut,
+}
+
+/// Every drop's room.
+pub(crate) struct Rooms {
+    keys: TokenKeys,
+    abandon_after_ms: i64,
+    rooms: Mutex<HashMap<DropId, WaitingRoom>>,
+}
+
+impl Rooms {
+    /// Rooms signing with `keys`, forgetting waiters silent for `abandon_after_ms`.
+    pub(crate) fn new(keys: TokenKeys, abandon_after_ms: i64) -> Self {
+        Self {
+            keys,
+            abandon_after_ms,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<DropId, WaitingRoom>> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn room<'r>(
+        &self,
+        rooms: &'r mut HashMap<DropId, WaitingRoom>,
+        drop_id: &DropId,
+        spec: &WaitingRoomSpec,
+        now: Timestamp,
+    ) -> &'r mut WaitingRoom {
+        rooms.entry(drop_id.clone()).or_insert_with(|| {
+            let rules = RoomRules {
+                max_active: spec.max_active,
+                pass_ttl_ms: i64::from(spec.pass_ttl_s) * 1_000,
+                abandon_after_ms: self.abandon_after_ms,
+            };
+            WaitingRoom::new(rules, now)
+        })
+    }
+
+    /// `identity` joins `drop_id`'s room; tickets last until `ends_at`.
+    pub(crate) fn join(
+        &self,
+        drop_id: &DropId,
+        spec: &WaitingRoomSpec,
+        identity: &Identity,
+        sold_out: bool,
+        now: Timestamp,
+        ends_at: Timestamp,
+    ) -> Answer {
+        let mut rooms = self.rooms();
+        let room = self.room(&mut rooms, drop_id, spec, now);
+        room.set_sold_out(sold_out);
+        let standing = room.join(identity.key(), now);
+        self.answer(drop_id, identity, standing, ends_at)
+    }
+
+    /// Where the holder of `ticket` stands; `sold_out` is the drop's state now.
+    pub(crate) fn poll(
+        &self,
+        ticket: &str,
+        now: Timestamp,
+        sold_out: impl FnOnce(&DropId) -> Option<bool>,
+    ) -> Result<Answer, ApiError> {
+        let opened = self
+            .keys
+            .open(ticket, TokenKind::Ticket, now)
+            .map_err(|_| ApiError::InvalidTicket)?;
+        let drop_id = DropId::parse(&opened.drop_id).map_err(|_| ApiError::InvalidTicket)?;
+        let sold_out = sold_out(&drop_id).ok_or(ApiError::InvalidTicket)?;
+        let mut rooms = self.rooms();
+        let room = rooms.get_mut(&drop_id).ok_or(ApiError::InvalidTicket)?;
+        room.set_sold_out(sold_out);
+        match room.poll(opened.identity.key(), now) {
+            Standing::Lapsed => Err(ApiError::PlaceLapsed),
+            standing => Ok(self.answer(
+                &drop_id,
+                &opened.identity,
+                standing,
+                opened.claims.expires_at,
+            )),
+        }
+    }
+
+    /// Spends `pass` on an order by `identity` in `drop_id`.
+    pub(crate) fn spend(
+        &self,
+        drop_id: &DropId,
+        identity: &Identity,
+        pass: &str,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let claims = self
+            .keys
+            .verify(pass, TokenKind::Pass, drop_id, identity, now)
+            .map_err(|_| ApiError::InvalidPass)?;
+        let mut rooms = self.rooms();
+        let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
+        room.use_pass(claims.serial, now)
+            .map_err(|_| ApiError::InvalidPass)
+    }
+
+    fn answer(
+        &self,
+        drop_id: &DropId,
+        identity: &Identity,
+        standing: Standing,
+        ticket_expires_at: Timestamp,
+    ) -> Answer {
+        match standing {
+            Standing::Admitted { pass, expires_at } => Answer::Admitted {
+                pass: self
+                    .keys
+                    .sign(TokenKind::Pass, drop_id, identity, pass, expires_at),
+                expires_at,
+            },
+            Standing::Waiting {
+                position,
+                ahead,
+                eta_seconds,
+            } => Answer::Waiting {
+                ticket: self.keys.sign(
+                    TokenKind::Ticket,
+                    drop_id,
+                    identity,
+                    position,
+                    ticket_expires_at,
+                ),
+                position,
+                ahead,
+                eta_seconds,
+                poll_after_ms: POLL_AFTER_MS.0
+                    + (identity.key() ^ position) % (POLL_AFTER_MS.1 - POLL_AFTER_MS.0),
+            },
+            // Joining never lapses (it queues again) and polling answers a lapse before this.
+            Standing::SoldOut | Standing::Lapsed => Answer::SoldOut,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The waiting room over the public API, in process with a settable clock: invisible while there
+//! is room, a queue once there is not, a pass that buys once, the next waiter admitted when a
+//! pass is spent, sold out reaching waiters, and tampered tokens refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use floodgate_core::{Clock, Timestamp};
+use floodgate_gateway::{Config, Gateway, admin_router, public_router};
+use floodgate_store::{SqliteOptions, SqliteStore, Store};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "room-admin";
+const START: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
+
+struct Harness {
+    gateway: Arc<Gateway>,
+    clock: Arc<AtomicI64>,
+    _data: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn new(stock: u64, max_active: u32) -> Self {
+        let config = Config::from_toml("[waiting_room]\nabandon_after_s = 30\n").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
+        let (clock, millis) = Clock::manual(START);
+        let gateway = Gateway::start(
+            Arc::new(store) as Arc<dyn Store>,
+            config.gateway_settings(TOKEN.into(), "room secret".into()),
+            clock,
+        )
+        .await
+        .unwrap();
+        let harness = Self {
+            gateway,
+            clock: millis,
+            _data: data,
+        };
+        let drop = json!({
+            "name": "Drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+            "limit_per_customer": 5,
+            "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": stock}],
+            "waiting_room": {"enabled": true, "max_active": max_active, "prequeue_s": 0, "pass_ttl_s": 60},
+        });
+        let request = Request::put("/admin/drops/spring")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::from(drop.to_string()))
+            .unwrap();
+        let response = admin_router(Arc::clone(&harness.gateway))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        harness
+    }
+
+    fn advance(&self, seconds: i64) {
+        self.clock.fetch_add(seconds * 1_000, Ordering::SeqCst);
+    }
+
+    async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = public_router(Arc::clone(&self.gateway))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn join(&self, customer: &str) -> (StatusCode, Value) {
+        let body = json!({ "customer": customer }).to_string();
+        self.call(
+            Request::post("/api/drops/spring/queue")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn poll(&self, ticket: &str) -> (StatusCode, Value) {
+        self.call(
+            Request::get(format!("/api/queue/{ticket}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn order(&self, customer: &str, key: &str, pass: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::post("/api/drops/spring/orders").header("idempotency-key", key);
+        if let Some(pass) = pass {
+            request = request.header("floodgate-pass", pass);
+        }
+        let body = json!({ "customer": customer, "sku": "rod", "quantity": 1 }).to_string();
+        self.call(request.body(Body::from(body)).unwrap()).await
+    }
+}
+
+fn text(value: &Value, field: &str) -> String {
+    value[field].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn join_wait_admitted_order_and_the_next_waiter_is_admitted() {
+    let harness = Harness::new(100, 1).await;
+    let (status, first) = harness.join("alice").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "invisible while there is room: {first}"
+    );
+    assert_eq!(first["state"], "admitted");
+    let (status, waiting) = harness.join("bob").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (waiting["position"].as_u64(), waiting["ahead"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let poll_after = waiting["poll_after_ms"].as_u64().unwrap();
+    assert!((2_000..4_000).contains(&poll_after));
+    assert_eq!(
+        harness.join("bob").await.1["ticket"],
+        waiting["ticket"],
+        "same place"
+    );
+
+    // Without a pass, or with someone else's, no order.
+    assert_eq!(
+        harness.order("alice", "k1", None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let alices_pass = text(&first, "pass");
+    let (status, refused) = harness.order("bob", "k2", Some(&alices_pass)).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("invalid_pass"))
+    );
+
+    let (status, _) = harness.order("alice", "k3", Some(&alices_pass)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // The same key replays without a pass check; a new order with the spent pass is refused.
+    assert_eq!(
+        harness.order("alice", "k3", Some(&alices_pass)).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        harness.order("alice", "k4", Some(&alices_pass)).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (status, admitted) = harness.poll(&text(&waiting, "ticket")).await;
+    assert_eq!(
+        (status, admitted["state"].as_str()),
+        (StatusCode::OK, Some("admitted"))
+    );
+    let (status, _) = harness
+        .order("bob", "k5", Some(&text(&admitted, "pass")))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn sold_out_reaches_the_waiters_and_tampered_tickets_are_refused() {
+    let harness = Harness::new(1, 1).await;
+    let (_, first) = harness.join("alice").await;
+    let (_, waiting) = harness.join("bob").await;
+    let ticket = text(&waiting, "ticket");
+    let mut forged = ticket.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (status, refused) = harness.poll(&forged).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("invalid_ticket"))
+    );
+    assert_eq!(harness.poll("not-a-ticket").await.0, StatusCode::FORBIDDEN);
+
+    let (status, _) = harness
+        .order("alice", "k1", Some(&text(&first, "pass")))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, sold_out) = harness.poll(&ticket).await;
+    assert_eq!(
+        (status, sold_out["error"].as_str()),
+        (StatusCode::GONE, Some("sold_out"))
+    );
+    assert_eq!(harness.join("carol").await.0, StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn a_waiter_who_stops_polling_loses_the_place() {
+    let harness = Harness::new(100, 1).await;
+    let (_, first) = harness.join("alice").await;
+    let (_, silent) = harness.join("bob").await;
+    let (_, patient) = harness.join("carol").await;
+    harness.advance(20);
+    harness.poll(&text(&patient, "ticket")).await;
+    harness.advance(20);
+    harness.poll(&text(&patient, "ticket")).await;
+    let (status, _) = harness
+        .order("alice", "k1", Some(&text(&first, "pass")))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, admitted) = harness.poll(&text(&patient, "ticket")).await;
+    assert_eq!(
+        (status, admitted["state"].as_str()),
+        (StatusCode::OK, Some("admitted"))
+    );
+    let (status, lapsed) = harness.poll(&text(&silent, "ticket")).await;
+    assert_eq!(
+        (status, lapsed["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("invalid_ticket"))
+    );
+}
