@@ -20,18 +20,14 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+source "$here/lib.sh"
+need_nginx_and_wrk
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
 FLOODGATE="$root/target/release/floodgate"
 
 # nginx: a fixed 200 with a small JSON body, as many workers as floodgate has cores.
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+nginx_port=$(free_port)
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<CONF
 worker_processes $(nproc);
@@ -41,11 +37,7 @@ error_log $work/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
+  $(nginx_temp_paths "$work/nginx")
   keepalive_requests 1000000;
   server {
     listen 127.0.0.1:$nginx_port;
@@ -86,20 +78,6 @@ request = function()
 end
 LUA
 
-run_wrk() { # url [script] -> "rate p99_ms non2xx"
-  local out
-  if [ -n "${2:-}" ]; then out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1")
-  else out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1"); fi
-  python3 - "$out" <<'PY'
-import re, sys
-out = sys.argv[1]
-rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
-p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(f"{rate:.0f} {p99:.2f} {bad.group(1) if bad else 0}")
-PY
-}
 
 echo "threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
 nginx_rates=(); fg_rates=(); nginx_p99=(); fg_p99=()

@@ -22,16 +22,10 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+source "$here/lib.sh"
+need_nginx_and_wrk
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
 FLOODGATE="$root/target/release/floodgate"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_nginx() { # name workers server-block
   local dir="$work/$1"
@@ -46,11 +40,7 @@ error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $dir/body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
+  $(nginx_temp_paths "$dir")
   keepalive_requests 1000000;
   proxy_cache_path $dir/cache keys_zone=pages:10m max_size=64m;
   $3
@@ -99,19 +89,6 @@ CONF
   floodgate_url="$(sed -n 's/^floodgate public //p' "$dir/out")/shop/rods/muskie"
 }
 
-run_wrk() { # url -> "rate p99_ms non2xx"
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
-  python3 - "$out" <<'PY'
-import re, sys
-out = sys.argv[1]
-rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
-p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(f"{rate:.0f} {p99:.2f} {bad.group(1) if bad else 0}")
-PY
-}
 
 echo "wrk threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
 summary=()

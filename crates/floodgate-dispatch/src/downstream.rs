@@ -106,6 +106,18 @@ pub(crate) fn verdict(reply: Option<Reply>) -> Verdict {
     }
 }
 
+/// The body of a delivery, as API.md's "Downstream" specifies it.
+pub fn order_body(order: &Order) -> serde_json::Value {
+    serde_json::json!({
+        "order_id": order.order_id.as_str(),
+        "drop": order.drop_id.as_str(),
+        "sku": order.sku,
+        "quantity": order.quantity,
+        "customer": order.customer,
+        "accepted_at": order.accepted_at,
+    })
+}
+
 /// A downstream reached over HTTP/1.1 with pooled keep-alive connections.
 pub struct HttpDownstream {
     url: Uri,
@@ -123,14 +135,7 @@ impl HttpDownstream {
     }
 
     async fn post(&self, order: &Order) -> Result<Reply, String> {
-        let body = serde_json::json!({
-            "order_id": order.order_id.as_str(),
-            "drop": order.drop_id.as_str(),
-            "sku": order.sku,
-            "quantity": order.quantity,
-            "customer": order.customer,
-            "accepted_at": order.accepted_at,
-        });
+        let body = order_body(order);
         let request = Request::post(self.url.clone())
             .header("idempotency-key", order.order_id.as_str())
             .header(header::CONTENT_TYPE, "application/json")

@@ -18,6 +18,6 @@ mod pacer;
 
 pub use breaker::BreakerState;
 pub use dispatcher::{DispatchSettings, DispatchStats, Dispatcher, UnitsReturned};
-pub use downstream::{Downstream, HttpDownstream, MAX_RETRY_AFTER, Reply, ReplyFuture};
+pub use downstream::{Downstream, HttpDownstream, MAX_RETRY_AFTER, Reply, ReplyFuture, order_body};
 pub use outbox::Outbox;
 pub use pacer::WINDOW;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodgate_core::Order;
-use floodgate_dispatch::{Downstream, Reply, ReplyFuture};
+use floodgate_dispatch::{Downstream, Reply, ReplyFuture, order_body};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -323,14 +323,7 @@ fn most_in_one_second(starts: &[Duration]) -> u64 {
 impl Downstream for LegacyShop {
     fn deliver<'a>(&'a self, order: &'a Order) -> ReplyFuture<'a> {
         Box::pin(async move {
-            let body = json!({
-                "order_id": order.order_id.as_str(),
-                "drop": order.drop_id.as_str(),
-                "sku": order.sku,
-                "quantity": order.quantity,
-                "customer": order.customer,
-                "accepted_at": order.accepted_at,
-            });
+            let body = order_body(order);
             match self.take_order(Some(order.order_id.as_str()), body.to_string().as_bytes()) {
                 Answer::Respond {
                     after,
