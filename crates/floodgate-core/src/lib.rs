@@ -33,4 +33,4 @@ pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
 pub use priority::Priority;
 pub use timestamp::Timestamp;
 pub use token::{Claims, Identity, Opened, TokenError, TokenKeys, TokenKind};
-pub use waiting_room::{RoomRules, Standing, WaitingRoom};
+pub use waiting_room::{RoomRules, Standing, WaitingRoom, draw_key};

@@ -2,12 +2,20 @@
 //! admitting as passes are used or expire, skipping shoppers who stopped polling, and closed when
 //! the drop sells out.
 //!
+//! Shoppers who join in the pre-queue, before the start, are drawn into a random order at the
+//! start: sorted by HMAC-SHA256(seed, identity key), a keyed permutation anyone can check once
+//! the seed is published; its SHA-256 is published from the moment the room opens, so the seed
+//! cannot be chosen after seeing who joined.
+//!
 //! Positions come from a counter, as in a bakery: the room keeps, per waiting shopper, only the
 //! digest of their identity and when they last polled (12 bytes in two ring buffers), plus one
 //! map entry from identity to place. Everyone at or below `admitted_through` has had their turn.
 //! Time is passed in; nothing here reads a clock.
 
 use std::collections::{HashMap, VecDeque};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
 
 use crate::Timestamp;
 
@@ -45,6 +53,11 @@ pub enum Standing {
         /// anyone has been admitted in the window).
         eta_seconds: Option<u64>,
     },
+    /// In the pre-queue: the draw at `starts_at` decides the place.
+    Prequeue {
+        /// When the draw happens.
+        starts_at: Timestamp,
+    },
     /// The drop sold out: nothing to wait for.
     SoldOut,
     /// The place lapsed (not polled in time, or the pass expired unused); joining again starts
@@ -61,8 +74,29 @@ struct PassState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
+    Prequeue,
     Waiting(u64),
     Admitted(u64),
+}
+
+/// The pre-queue and its draw.
+#[derive(Debug)]
+struct Draw {
+    starts_at: Timestamp,
+    seed: [u8; 32],
+    /// Who joined before the start, until the draw places them.
+    entrants: Vec<u64>,
+    /// How many there were, once drawn.
+    drawn: Option<usize>,
+}
+
+/// The sort key of `identity` in the draw seeded with `seed`: the first eight bytes of
+/// HMAC-SHA256(seed, identity key as eight big-endian bytes), read big-endian.
+pub fn draw_key(seed: &[u8; 32], identity: u64) -> u64 {
+    let mut mac = Hmac::<Sha256>::new_from_slice(seed).expect("HMAC takes keys of any length");
+    mac.update(&identity.to_be_bytes());
+    let tag = mac.finalize().into_bytes();
+    u64::from_be_bytes(tag[..8].try_into().expect("eight bytes"))
 }
 
 /// Why a pass cannot buy.
@@ -97,11 +131,13 @@ pub struct WaitingRoom {
     /// Recent admissions, for the rate behind ETAs.
     recent_admissions: VecDeque<Timestamp>,
     sold_out: bool,
+    draw: Draw,
 }
 
 impl WaitingRoom {
-    /// An empty room opening at `now`.
-    pub fn new(rules: RoomRules, now: Timestamp) -> Self {
+    /// An empty room opening at `now` for a drop starting at `starts_at`; `seed` (random, kept
+    /// secret until the start) orders the pre-queue.
+    pub fn new(rules: RoomRules, starts_at: Timestamp, seed: [u8; 32], now: Timestamp) -> Self {
         Self {
             rules,
             joined: 0,
@@ -115,7 +151,28 @@ impl WaitingRoom {
             issued: 0,
             recent_admissions: VecDeque::new(),
             sold_out: false,
+            draw: Draw {
+                starts_at,
+                seed,
+                entrants: Vec::new(),
+                drawn: None,
+            },
         }
+    }
+
+    /// SHA-256 of the seed: published before the start, it binds the draw in advance.
+    pub fn commitment(&self) -> [u8; 32] {
+        Sha256::digest(self.draw.seed).into()
+    }
+
+    /// The seed, once the draw has happened.
+    pub fn revealed_seed(&self) -> Option<[u8; 32]> {
+        self.draw.drawn.map(|_| self.draw.seed)
+    }
+
+    /// How many shoppers joined the pre-queue.
+    pub fn entrants(&self) -> usize {
+        self.draw.drawn.unwrap_or(self.draw.entrants.len())
     }
 
     /// Shoppers waiting (lapsed ones included until skipped).
@@ -139,6 +196,15 @@ impl WaitingRoom {
         self.advance(now);
         if self.sold_out {
             return Standing::SoldOut;
+        }
+        if self.draw.drawn.is_none() {
+            if let std::collections::hash_map::Entry::Vacant(place) = self.places.entry(identity) {
+                place.insert(Place::Prequeue);
+                self.draw.entrants.push(identity);
+            }
+            return Standing::Prequeue {
+                starts_at: self.draw.starts_at,
+            };
         }
         match self.standing(identity, now) {
             Standing::Lapsed => {}
@@ -189,6 +255,9 @@ impl WaitingRoom {
     /// Expires passes, then admits waiters in order while passes are free, skipping those who
     /// stopped polling.
     pub fn advance(&mut self, now: Timestamp) {
+        if self.draw.drawn.is_none() && now >= self.draw.starts_at {
+            self.run_draw(now);
+        }
         let mut expired = 0;
         self.passes.retain(|_, state| {
             let live = now < state.expires_at;
@@ -222,6 +291,21 @@ impl WaitingRoom {
         }
     }
 
+    /// Places the pre-queue in the order of its draw keys, behind nobody.
+    fn run_draw(&mut self, now: Timestamp) {
+        let seed = self.draw.seed;
+        let mut entrants = std::mem::take(&mut self.draw.entrants);
+        entrants.sort_by_key(|identity| (draw_key(&seed, *identity), *identity));
+        let seen = self.seconds(now);
+        for identity in &entrants {
+            self.joined += 1;
+            self.waiting_ids.push_back(*identity);
+            self.waiting_seen.push_back(seen);
+            self.places.insert(*identity, Place::Waiting(self.joined));
+        }
+        self.draw.drawn = Some(entrants.len());
+    }
+
     fn issue(&mut self, identity: u64, now: Timestamp) -> u64 {
         self.issued += 1;
         let pass = self.issued;
@@ -252,6 +336,9 @@ impl WaitingRoom {
     fn standing(&mut self, identity: u64, now: Timestamp) -> Standing {
         let standing = match self.places.get(&identity) {
             None => Standing::Lapsed,
+            Some(Place::Prequeue) => Standing::Prequeue {
+                starts_at: self.draw.starts_at,
+            },
             Some(Place::Admitted(pass)) => self.admitted(*pass),
             Some(Place::Waiting(position)) if *position <= self.admitted_through => {
                 Standing::Lapsed
@@ -298,6 +385,11 @@ mod tests {
         abandon_after_ms: 30_000,
     };
 
+    /// A room whose drop has started (no pre-queue).
+    fn room(rules: RoomRules) -> WaitingRoom {
+        WaitingRoom::new(rules, T0, [7; 32], T0)
+    }
+
     fn at(seconds: i64) -> Timestamp {
         T0.add_millis(seconds * 1_000)
     }
@@ -311,7 +403,7 @@ mod tests {
 
     #[test]
     fn invisible_while_there_is_room_then_first_come_first_served() {
-        let mut room = WaitingRoom::new(RULES, T0);
+        let mut room = room(RULES);
         let first = pass_of(room.join(1, T0));
         pass_of(room.join(2, T0));
         assert!(matches!(
@@ -341,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_pass_buys_once_and_an_unused_one_expires_and_frees_its_slot() {
-        let mut room = WaitingRoom::new(RULES, T0);
+        let mut room = room(RULES);
         let pass = pass_of(room.join(1, T0));
         pass_of(room.join(2, T0));
         room.join(3, T0);
@@ -358,7 +450,7 @@ mod tests {
 
     #[test]
     fn a_silent_waiter_is_skipped() {
-        let mut room = WaitingRoom::new(RULES, T0);
+        let mut room = room(RULES);
         let pass = pass_of(room.join(1, T0));
         pass_of(room.join(2, T0));
         room.join(3, T0);
@@ -372,7 +464,7 @@ mod tests {
 
     #[test]
     fn sold_out_reaches_every_waiter_and_restocking_moves_the_queue_again() {
-        let mut room = WaitingRoom::new(RULES, T0);
+        let mut room = room(RULES);
         let pass = pass_of(room.join(1, T0));
         pass_of(room.join(2, T0));
         room.join(3, T0);
@@ -386,13 +478,10 @@ mod tests {
 
     #[test]
     fn the_eta_follows_the_admission_rate() {
-        let mut room = WaitingRoom::new(
-            RoomRules {
-                max_active: 1,
-                ..RULES
-            },
-            T0,
-        );
+        let mut room = room(RoomRules {
+            max_active: 1,
+            ..RULES
+        });
         let mut pass = pass_of(room.join(0, T0));
         for identity in 1..=20 {
             room.join(identity, T0);
@@ -447,7 +536,7 @@ mod tests {
         /// ring buffers hold exactly the waiting positions.
         #[test]
         fn the_rooms_invariants_hold(steps in steps()) {
-            let mut room = WaitingRoom::new(RULES, T0);
+            let mut room = room(RULES);
             let mut now = T0;
             for step in steps {
                 match step {
@@ -488,13 +577,10 @@ mod tests {
 
     #[test]
     fn admission_follows_the_order_of_joining() {
-        let mut room = WaitingRoom::new(
-            RoomRules {
-                max_active: 1,
-                ..RULES
-            },
-            T0,
-        );
+        let mut room = room(RoomRules {
+            max_active: 1,
+            ..RULES
+        });
         let mut pass = pass_of(room.join(100, T0));
         for identity in 0..10 {
             room.join(identity, T0);
@@ -510,8 +596,69 @@ mod tests {
     }
 
     #[test]
+    fn the_pre_queue_is_drawn_at_the_start_in_the_order_of_its_keys() {
+        let seed = [42; 32];
+        let starts_at = at(60);
+        let mut room = WaitingRoom::new(RULES, starts_at, seed, T0);
+        for identity in 0..50 {
+            assert_eq!(room.join(identity, T0), Standing::Prequeue { starts_at });
+        }
+        assert_eq!(
+            room.join(3, at(1)),
+            Standing::Prequeue { starts_at },
+            "one place each"
+        );
+        assert_eq!(room.revealed_seed(), None);
+        assert_eq!(room.commitment(), <[u8; 32]>::from(Sha256::digest(seed)));
+        room.advance(starts_at);
+        assert_eq!(room.revealed_seed(), Some(seed));
+        assert_eq!(room.entrants(), 50);
+        let mut expected: Vec<u64> = (0..50).collect();
+        expected.sort_by_key(|identity| (draw_key(&seed, *identity), *identity));
+        // The first two drawn hold passes; the rest wait in the drawn order.
+        for (index, identity) in expected.iter().enumerate() {
+            match room.poll(*identity, starts_at) {
+                Standing::Admitted { .. } => assert!(index < 2),
+                Standing::Waiting { position, .. } => assert_eq!(position, index as u64 + 1),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            room.join(99, starts_at),
+            Standing::Waiting { position: 51, .. }
+        ));
+    }
+
+    proptest! {
+        /// The draw is a permutation of the entrants, reproducible from the seed alone.
+        #[test]
+        fn the_draw_is_a_reproducible_permutation(
+            seed in proptest::array::uniform32(any::<u8>()),
+            entrants in proptest::collection::hash_set(any::<u64>(), 0..60),
+        ) {
+            let draw = |entrants: &Vec<u64>| {
+                let mut room = WaitingRoom::new(RULES, at(10), seed, T0);
+                for identity in entrants {
+                    room.join(*identity, T0);
+                }
+                room.advance(at(10));
+                room.waiting_ids.iter().copied().collect::<Vec<u64>>()
+            };
+            let joined: Vec<u64> = entrants.into_iter().collect();
+            let mut reversed = joined.clone();
+            reversed.reverse();
+            let order = draw(&joined);
+            prop_assert_eq!(&order, &draw(&reversed), "arrival order inside the pre-queue counts for nothing");
+            let mut sorted = joined.clone();
+            sorted.sort_by_key(|identity| (draw_key(&seed, *identity), *identity));
+            // The first max_active of the draw were admitted; the rest wait in the drawn order.
+            prop_assert_eq!(&sorted[sorted.len().min(2)..], order.as_slice());
+        }
+    }
+
+    #[test]
     fn a_million_waiters_cost_under_64_bytes_each() {
-        let mut room = WaitingRoom::new(RULES, T0);
+        let mut room = room(RULES);
         for identity in 0..1_000_000u64 {
             room.join(identity, T0);
         }

@@ -29,8 +29,32 @@ pub(crate) enum Answer {
         eta_seconds: Option<u64>,
         poll_after_ms: u64,
     },
+    /// In the pre-queue until the draw at `starts_at`; poll `ticket` after that.
+    Prequeue {
+        ticket: String,
+        starts_at: Timestamp,
+    },
     /// Nothing left to wait for.
     SoldOut,
+}
+
+/// What the draw of a drop's pre-queue lets anyone check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fairness {
+    /// SHA-256 of the seed, published from the moment the room opened.
+    pub(crate) commitment: [u8; 32],
+    /// The seed, once drawn.
+    pub(crate) seed: Option<[u8; 32]>,
+    /// Shoppers in the pre-queue.
+    pub(crate) entrants: usize,
+}
+
+/// The drop a room belongs to, as the room needs it.
+pub(crate) struct RoomDrop<'d> {
+    pub(crate) id: &'d DropId,
+    pub(crate) room: &'d WaitingRoomSpec,
+    pub(crate) starts_at: Timestamp,
+    pub(crate) ends_at: Timestamp,
 }
 
 /// Every drop's room.
@@ -54,35 +78,37 @@ impl Rooms {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `drop`'s room, opened now if it has none yet, with a fresh random seed for its draw.
     fn room<'r>(
         &self,
         rooms: &'r mut HashMap<DropId, WaitingRoom>,
-        drop_id: &DropId,
-        spec: &WaitingRoomSpec,
+        drop: &RoomDrop<'_>,
         now: Timestamp,
     ) -> &'r mut WaitingRoom {
-        rooms.entry(drop_id.clone()).or_insert_with(|| {
+        rooms.entry(drop.id.clone()).or_insert_with(|| {
             let rules = RoomRules {
-                max_active: spec.max_active,
-                pass_ttl_ms: i64::from(spec.pass_ttl_s) * 1_000,
+                max_active: drop.room.max_active,
+                pass_ttl_ms: i64::from(drop.room.pass_ttl_s) * 1_000,
                 abandon_after_ms: self.abandon_after_ms,
             };
-            WaitingRoom::new(rules, now)
+            let mut seed = [0; 32];
+            seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            WaitingRoom::new(rules, drop.starts_at, seed, now)
         })
     }
 
-    /// `identity` joins `drop_id`'s room; tickets last until `ends_at`.
+    /// `identity` joins the room of `drop`.
     pub(crate) fn join(
         &self,
-        drop_id: &DropId,
-        spec: &WaitingRoomSpec,
+        drop: &RoomDrop<'_>,
         identity: &Identity,
         sold_out: bool,
         now: Timestamp,
-        ends_at: Timestamp,
     ) -> Answer {
+        let (drop_id, ends_at) = (drop.id, drop.ends_at);
         let mut rooms = self.rooms();
-        let room = self.room(&mut rooms, drop_id, spec, now);
+        let room = self.room(&mut rooms, drop, now);
         room.set_sold_out(sold_out);
         let standing = room.join(identity.key(), now);
         self.answer(drop_id, identity, standing, ends_at)
@@ -112,6 +138,18 @@ impl Rooms {
                 standing,
                 opened.claims.expires_at,
             )),
+        }
+    }
+
+    /// What anyone may check about the draw of `drop`'s pre-queue.
+    pub(crate) fn fairness(&self, drop: &RoomDrop<'_>, now: Timestamp) -> Fairness {
+        let mut rooms = self.rooms();
+        let room = self.room(&mut rooms, drop, now);
+        room.advance(now);
+        Fairness {
+            commitment: room.commitment(),
+            seed: room.revealed_seed(),
+            entrants: room.entrants(),
         }
     }
 
@@ -166,6 +204,12 @@ impl Rooms {
                     + (identity.key() ^ position) % (POLL_AFTER_MS.1 - POLL_AFTER_MS.0),
             },
             // Joining never lapses (it queues again) and polling answers a lapse before this.
+            Standing::Prequeue { starts_at } => Answer::Prequeue {
+                ticket: self
+                    .keys
+                    .sign(TokenKind::Ticket, drop_id, identity, 0, ticket_expires_at),
+                starts_at,
+            },
             Standing::SoldOut | Standing::Lapsed => Answer::SoldOut,
         }
     }

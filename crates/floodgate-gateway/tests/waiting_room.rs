@@ -12,6 +12,7 @@ use floodgate_gateway::{Config, Gateway, admin_router, public_router};
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use sha2::Digest;
 use tower::ServiceExt;
 
 const TOKEN: &str = "room-admin";
@@ -25,6 +26,11 @@ struct Harness {
 
 impl Harness {
     async fn new(stock: u64, max_active: u32) -> Self {
+        Self::starting(stock, max_active, "2020-01-01T00:00:00Z", 0).await
+    }
+
+    /// A drop starting at `starts_at`, its pre-queue opening `prequeue_s` before.
+    async fn starting(stock: u64, max_active: u32, starts_at: &str, prequeue_s: u32) -> Self {
         let config = Config::from_toml("[waiting_room]\nabandon_after_s = 30\n").unwrap();
         let data = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
@@ -42,10 +48,10 @@ impl Harness {
             _data: data,
         };
         let drop = json!({
-            "name": "Drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+            "name": "Drop", "starts_at": starts_at, "ends_at": "2099-01-01T00:00:00Z",
             "limit_per_customer": 5,
             "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": stock}],
-            "waiting_room": {"enabled": true, "max_active": max_active, "prequeue_s": 0, "pass_ttl_s": 60},
+            "waiting_room": {"enabled": true, "max_active": max_active, "prequeue_s": prequeue_s, "pass_ttl_s": 60},
         });
         let request = Request::put("/admin/drops/spring")
             .header("authorization", format!("Bearer {TOKEN}"))
@@ -218,4 +224,73 @@ async fn a_waiter_who_stops_polling_loses_the_place() {
         (status, lapsed["error"].as_str()),
         (StatusCode::FORBIDDEN, Some("invalid_ticket"))
     );
+}
+
+#[tokio::test]
+async fn the_pre_queue_is_drawn_at_the_start_by_the_published_seed() {
+    // START is 2027-01-15T08:00:00Z; the drop starts a minute later, the pre-queue opened before.
+    let harness = Harness::starting(100, 2, "2027-01-15T08:01:00Z", 600).await;
+    let fairness = || async {
+        harness
+            .call(
+                Request::get("/api/drops/spring/fairness")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .1
+    };
+    let before = fairness().await;
+    assert_eq!(
+        (before["state"].as_str(), before["seed"].is_null()),
+        (Some("committed"), true)
+    );
+    let customers: Vec<String> = (0..8).map(|n| format!("c-{n}")).collect();
+    let mut tickets = Vec::new();
+    for customer in &customers {
+        let (status, joined) = harness.join(customer).await;
+        assert_eq!(
+            (status, joined["state"].as_str()),
+            (StatusCode::ACCEPTED, Some("prequeue"))
+        );
+        tickets.push(text(&joined, "ticket"));
+    }
+    harness.advance(61);
+    let after = fairness().await;
+    assert_eq!(after["state"], "drawn");
+    assert_eq!(after["entrants"], 8);
+    assert_eq!(after["commitment_sha256"], before["commitment_sha256"]);
+    let seed_hex = text(&after, "seed");
+    let seed: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&seed_hex[at..at + 2], 16).unwrap())
+        .collect();
+    let seed: [u8; 32] = seed.try_into().unwrap();
+    let commitment: String = sha2::Sha256::digest(seed)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(after["commitment_sha256"], commitment.as_str());
+    // Anyone can recompute the order from the seed: the first two hold passes, the rest wait.
+    let mut expected: Vec<usize> = (0..customers.len()).collect();
+    expected.sort_by_key(|&index| {
+        let key = floodgate_core::Identity::of(&customers[index]).key();
+        (floodgate_core::draw_key(&seed, key), key)
+    });
+    for (rank, &index) in expected.iter().enumerate() {
+        let (status, standing) = harness.poll(&tickets[index]).await;
+        if rank < 2 {
+            assert_eq!(
+                (status, standing["state"].as_str()),
+                (StatusCode::OK, Some("admitted"))
+            );
+        } else {
+            let place = (standing["position"].as_u64(), standing["ahead"].as_u64());
+            assert_eq!(
+                place,
+                (Some(rank as u64 + 1), Some(rank as u64 - 2)),
+                "{standing}"
+            );
+        }
+    }
 }
