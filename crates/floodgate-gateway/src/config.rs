@@ -39,6 +39,8 @@ pub struct WaitingRoomConfig {
     pub secret: String,
     /// A waiter who has not polled for this long loses their place.
     pub abandon_after_s: u64,
+    /// The shop's accent colour on the waiting-room page (`#rgb` or `#rrggbb`).
+    pub colour: String,
 }
 
 /// `[server]`.
@@ -155,6 +157,7 @@ impl Default for Config {
             waiting_room: WaitingRoomConfig {
                 secret: String::new(),
                 abandon_after_s: 60,
+                colour: "#1f6feb".into(),
             },
         }
     }
@@ -284,6 +287,7 @@ impl Config {
                 defaults.waiting_room.abandon_after_s,
                 integer(5, 3_600),
             ),
+            colour: room.get("colour", defaults.waiting_room.colour, hex_colour),
         };
         room.finish();
         if downstream_config.backoff_max_ms < downstream_config.backoff_base_ms {
@@ -328,6 +332,7 @@ impl Config {
         GatewaySettings {
             admin_token,
             token_secret: secret,
+            room_colour: self.waiting_room.colour.clone(),
             abandon_after: Duration::from_secs(self.waiting_room.abandon_after_s),
             front_door: self.front_door.clone(),
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -497,6 +502,17 @@ fn text_value(value: &Value) -> Result<String, String> {
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("must be a string, not {}", value.type_str()))
+}
+
+/// A colour safe to put in a stylesheet: `#rgb` or `#rrggbb`, nothing else.
+fn hex_colour(value: &Value) -> Result<String, String> {
+    let text = text_value(value)?;
+    let digits = text.strip_prefix('#').unwrap_or("");
+    if matches!(digits.len(), 3 | 6) && digits.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        Ok(text)
+    } else {
+        Err(format!("{text:?} is not a colour such as \"#1f6feb\""))
+    }
 }
 
 fn boolean(value: &Value) -> Result<bool, String> {

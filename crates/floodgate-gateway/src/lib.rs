@@ -12,6 +12,7 @@ mod error;
 pub mod front_door;
 mod intake;
 mod public_api;
+mod queue_api;
 mod server;
 mod waiting_room;
 
@@ -36,6 +37,8 @@ const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Gateway {
     intake: Intake,
     rooms: waiting_room::Rooms,
+    /// Accent colour of the waiting-room page.
+    room_colour: String,
     front_door: front_door::FrontDoor,
     clock: Clock,
     admin_token: String,
@@ -59,6 +62,8 @@ pub struct GatewaySettings {
     pub token_secret: String,
     /// A waiter silent this long loses their place.
     pub abandon_after: Duration,
+    /// Accent colour of the waiting-room page (a CSS colour).
+    pub room_colour: String,
 }
 
 impl Gateway {
@@ -72,6 +77,7 @@ impl Gateway {
         Ok(Arc::new(Self {
             intake,
             front_door: front_door::FrontDoor::new(&settings.front_door),
+            room_colour: settings.room_colour,
             rooms: waiting_room::Rooms::new(
                 floodgate_core::TokenKeys::new((1, settings.token_secret.into_bytes()), Vec::new()),
                 i64::try_from(settings.abandon_after.as_millis()).unwrap_or(i64::MAX),

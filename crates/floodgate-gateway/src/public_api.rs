@@ -11,17 +11,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use floodgate_core::ledger::Refusal;
-use floodgate_core::{
-    DropId, DropLedger, DropState, Identity, KeyLookup, Order, OrderId, OrderRequest,
-};
+use floodgate_core::{DropId, DropLedger, Identity, KeyLookup, Order, OrderId, OrderRequest};
 use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::body::{idempotency_key, parse_json, read_limited};
 use crate::error::ApiError;
 use crate::front_door::ClientAddr;
-use crate::waiting_room::{Answer, RoomDrop};
+use crate::queue_api;
 
 /// How long `/readyz` waits for the store to prove it can commit.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,9 +33,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/drops/{drop}", get(drop_view))
         .route("/api/drops/{drop}/orders", post(place_order))
         .route("/api/orders/{order_id}", get(order_view))
-        .route("/api/drops/{drop}/queue", post(join_queue))
-        .route("/api/queue/{ticket}", get(queue_view))
-        .route("/api/drops/{drop}/fairness", get(fairness))
+        .merge(queue_api::routes())
         .fallback(through_front_door)
         .with_state(gateway)
 }
@@ -136,140 +131,6 @@ async fn place_order(
     }
     headers.insert(header::RETRY_AFTER, HeaderValue::from(ORDER_POLL_AFTER_S));
     Ok(response)
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinRequest {
-    customer: String,
-}
-
-async fn join_queue(
-    State(gateway): State<Arc<Gateway>>,
-    Path(drop): Path<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let body = read_limited(body, gateway.max_body_bytes).await?;
-    let JoinRequest { customer } = parse_json(&body)?;
-    if customer.is_empty() || customer.len() > 255 {
-        return Err(ApiError::InvalidBody(
-            "customer must be 1 to 255 characters".into(),
-        ));
-    }
-    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
-    let now = gateway.clock.now();
-    let (spec, state) = room_drop(&gateway, &drop_id, now)?;
-    let sold_out = match state {
-        DropState::Prequeue | DropState::Live => false,
-        DropState::SoldOut => true,
-        other => return Err(ApiError::NotOpen(other)),
-    };
-    let drop = RoomDrop {
-        id: &drop_id,
-        room: &spec.waiting_room,
-        starts_at: spec.starts_at,
-        ends_at: spec.ends_at,
-    };
-    let answer = gateway
-        .rooms
-        .join(&drop, &Identity::of(&customer), sold_out, now);
-    queue_response(answer)
-}
-
-/// A drop with a waiting room, and its state now.
-fn room_drop(
-    gateway: &Gateway,
-    drop_id: &DropId,
-    now: floodgate_core::Timestamp,
-) -> Result<(floodgate_core::DropSpec, DropState), ApiError> {
-    let (spec, state) = gateway
-        .intake
-        .with_drop(drop_id, |ledger| {
-            (ledger.spec().clone(), ledger.state_at(now))
-        })
-        .ok_or(ApiError::UnknownDrop)?;
-    if spec.waiting_room.enabled {
-        Ok((spec, state))
-    } else {
-        Err(ApiError::NoWaitingRoom)
-    }
-}
-
-/// The pre-queue's draw: its commitment before the start, its seed after, and how to check.
-async fn fairness(
-    State(gateway): State<Arc<Gateway>>,
-    Path(drop): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
-    let now = gateway.clock.now();
-    let (spec, _) = room_drop(&gateway, &drop_id, now)?;
-    let drop = RoomDrop {
-        id: &drop_id,
-        room: &spec.waiting_room,
-        starts_at: spec.starts_at,
-        ends_at: spec.ends_at,
-    };
-    let fairness = gateway.rooms.fairness(&drop, now);
-    let hex = |bytes: &[u8]| {
-        bytes
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect::<String>()
-    };
-    Ok(Json(json!({
-        "drop": drop_id,
-        "draw_at": spec.starts_at,
-        "state": if fairness.seed.is_some() { "drawn" } else { "committed" },
-        "commitment_sha256": hex(&fairness.commitment),
-        "seed": fairness.seed.map(|seed| hex(&seed)),
-        "entrants": fairness.entrants,
-        "how_to_verify": "identity key = the first 8 bytes (big-endian) of SHA-256(customer); \
-            draw key = the first 8 bytes (big-endian) of HMAC-SHA256(seed, identity key as 8 \
-            big-endian bytes); the pre-queue is placed in ascending order of (draw key, identity \
-            key). SHA-256(seed) equals the commitment published before the start.",
-    })))
-}
-
-async fn queue_view(
-    State(gateway): State<Arc<Gateway>>,
-    Path(ticket): Path<String>,
-) -> Result<Response, ApiError> {
-    let now = gateway.clock.now();
-    let answer = gateway.rooms.poll(&ticket, now, |drop_id| {
-        gateway
-            .intake
-            .with_drop(drop_id, |ledger| ledger.state_at(now) == DropState::SoldOut)
-    })?;
-    queue_response(answer)
-}
-
-fn queue_response(answer: Answer) -> Result<Response, ApiError> {
-    Ok(match answer {
-        Answer::Admitted { pass, expires_at } => Json(json!({
-            "state": "admitted", "pass": pass, "expires_at": expires_at,
-        }))
-        .into_response(),
-        Answer::Waiting {
-            ticket,
-            position,
-            ahead,
-            eta_seconds,
-            poll_after_ms,
-        } => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "state": "waiting", "ticket": ticket, "position": position, "ahead": ahead,
-                "eta_seconds": eta_seconds, "poll_after_ms": poll_after_ms,
-            })),
-        )
-            .into_response(),
-        Answer::Prequeue { ticket, starts_at } => (
-            StatusCode::ACCEPTED,
-            Json(json!({ "state": "prequeue", "ticket": ticket, "starts_at": starts_at })),
-        )
-            .into_response(),
-        Answer::SoldOut => return Err(ApiError::Refused(Refusal::SoldOut)),
-    })
 }
 
 async fn order_view(

@@ -93,6 +93,7 @@ impl Harness {
             front_door: Default::default(),
             token_secret: "test secret".into(),
             abandon_after: Duration::from_secs(60),
+            room_colour: "#000".into(),
             intake: IntakeLimits {
                 max_quantity_per_order: 100,
                 idempotency_retention: Duration::from_secs(86_400),

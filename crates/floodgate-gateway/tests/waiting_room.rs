@@ -294,3 +294,68 @@ async fn the_pre_queue_is_drawn_at_the_start_by_the_published_seed() {
         }
     }
 }
+
+#[tokio::test]
+async fn browsers_get_a_page_and_the_event_stream_pushes_the_admission() {
+    let harness = Harness::new(100, 1).await;
+    let (_, first) = harness.join("alice").await;
+    let (_, waiting) = harness.join("bob").await;
+    let ticket = text(&waiting, "ticket");
+
+    let page = public_router(Arc::clone(&harness.gateway))
+        .oneshot(
+            Request::get(format!("/api/queue/{ticket}"))
+                .header("accept", "text/html,application/xhtml+xml")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.into_body().collect().await.unwrap().to_bytes();
+    let html = String::from_utf8_lossy(&html);
+    assert!(html.contains("You are number 1 in line"), "{html}");
+    assert!(
+        html.contains(r#"http-equiv="refresh""#),
+        "works without JavaScript"
+    );
+    assert!(html.contains(&format!("/api/queue/{ticket}/events")));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+
+    let events = public_router(Arc::clone(&harness.gateway))
+        .oneshot(
+            Request::get(format!("/api/queue/{ticket}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut stream = events.into_body();
+    assert_eq!(next_event(&mut stream).await["state"], "waiting");
+    let (status, _) = harness
+        .order("alice", "k1", Some(&text(&first, "pass")))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let pushed = tokio::time::timeout(std::time::Duration::from_secs(5), next_event(&mut stream))
+        .await
+        .expect("the admission is pushed");
+    assert_eq!(pushed["state"], "admitted");
+    assert!(pushed["pass"].is_string());
+}
+
+/// The next `data:` event of a server-sent event stream, as JSON.
+async fn next_event(stream: &mut Body) -> Value {
+    loop {
+        let frame = stream.frame().await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if let Some(json) = text.strip_prefix("data: ") {
+                return serde_json::from_str::<Value>(json.trim()).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The waiting room's public endpoints: join, poll (JSON for API clients, a small page for
+//! browsers), server-sent events, and the pre-queue's fairness record.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use floodgate_core::ledger::Refusal;
+use floodgate_core::{DropId, DropState, Identity};
+use futures_util::Stream;
+use serde_json::{Value, json};
+
+use crate::Gateway;
+use crate::body::{parse_json, read_limited};
+use crate::error::ApiError;
+use crate::waiting_room::{Answer, RoomDrop};
+
+/// How often an event stream looks for a change in the shopper's standing.
+const EVENT_TICK: Duration = Duration::from_secs(1);
+
+/// The waiting room's routes.
+pub(crate) fn routes() -> axum::Router<Arc<Gateway>> {
+    axum::Router::new()
+        .route("/api/drops/{drop}/queue", post(join_queue))
+        .route("/api/drops/{drop}/fairness", get(fairness))
+        .route("/api/queue/{ticket}", get(queue_view))
+        .route("/api/queue/{ticket}/events", get(queue_events))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    customer: String,
+}
+
+async fn join_queue(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let JoinRequest { customer } = parse_json(&body)?;
+    if customer.is_empty() || customer.len() > 255 {
+        return Err(ApiError::InvalidBody(
+            "customer must be 1 to 255 characters".into(),
+        ));
+    }
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let now = gateway.clock.now();
+    let (spec, state) = room_drop(&gateway, &drop_id, now)?;
+    let sold_out = match state {
+        DropState::Prequeue | DropState::Live => false,
+        DropState::SoldOut => true,
+        other => return Err(ApiError::NotOpen(other)),
+    };
+    let drop = RoomDrop {
+        id: &drop_id,
+        room: &spec.waiting_room,
+        starts_at: spec.starts_at,
+        ends_at: spec.ends_at,
+    };
+    let answer = gateway
+        .rooms
+        .join(&drop, &Identity::of(&customer), sold_out, now);
+    queue_response(answer)
+}
+
+/// A drop with a waiting room, and its state now.
+fn room_drop(
+    gateway: &Gateway,
+    drop_id: &DropId,
+    now: floodgate_core::Timestamp,
+) -> Result<(floodgate_core::DropSpec, DropState), ApiError> {
+    let (spec, state) = gateway
+        .intake
+        .with_drop(drop_id, |ledger| {
+            (ledger.spec().clone(), ledger.state_at(now))
+        })
+        .ok_or(ApiError::UnknownDrop)?;
+    if spec.waiting_room.enabled {
+        Ok((spec, state))
+    } else {
+        Err(ApiError::NoWaitingRoom)
+    }
+}
+
+/// The pre-queue's draw: its commitment before the start, its seed after, and how to check.
+async fn fairness(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let now = gateway.clock.now();
+    let (spec, _) = room_drop(&gateway, &drop_id, now)?;
+    let drop = RoomDrop {
+        id: &drop_id,
+        room: &spec.waiting_room,
+        starts_at: spec.starts_at,
+        ends_at: spec.ends_at,
+    };
+    let fairness = gateway.rooms.fairness(&drop, now);
+    let hex = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    Ok(Json(json!({
+        "drop": drop_id,
+        "draw_at": spec.starts_at,
+        "state": if fairness.seed.is_some() { "drawn" } else { "committed" },
+        "commitment_sha256": hex(&fairness.commitment),
+        "seed": fairness.seed.map(|seed| hex(&seed)),
+        "entrants": fairness.entrants,
+        "how_to_verify": "identity key = the first 8 bytes (big-endian) of SHA-256(customer); \
+            draw key = the first 8 bytes (big-endian) of HMAC-SHA256(seed, identity key as 8 \
+            big-endian bytes); the pre-queue is placed in ascending order of (draw key, identity \
+            key). SHA-256(seed) equals the commitment published before the start.",
+    })))
+}
+
+async fn queue_view(
+    State(gateway): State<Arc<Gateway>>,
+    Path(ticket): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let answer = poll(&gateway, &ticket)?;
+    if wants_html(&headers) {
+        return Ok(page(&gateway, &ticket, &answer).into_response());
+    }
+    queue_response(answer)
+}
+
+/// Where the holder of `ticket` stands now (a poll: it keeps the place).
+fn poll(gateway: &Gateway, ticket: &str) -> Result<Answer, ApiError> {
+    let now = gateway.clock.now();
+    gateway.rooms.poll(ticket, now, |drop_id| {
+        gateway
+            .intake
+            .with_drop(drop_id, |ledger| ledger.state_at(now) == DropState::SoldOut)
+    })
+}
+
+/// Pushes the shopper's standing whenever it changes, until they are admitted or the drop sells
+/// out; while the stream is open it counts as polling.
+async fn queue_events(
+    State(gateway): State<Arc<Gateway>>,
+    Path(ticket): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let first = poll(&gateway, &ticket)?;
+    let stream = futures_util::stream::unfold(
+        (gateway, ticket, Some(first), None::<Value>, false),
+        |(gateway, ticket, mut next, mut last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let answer = match next.take() {
+                    Some(answer) => Ok(answer),
+                    None => {
+                        tokio::time::sleep(EVENT_TICK).await;
+                        poll(&gateway, &ticket)
+                    }
+                };
+                let (view, last_one) = match answer {
+                    Ok(answer) => {
+                        let last_one = matches!(answer, Answer::Admitted { .. } | Answer::SoldOut);
+                        (answer_json(&answer), last_one)
+                    }
+                    Err(error) => (
+                        json!({ "state": "invalid", "message": error.to_string() }),
+                        true,
+                    ),
+                };
+                if last.as_ref() != Some(&view) || last_one {
+                    let event = Event::default().data(view.to_string());
+                    last = Some(view);
+                    return Some((Ok(event), (gateway, ticket, None, last, last_one)));
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Whether the client is a browser asking for a page.
+fn wants_html(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    accept.contains("text/html") && !accept.contains("application/json")
+}
+
+/// The standing as the JSON API and the event stream show it.
+fn answer_json(answer: &Answer) -> Value {
+    match answer {
+        Answer::Admitted { pass, expires_at } => {
+            json!({ "state": "admitted", "pass": pass, "expires_at": expires_at })
+        }
+        Answer::Waiting {
+            ticket,
+            position,
+            ahead,
+            eta_seconds,
+            poll_after_ms,
+        } => json!({
+            "state": "waiting", "ticket": ticket, "position": position, "ahead": ahead,
+            "eta_seconds": eta_seconds, "poll_after_ms": poll_after_ms,
+        }),
+        Answer::Prequeue { ticket, starts_at } => {
+            json!({ "state": "prequeue", "ticket": ticket, "starts_at": starts_at })
+        }
+        Answer::SoldOut => json!({ "state": "sold_out" }),
+    }
+}
+
+/// The waiting-room page: no external assets; without JavaScript it refreshes itself, with it
+/// the event stream keeps it live.
+fn page(gateway: &Gateway, ticket: &str, answer: &Answer) -> Html<String> {
+    let (headline, detail, progress, refresh_s) = match answer {
+        Answer::Admitted { .. } => (
+            "It's your turn".to_owned(),
+            "You may go to checkout now.".to_owned(),
+            100,
+            None,
+        ),
+        Answer::Waiting {
+            position,
+            ahead,
+            eta_seconds,
+            poll_after_ms,
+            ..
+        } => (
+            format!("You are number {} in line", ahead + 1),
+            eta_seconds.map_or_else(
+                || "Your estimated wait will appear shortly.".to_owned(),
+                |eta| format!("Estimated wait: about {}.", human_duration(eta)),
+            ),
+            (100 - ahead * 100 / position.max(&1)).min(99),
+            Some(poll_after_ms.div_ceil(1_000)),
+        ),
+        Answer::Prequeue { starts_at, .. } => (
+            "You are in the pre-queue".to_owned(),
+            format!(
+                "At {} everyone here gets a place in a fair random draw.",
+                starts_at.to_rfc3339()
+            ),
+            0,
+            Some(5),
+        ),
+        Answer::SoldOut => (
+            "Sold out".to_owned(),
+            "Everything has been sold. Thank you for waiting.".to_owned(),
+            100,
+            None,
+        ),
+    };
+    let refresh = refresh_s
+        .map(|seconds| format!(r#"<meta http-equiv="refresh" content="{seconds}">"#))
+        .unwrap_or_default();
+    let colour = &gateway.room_colour;
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+{refresh}<title>Waiting room</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 0; padding: 2rem 1rem; color: #222; background: #fafafa; }}
+main {{ max-width: 32rem; margin: 0 auto; text-align: center; }}
+h1 {{ font-size: 1.6rem; }}
+.bar {{ height: 0.8rem; background: #ddd; border-radius: 0.4rem; overflow: hidden; }}
+.fill {{ height: 100%; width: {progress}%; background: {colour}; transition: width 0.5s; }}
+</style></head>
+<body><main>
+<h1 id="headline">{headline}</h1>
+<div class="bar"><div class="fill" id="fill"></div></div>
+<p id="detail">{detail}</p>
+<p><small>Keep this page open: it updates by itself.</small></p>
+</main>
+<script>
+(function () {{
+  if (!window.EventSource) return;
+  var source = new EventSource("/api/queue/{ticket}/events");
+  source.onmessage = function (message) {{
+    var view = JSON.parse(message.data);
+    var headline = document.getElementById("headline"), detail = document.getElementById("detail");
+    var fill = document.getElementById("fill");
+    if (view.state === "waiting") {{
+      headline.textContent = "You are number " + (view.ahead + 1) + " in line";
+      detail.textContent = view.eta_seconds == null ? "Your estimated wait will appear shortly."
+        : "Estimated wait: about " + Math.max(1, Math.round(view.eta_seconds / 60)) + " min.";
+      fill.style.width = Math.min(99, 100 - Math.floor(view.ahead * 100 / Math.max(1, view.position))) + "%";
+    }} else if (view.state === "admitted") {{
+      headline.textContent = "It's your turn"; detail.textContent = "You may go to checkout now.";
+      fill.style.width = "100%"; source.close();
+    }} else if (view.state === "sold_out") {{
+      headline.textContent = "Sold out"; detail.textContent = "Everything has been sold. Thank you for waiting.";
+      source.close();
+    }}
+  }};
+}})();
+</script>
+</body></html>"#
+    ))
+}
+
+fn human_duration(seconds: u64) -> String {
+    match seconds {
+        0..=89 => "a minute".to_owned(),
+        _ => format!("{} min", seconds.div_ceil(60)),
+    }
+}
+
+fn queue_response(answer: Answer) -> Result<Response, ApiError> {
+    let status = match answer {
+        Answer::SoldOut => return Err(ApiError::Refused(Refusal::SoldOut)),
+        Answer::Admitted { .. } => StatusCode::OK,
+        Answer::Waiting { .. } | Answer::Prequeue { .. } => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(answer_json(&answer))).into_response())
+}
