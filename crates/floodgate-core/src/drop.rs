@@ -111,6 +111,9 @@ pub struct WaitingRoomSpec {
     pub prequeue_s: u32,
     /// Seconds a pass stays valid.
     pub pass_ttl_s: u32,
+    /// At most this many admissions a minute, whatever the free capacity (`None`: no ceiling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admit_per_minute: Option<u32>,
 }
 
 impl Default for WaitingRoomSpec {
@@ -120,6 +123,7 @@ impl Default for WaitingRoomSpec {
             max_active: 1_000,
             prequeue_s: 0,
             pass_ttl_s: 600,
+            admit_per_minute: None,
         }
     }
 }
@@ -187,6 +191,12 @@ impl DropSpec {
             report(
                 "waiting_room.max_active".into(),
                 "must be at least 1 when enabled",
+            );
+        }
+        if self.waiting_room.admit_per_minute == Some(0) {
+            report(
+                "waiting_room.admit_per_minute".into(),
+                "must be at least 1 (leave it out for no ceiling)",
             );
         }
         if self.waiting_room.enabled && self.waiting_room.pass_ttl_s == 0 {

@@ -31,6 +31,8 @@ pub struct RoomRules {
     pub pass_ttl_ms: i64,
     /// A waiter silent this long loses their place.
     pub abandon_after_ms: i64,
+    /// At most this many admissions in any minute (`None`: as fast as passes free up).
+    pub admit_per_minute: Option<u32>,
 }
 
 /// Where a shopper stands.
@@ -210,7 +212,7 @@ impl WaitingRoom {
             Standing::Lapsed => {}
             standing => return standing,
         }
-        if self.waiting() == 0 && self.in_force < self.rules.max_active {
+        if self.waiting() == 0 && self.in_force < self.rules.max_active && !self.at_ceiling() {
             let pass = self.issue(identity, now);
             return self.admitted(pass);
         }
@@ -267,8 +269,16 @@ impl WaitingRoom {
             live
         });
         self.in_force -= expired;
+        let window_start = now.add_millis(-RATE_WINDOW_MS);
+        while self
+            .recent_admissions
+            .front()
+            .is_some_and(|at| *at < window_start)
+        {
+            self.recent_admissions.pop_front();
+        }
         let silent_since = self.seconds(now.add_millis(-self.rules.abandon_after_ms));
-        while self.in_force < self.rules.max_active && !self.sold_out {
+        while self.in_force < self.rules.max_active && !self.sold_out && !self.at_ceiling() {
             let (Some(identity), Some(seen)) =
                 (self.waiting_ids.pop_front(), self.waiting_seen.pop_front())
             else {
@@ -281,14 +291,13 @@ impl WaitingRoom {
             }
             self.issue(identity, now);
         }
-        let window_start = now.add_millis(-RATE_WINDOW_MS);
-        while self
-            .recent_admissions
-            .front()
-            .is_some_and(|at| *at < window_start)
-        {
-            self.recent_admissions.pop_front();
-        }
+    }
+
+    /// Whether the last minute's admissions reached the hand-set ceiling.
+    fn at_ceiling(&self) -> bool {
+        self.rules
+            .admit_per_minute
+            .is_some_and(|ceiling| self.recent_admissions.len() >= ceiling as usize)
     }
 
     /// Places the pre-queue in the order of its draw keys, behind nobody.
@@ -383,6 +392,7 @@ mod tests {
         max_active: 2,
         pass_ttl_ms: 60_000,
         abandon_after_ms: 30_000,
+        admit_per_minute: None,
     };
 
     /// A room whose drop has started (no pre-queue).
@@ -474,6 +484,30 @@ mod tests {
         room.use_pass(pass, at(2)).unwrap();
         room.set_sold_out(false);
         pass_of(room.poll(3, at(3)));
+    }
+
+    #[test]
+    fn a_hand_set_ceiling_caps_admissions_per_minute() {
+        let mut room = room(RoomRules {
+            max_active: 100,
+            admit_per_minute: Some(3),
+            ..RULES
+        });
+        let admitted = (0..10)
+            .filter(|identity| matches!(room.join(*identity, T0), Standing::Admitted { .. }))
+            .count();
+        assert_eq!(admitted, 3, "free capacity, but the ceiling holds");
+        for identity in 3..10 {
+            room.poll(identity, at(30));
+        }
+        assert!(matches!(
+            room.poll(3, at(30)),
+            Standing::Waiting { ahead: 0, .. }
+        ));
+        assert!(matches!(
+            room.poll(3, T0.add_millis(60_500)),
+            Standing::Admitted { .. }
+        ));
     }
 
     #[test]

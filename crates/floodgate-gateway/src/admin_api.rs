@@ -35,6 +35,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/orders", get(list_orders))
         .route("/admin/orders/{order}/redrive", post(redrive))
         .route("/admin/cache/purge", post(purge_cache))
+        .route("/admin/drops/{drop}/passes/revoke", post(revoke_pass))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
@@ -177,6 +178,26 @@ fn admin_order_json(order: &Order) -> Value {
     view["idempotency_key"] = json!(order.idempotency_key.as_str());
     view["last_error"] = json!(order.last_error);
     view
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    pass: String,
+}
+
+/// Revokes a waiting-room pass: it can no longer buy, and its slot goes to the next waiter.
+async fn revoke_pass(
+    State(gateway): State<Arc<Gateway>>,
+    Path(drop): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
+    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let Revoke { pass } = parse_json(&body)?;
+    gateway.rooms.revoke(&drop_id, &pass, gateway.clock.now())?;
+    tracing::info!(drop = %drop_id, "pass revoked by an operator");
+    Ok(Json(json!({ "revoked": true })))
 }
 
 #[derive(Deserialize)]

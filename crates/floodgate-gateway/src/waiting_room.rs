@@ -90,6 +90,7 @@ impl Rooms {
                 max_active: drop.room.max_active,
                 pass_ttl_ms: i64::from(drop.room.pass_ttl_s) * 1_000,
                 abandon_after_ms: self.abandon_after_ms,
+                admit_per_minute: drop.room.admit_per_minute,
             };
             let mut seed = [0; 32];
             seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -168,6 +169,26 @@ impl Rooms {
         let mut rooms = self.rooms();
         let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
         room.use_pass(claims.serial, now)
+            .map_err(|_| ApiError::InvalidPass)
+    }
+
+    /// Revokes `pass` (an operator's decision): it can no longer buy, and its slot is free.
+    pub(crate) fn revoke(
+        &self,
+        drop_id: &DropId,
+        pass: &str,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let opened = self
+            .keys
+            .open(pass, TokenKind::Pass, now)
+            .map_err(|_| ApiError::InvalidPass)?;
+        if opened.drop_id != drop_id.as_str() {
+            return Err(ApiError::InvalidPass);
+        }
+        let mut rooms = self.rooms();
+        let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
+        room.use_pass(opened.claims.serial, now)
             .map_err(|_| ApiError::InvalidPass)
     }
 

@@ -359,3 +359,29 @@ async fn next_event(stream: &mut Body) -> Value {
         }
     }
 }
+
+#[tokio::test]
+async fn an_operator_can_revoke_a_pass_and_its_slot_goes_to_the_next_waiter() {
+    let harness = Harness::new(100, 1).await;
+    let (_, first) = harness.join("alice").await;
+    let (_, waiting) = harness.join("bob").await;
+    let pass = text(&first, "pass");
+    let revoke = Request::post("/admin/drops/spring/passes/revoke")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::from(json!({ "pass": pass }).to_string()))
+        .unwrap();
+    let response = admin_router(Arc::clone(&harness.gateway))
+        .oneshot(revoke)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        harness.order("alice", "k1", Some(&pass)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, admitted) = harness.poll(&text(&waiting, "ticket")).await;
+    assert_eq!(
+        (status, admitted["state"].as_str()),
+        (StatusCode::OK, Some("admitted"))
+    );
+}
