@@ -81,6 +81,33 @@ enum Place {
     Admitted(u64),
 }
 
+/// A [`Place`] in eight bytes, so an entry of the identity map costs sixteen: the top two bits
+/// say which place, the rest hold the position or pass number (counters that never reach 2^62).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedPlace(u64);
+
+const NUMBER_BITS: u64 = (1 << 62) - 1;
+
+impl From<Place> for PackedPlace {
+    fn from(place: Place) -> Self {
+        Self(match place {
+            Place::Waiting(position) => position & NUMBER_BITS,
+            Place::Admitted(pass) => 1 << 62 | (pass & NUMBER_BITS),
+            Place::Prequeue => 2 << 62,
+        })
+    }
+}
+
+impl PackedPlace {
+    fn unpack(self) -> Place {
+        match self.0 >> 62 {
+            0 => Place::Waiting(self.0 & NUMBER_BITS),
+            1 => Place::Admitted(self.0 & NUMBER_BITS),
+            _ => Place::Prequeue,
+        }
+    }
+}
+
 /// The pre-queue and its draw.
 #[derive(Debug)]
 struct Draw {
@@ -125,8 +152,10 @@ pub struct WaitingRoom {
     /// Their last poll, in seconds after `epoch`.
     waiting_seen: VecDeque<u32>,
     epoch: Timestamp,
-    places: HashMap<u64, Place>,
+    places: HashMap<u64, PackedPlace>,
     passes: HashMap<u64, PassState>,
+    /// Passes by expiry; every pass lives equally long, so issue order is expiry order.
+    expiries: VecDeque<(Timestamp, u64)>,
     /// Passes issued and neither used nor expired.
     in_force: u32,
     issued: u64,
@@ -149,6 +178,7 @@ impl WaitingRoom {
             epoch: now,
             places: HashMap::new(),
             passes: HashMap::new(),
+            expiries: VecDeque::new(),
             in_force: 0,
             issued: 0,
             recent_admissions: VecDeque::new(),
@@ -201,7 +231,7 @@ impl WaitingRoom {
         }
         if self.draw.drawn.is_none() {
             if let std::collections::hash_map::Entry::Vacant(place) = self.places.entry(identity) {
-                place.insert(Place::Prequeue);
+                place.insert(Place::Prequeue.into());
                 self.draw.entrants.push(identity);
             }
             return Standing::Prequeue {
@@ -219,14 +249,15 @@ impl WaitingRoom {
         self.joined += 1;
         self.waiting_ids.push_back(identity);
         self.waiting_seen.push_back(self.seconds(now));
-        self.places.insert(identity, Place::Waiting(self.joined));
+        self.places
+            .insert(identity, Place::Waiting(self.joined).into());
         self.standing(identity, now)
     }
 
     /// A waiting shopper polls: proves they are still there and learns where they stand.
     pub fn poll(&mut self, identity: u64, now: Timestamp) -> Standing {
         self.advance(now);
-        if let Some(Place::Waiting(position)) = self.places.get(&identity).copied()
+        if let Some(Place::Waiting(position)) = self.places.get(&identity).map(|p| p.unpack())
             && position > self.admitted_through
         {
             let index = (position - self.admitted_through - 1) as usize;
@@ -260,15 +291,14 @@ impl WaitingRoom {
         if self.draw.drawn.is_none() && now >= self.draw.starts_at {
             self.run_draw(now);
         }
-        let mut expired = 0;
-        self.passes.retain(|_, state| {
-            let live = now < state.expires_at;
-            if !live && !state.used {
-                expired += 1;
+        while let Some(&(expires_at, pass)) = self.expiries.front()
+            && expires_at <= now
+        {
+            self.expiries.pop_front();
+            if self.passes.remove(&pass).is_some_and(|state| !state.used) {
+                self.in_force -= 1;
             }
-            live
-        });
-        self.in_force -= expired;
+        }
         let window_start = now.add_millis(-RATE_WINDOW_MS);
         while self
             .recent_admissions
@@ -310,7 +340,8 @@ impl WaitingRoom {
             self.joined += 1;
             self.waiting_ids.push_back(*identity);
             self.waiting_seen.push_back(seen);
-            self.places.insert(*identity, Place::Waiting(self.joined));
+            self.places
+                .insert(*identity, Place::Waiting(self.joined).into());
         }
         self.draw.drawn = Some(entrants.len());
     }
@@ -318,15 +349,17 @@ impl WaitingRoom {
     fn issue(&mut self, identity: u64, now: Timestamp) -> u64 {
         self.issued += 1;
         let pass = self.issued;
+        let expires_at = now.add_millis(self.rules.pass_ttl_ms);
         self.passes.insert(
             pass,
             PassState {
-                expires_at: now.add_millis(self.rules.pass_ttl_ms),
+                expires_at,
                 used: false,
             },
         );
+        self.expiries.push_back((expires_at, pass));
         self.in_force += 1;
-        self.places.insert(identity, Place::Admitted(pass));
+        self.places.insert(identity, Place::Admitted(pass).into());
         self.recent_admissions.push_back(now);
         pass
     }
@@ -343,19 +376,17 @@ impl WaitingRoom {
 
     /// Where `identity` stands; a lapsed place is forgotten, so joining again starts afresh.
     fn standing(&mut self, identity: u64, now: Timestamp) -> Standing {
-        let standing = match self.places.get(&identity) {
+        let standing = match self.places.get(&identity).map(|place| place.unpack()) {
             None => Standing::Lapsed,
             Some(Place::Prequeue) => Standing::Prequeue {
                 starts_at: self.draw.starts_at,
             },
-            Some(Place::Admitted(pass)) => self.admitted(*pass),
-            Some(Place::Waiting(position)) if *position <= self.admitted_through => {
-                Standing::Lapsed
-            }
+            Some(Place::Admitted(pass)) => self.admitted(pass),
+            Some(Place::Waiting(position)) if position <= self.admitted_through => Standing::Lapsed,
             Some(Place::Waiting(position)) => {
                 let ahead = position - self.admitted_through - 1;
                 Standing::Waiting {
-                    position: *position,
+                    position,
                     ahead,
                     eta_seconds: self.eta(ahead, now),
                 }
@@ -601,8 +632,8 @@ mod tests {
                 prop_assert_eq!(room.waiting_ids.len() as u64, room.waiting());
                 prop_assert_eq!(room.waiting_seen.len() as u64, room.waiting());
                 for place in room.places.values() {
-                    if let Place::Waiting(position) = place {
-                        prop_assert!(*position <= room.joined);
+                    if let Place::Waiting(position) = place.unpack() {
+                        prop_assert!(position <= room.joined);
                     }
                 }
             }
@@ -697,7 +728,7 @@ mod tests {
             room.join(identity, T0);
         }
         assert_eq!(room.waiting(), 999_998);
-        let per_entry = std::mem::size_of::<(u64, Place)>() + 1;
+        let per_entry = std::mem::size_of::<(u64, PackedPlace)>() + 1;
         let map = room.places.capacity() * per_entry;
         let rings = room.waiting_ids.capacity() * 8 + room.waiting_seen.capacity() * 4;
         let per_waiter = (map + rings) as f64 / room.waiting() as f64;
