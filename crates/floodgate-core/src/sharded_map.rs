@@ -80,6 +80,16 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         }
     }
 
+    /// Every value, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(HashMap::values)
+    }
+
+    /// Entries the shards can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(HashMap::capacity).sum()
+    }
+
     /// How many entries there are.
     pub fn len(&self) -> usize {
         self.shards.iter().map(HashMap::len).sum()

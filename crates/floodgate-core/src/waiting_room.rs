@@ -18,6 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::Timestamp;
+use crate::sharded_map::ShardedMap;
 
 /// How far back the admission rate for ETAs is measured.
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -152,7 +153,8 @@ pub struct WaitingRoom {
     /// Their last poll, in seconds after `epoch`.
     waiting_seen: VecDeque<u32>,
     epoch: Timestamp,
-    places: HashMap<u64, PackedPlace>,
+    /// Sharded, so growing past millions of shoppers never stalls the room for a full rehash.
+    places: ShardedMap<u64, PackedPlace>,
     passes: HashMap<u64, PassState>,
     /// Passes by expiry; every pass lives equally long, so issue order is expiry order.
     expiries: VecDeque<(Timestamp, u64)>,
@@ -176,7 +178,7 @@ impl WaitingRoom {
             waiting_ids: VecDeque::new(),
             waiting_seen: VecDeque::new(),
             epoch: now,
-            places: HashMap::new(),
+            places: ShardedMap::new(),
             passes: HashMap::new(),
             expiries: VecDeque::new(),
             in_force: 0,
