@@ -3,6 +3,7 @@
 //!
 //! Used by tests, the demo and benchmarks only; nothing in the product depends on it.
 
+pub mod browser;
 mod client;
 pub mod legacy;
 pub mod origin;
