@@ -2,7 +2,6 @@
 //! `.ci/run` installs), for tests of floodgate's pages. Only loopback addresses are used.
 
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -29,14 +28,11 @@ impl Browser {
             .and_then(|listener| listener.local_addr())
             .map_err(|error| error.to_string())?
             .port();
-        // Its own process group, so dropping the browser (say, when a test fails) takes Chromium
-        // down with the driver.
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
             .spawn()
             .map_err(|error| {
                 format!(
@@ -162,10 +158,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.driver.id()))
-            .status();
+        let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
 }
