@@ -27,26 +27,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
 FLOODGATE="$root/target/release/floodgate"
 
 # nginx: a fixed 200 with a small JSON body, as many workers as floodgate has cores.
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes $(nproc);
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $(nginx_temp_paths "$work/nginx")
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / { default_type application/json; return 200 '{"order_id":"ord_0","state":"accepted"}'; }
-  }
-}
-CONF
-"$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" &
-pids+=($!)
+start_fixed_nginx "$work/nginx" '{"order_id":"ord_0","state":"accepted"}'
 
 # floodgate on port 0 with its own store, announcing its addresses on stdout.
 cat > "$work/floodgate.toml" <<CONF
@@ -56,11 +37,7 @@ admin_listen = "127.0.0.1:0"
 [store]
 path = "$work/store"
 CONF
-FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=warn "$FLOODGATE" serve --config "$work/floodgate.toml" > "$work/floodgate.out" &
-pids+=($!)
-for _ in $(seq 100); do grep -q '^floodgate admin ' "$work/floodgate.out" 2>/dev/null && break; sleep 0.1; done
-public=$(sed -n 's/^floodgate public //p' "$work/floodgate.out")
-admin=$(sed -n 's/^floodgate admin //p' "$work/floodgate.out")
+launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
 curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" -d '{
   "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
   "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 4000000000}]}' >/dev/null

@@ -39,3 +39,38 @@ bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 print(f"{rate:.0f} {p99:.2f} {bad.group(1) if bad else 0}")
 PY
 }
+
+# Starts nginx in directory $1 on a free port, one worker per core, answering every request
+# with a fixed 200 and the JSON body $2; sets nginx_port and adds its pid to pids.
+start_fixed_nginx() {
+  nginx_port=$(free_port)
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes $(nproc);
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $(nginx_temp_paths "$1")
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { default_type application/json; return 200 '$2'; }
+  }
+}
+CONF
+  "$NGINX" -c "$1/nginx.conf" -p "$1" &
+  pids+=($!)
+}
+
+# Starts "$FLOODGATE serve --config $1" with its announcements in $2 and admin token "bench";
+# sets public and admin to its listeners' URLs and adds its pid to pids.
+launch_floodgate() {
+  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error "$FLOODGATE" serve --config "$1" > "$2" &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q '^floodgate admin ' "$2" 2>/dev/null && break; sleep 0.1; done
+  public=$(sed -n 's/^floodgate public //p' "$2")
+  admin=$(sed -n 's/^floodgate admin //p' "$2")
+}

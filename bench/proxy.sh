@@ -83,10 +83,8 @@ url = "http://127.0.0.1:$origin_port"
 max_concurrency = 4096
 $route
 CONF
-  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error "$FLOODGATE" serve --config "$dir/floodgate.toml" > "$dir/out" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q '^floodgate public ' "$dir/out" 2>/dev/null && break; sleep 0.1; done
-  floodgate_url="$(sed -n 's/^floodgate public //p' "$dir/out")/shop/rods/muskie"
+  launch_floodgate "$dir/floodgate.toml" "$dir/out"
+  floodgate_url="$public/shop/rods/muskie"
 }
 
 

@@ -23,26 +23,7 @@ need_nginx_and_wrk
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
 FLOODGATE="$root/target/release/floodgate"
 
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes $(nproc);
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $(nginx_temp_paths "$work/nginx")
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / { default_type application/json; return 200 '{"state":"waiting","position":1}'; }
-  }
-}
-CONF
-"$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" &
-pids+=($!)
+start_fixed_nginx "$work/nginx" '{"state":"waiting","position":1}'
 
 cat > "$work/floodgate.toml" <<CONF
 [server]
@@ -54,11 +35,7 @@ path = "$work/store"
 secret = "bench secret"
 abandon_after_s = 3600
 CONF
-FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error "$FLOODGATE" serve --config "$work/floodgate.toml" > "$work/floodgate.out" &
-pids+=($!)
-for _ in $(seq 100); do grep -q '^floodgate admin ' "$work/floodgate.out" 2>/dev/null && break; sleep 0.1; done
-public=$(sed -n 's/^floodgate public //p' "$work/floodgate.out")
-admin=$(sed -n 's/^floodgate admin //p' "$work/floodgate.out")
+launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
 # A room of 100 passes: almost every joiner queues, as in a surge.
 curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" -d '{
   "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",

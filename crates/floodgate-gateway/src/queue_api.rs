@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 
 use crate::Gateway;
-use crate::body::{parse_json, read_limited};
+use crate::body::{parse_json, read_limited, wants_html};
 use crate::error::ApiError;
 use crate::waiting_room::{Answer, RoomDrop};
 
@@ -188,15 +188,6 @@ async fn queue_events(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// Whether the client is a browser asking for a page.
-fn wants_html(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/html") && !accept.contains("application/json")
 }
 
 /// The standing as the JSON API and the event stream show it.

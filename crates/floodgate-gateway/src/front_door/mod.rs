@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use floodgate_core::{PathGlob, Priority};
 use serde_json::json;
 
+use crate::body::wants_html;
 use crate::config::front_door::{
     Balance, ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteCache, RouteConfig,
 };
@@ -464,15 +465,6 @@ impl Route {
             None => Ok(()),
         }
     }
-}
-
-/// Whether the client reads HTML (a browser) rather than JSON.
-fn wants_html(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/html") && !accept.contains("application/json")
 }
 
 /// A refusal in the shape the client reads: a small page for browsers, the API's JSON error
