@@ -29,6 +29,24 @@ pub struct Config {
     pub front_door: FrontDoorConfig,
     /// `[waiting_room]`: signing of tickets and passes, abandonment.
     pub waiting_room: WaitingRoomConfig,
+    /// `[drops]`: who a customer is.
+    pub drops: DropsConfig,
+}
+
+/// `[drops]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropsConfig {
+    /// Where a customer's identity comes from.
+    pub identity: IdentitySource,
+}
+
+/// Where a customer's identity comes from (`drops.identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The `customer` field of the body: for demos and tests only, anyone can name anyone.
+    Body,
+    /// A header the shop's own login sets (`"header:<Name>"`); the body's `customer` must match.
+    Header(axum::http::HeaderName),
 }
 
 /// `[waiting_room]`.
@@ -159,6 +177,9 @@ impl Default for Config {
                 abandon_after_s: 60,
                 colour: "#1f6feb".into(),
             },
+            drops: DropsConfig {
+                identity: IdentitySource::Body,
+            },
         }
     }
 }
@@ -181,6 +202,7 @@ impl Config {
         let downstream_table = root.table("downstream");
         let front_door_tables = FrontDoorTables::take(&mut root);
         let waiting_room_table = root.table("waiting_room");
+        let drops_table = root.table("drops");
         root.finish();
 
         let mut server = Section::new("server", server_table, &mut problems);
@@ -290,6 +312,11 @@ impl Config {
             colour: room.get("colour", defaults.waiting_room.colour, hex_colour),
         };
         room.finish();
+        let mut drops = Section::new("drops", drops_table, &mut problems);
+        let drops_config = DropsConfig {
+            identity: drops.get("identity", IdentitySource::Body, identity_source),
+        };
+        drops.finish();
         if downstream_config.backoff_max_ms < downstream_config.backoff_base_ms {
             problems.push(ConfigProblem {
                 path: "downstream.backoff_max_ms".into(),
@@ -311,6 +338,7 @@ impl Config {
                 downstream: downstream_config,
                 front_door: front_door_config,
                 waiting_room: waiting_room_config,
+                drops: drops_config,
             })
         } else {
             Err(problems)
@@ -333,6 +361,7 @@ impl Config {
             admin_token,
             token_secret: secret,
             room_colour: self.waiting_room.colour.clone(),
+            identity: self.drops.identity.clone(),
             abandon_after: Duration::from_secs(self.waiting_room.abandon_after_s),
             front_door: self.front_door.clone(),
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -504,6 +533,20 @@ fn text_value(value: &Value) -> Result<String, String> {
         .ok_or_else(|| format!("must be a string, not {}", value.type_str()))
 }
 
+fn identity_source(value: &Value) -> Result<IdentitySource, String> {
+    let text = text_value(value)?;
+    match text.strip_prefix("header:") {
+        None if text == "body" => Ok(IdentitySource::Body),
+        Some(name) => axum::http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map(IdentitySource::Header)
+            .map_err(|_| format!("{name:?} is not a header name")),
+        None if text == "cookie" => {
+            Err("\"cookie\" is not built yet; use \"header:<Name>\"".into())
+        }
+        None => Err(format!("{text:?} is not \"body\" or \"header:<Name>\"")),
+    }
+}
+
 /// A colour safe to put in a stylesheet: `#rgb` or `#rrggbb`, nothing else.
 fn hex_colour(value: &Value) -> Result<String, String> {
     let text = text_value(value)?;
@@ -625,6 +668,8 @@ mod tests {
             rate_per_second = 0
             backoff_base_ms = 5000
             backoff_max_ms = 1000
+            [drops]
+            identity = "cookie"
             "#,
         )
         .unwrap_err();
@@ -643,6 +688,7 @@ mod tests {
                 "intake.idempotency_retention_h",
                 "downstream.url",
                 "downstream.rate_per_second",
+                "drops.identity",
                 "downstream.backoff_max_ms"
             ]
         );

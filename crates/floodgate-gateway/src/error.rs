@@ -64,6 +64,12 @@ pub enum ApiError {
         "this place in the queue lapsed (not polled in time, or the pass went unused); join again"
     )]
     PlaceLapsed,
+    /// The trusted identity header is missing.
+    #[error("the {0} header set by the shop's login is required")]
+    MissingIdentity(String),
+    /// The body names another customer than the trusted identity header.
+    #[error("the customer does not match the identity the shop's login set")]
+    IdentityMismatch,
     /// An order without a valid, unused pass for a drop with a waiting room.
     #[error("a valid, unused Floodgate-Pass for this drop and customer is required")]
     InvalidPass,
@@ -113,6 +119,8 @@ impl ApiError {
             Self::StockInUse(_) => (StatusCode::CONFLICT, "stock_in_use"),
             Self::InvalidTicket | Self::PlaceLapsed => (StatusCode::FORBIDDEN, "invalid_ticket"),
             Self::InvalidPass => (StatusCode::FORBIDDEN, "invalid_pass"),
+            Self::MissingIdentity(_) => (StatusCode::BAD_REQUEST, "missing_identity"),
+            Self::IdentityMismatch => (StatusCode::FORBIDDEN, "identity_mismatch"),
             Self::NotOpen(_) => (StatusCode::CONFLICT, "not_open"),
             Self::NoWaitingRoom => (StatusCode::CONFLICT, "no_waiting_room"),
             Self::NotRedrivable(_) => (StatusCode::CONFLICT, "not_redrivable"),

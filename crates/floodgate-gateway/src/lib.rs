@@ -39,6 +39,7 @@ pub struct Gateway {
     rooms: waiting_room::Rooms,
     /// Accent colour of the waiting-room page.
     room_colour: String,
+    identity: config::IdentitySource,
     front_door: front_door::FrontDoor,
     clock: Clock,
     admin_token: String,
@@ -64,6 +65,8 @@ pub struct GatewaySettings {
     pub abandon_after: Duration,
     /// Accent colour of the waiting-room page (a CSS colour).
     pub room_colour: String,
+    /// Where a customer's identity comes from.
+    pub identity: config::IdentitySource,
 }
 
 impl Gateway {
@@ -78,6 +81,7 @@ impl Gateway {
             intake,
             front_door: front_door::FrontDoor::new(&settings.front_door),
             room_colour: settings.room_colour,
+            identity: settings.identity,
             rooms: waiting_room::Rooms::new(
                 floodgate_core::TokenKeys::new((1, settings.token_secret.into_bytes()), Vec::new()),
                 i64::try_from(settings.abandon_after.as_millis()).unwrap_or(i64::MAX),
@@ -92,6 +96,27 @@ impl Gateway {
     /// The order intake.
     pub fn intake(&self) -> &Intake {
         &self.intake
+    }
+
+    /// Checks that `customer` is who the request says it comes from: with a trusted identity
+    /// header, the header must be present and name the same customer.
+    pub(crate) fn check_identity(
+        &self,
+        headers: &axum::http::HeaderMap,
+        customer: &str,
+    ) -> Result<(), ApiError> {
+        let config::IdentitySource::Header(name) = &self.identity else {
+            return Ok(());
+        };
+        let named = headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| ApiError::MissingIdentity(name.to_string()))?;
+        if named == customer {
+            Ok(())
+        } else {
+            Err(ApiError::IdentityMismatch)
+        }
     }
 }
 

@@ -98,6 +98,7 @@ async fn place_order(
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let key = idempotency_key(&headers)?;
     let request: OrderRequest = parse_json(&body)?;
+    gateway.check_identity(&headers, &request.customer)?;
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let now = gateway.clock.now();
     let needs_pass = gateway

@@ -43,6 +43,7 @@ struct JoinRequest {
 async fn join_queue(
     State(gateway): State<Arc<Gateway>>,
     Path(drop): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_limited(body, gateway.max_body_bytes).await?;
@@ -52,6 +53,7 @@ async fn join_queue(
             "customer must be 1 to 255 characters".into(),
         ));
     }
+    gateway.check_identity(&headers, &customer)?;
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let now = gateway.clock.now();
     let (spec, state) = room_drop(&gateway, &drop_id, now)?;

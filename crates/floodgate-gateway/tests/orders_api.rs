@@ -94,6 +94,7 @@ impl Harness {
             token_secret: "test secret".into(),
             abandon_after: Duration::from_secs(60),
             room_colour: "#000".into(),
+            identity: floodgate_gateway::config::IdentitySource::Body,
             intake: IntakeLimits {
                 max_quantity_per_order: 100,
                 idempotency_retention: Duration::from_secs(86_400),

@@ -31,7 +31,18 @@ impl Harness {
 
     /// A drop starting at `starts_at`, its pre-queue opening `prequeue_s` before.
     async fn starting(stock: u64, max_active: u32, starts_at: &str, prequeue_s: u32) -> Self {
-        let config = Config::from_toml("[waiting_room]\nabandon_after_s = 30\n").unwrap();
+        Self::configured("", stock, max_active, starts_at, prequeue_s).await
+    }
+
+    async fn configured(
+        extra_config: &str,
+        stock: u64,
+        max_active: u32,
+        starts_at: &str,
+        prequeue_s: u32,
+    ) -> Self {
+        let config = format!("[waiting_room]\nabandon_after_s = 30\n{extra_config}");
+        let config = Config::from_toml(&config).unwrap();
         let data = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
         let (clock, millis) = Clock::manual(START);
@@ -383,5 +394,57 @@ async fn an_operator_can_revoke_a_pass_and_its_slot_goes_to_the_next_waiter() {
     assert_eq!(
         (status, admitted["state"].as_str()),
         (StatusCode::OK, Some("admitted"))
+    );
+}
+
+#[tokio::test]
+async fn with_a_trusted_identity_header_nobody_joins_or_orders_as_someone_else() {
+    let harness = Harness::configured(
+        "[drops]\nidentity = \"header:X-Customer\"\n",
+        100,
+        1,
+        "2020-01-01T00:00:00Z",
+        0,
+    )
+    .await;
+    let join = |customer: &str, header: Option<&str>| {
+        let mut request = Request::post("/api/drops/spring/queue");
+        if let Some(header) = header {
+            request = request.header("x-customer", header);
+        }
+        request
+            .body(Body::from(json!({ "customer": customer }).to_string()))
+            .unwrap()
+    };
+    let (status, missing) = harness.call(join("alice", None)).await;
+    assert_eq!(
+        (status, missing["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("missing_identity"))
+    );
+    let (status, other) = harness.call(join("bob", Some("alice"))).await;
+    assert_eq!(
+        (status, other["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("identity_mismatch"))
+    );
+    let (status, admitted) = harness.call(join("alice", Some("alice"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let pass = text(&admitted, "pass");
+    let order = |customer: &str, header: &str| {
+        Request::post("/api/drops/spring/orders")
+            .header("idempotency-key", "k1")
+            .header("floodgate-pass", pass.as_str())
+            .header("x-customer", header)
+            .body(Body::from(
+                json!({ "customer": customer, "sku": "rod", "quantity": 1 }).to_string(),
+            ))
+            .unwrap()
+    };
+    assert_eq!(
+        harness.call(order("alice", "mallory")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        harness.call(order("alice", "alice")).await.0,
+        StatusCode::ACCEPTED
     );
 }
