@@ -165,6 +165,8 @@ pub struct WaitingRoom {
     recent_admissions: VecDeque<Timestamp>,
     sold_out: bool,
     draw: Draw,
+    /// Passes allowed in force now: `max_active`, or less while the shop behind is saturated.
+    cap: u32,
 }
 
 impl WaitingRoom {
@@ -185,6 +187,7 @@ impl WaitingRoom {
             issued: 0,
             recent_admissions: VecDeque::new(),
             sold_out: false,
+            cap: rules.max_active,
             draw: Draw {
                 starts_at,
                 seed,
@@ -219,6 +222,13 @@ impl WaitingRoom {
         self.in_force
     }
 
+    /// Admits only `share` (0 to 1) of `max_active` while the shop behind the room is
+    /// saturated; passes already in force stay valid, fewer new ones are issued.
+    pub fn throttle(&mut self, share: f64) {
+        let scaled = (f64::from(self.rules.max_active) * share.clamp(0.0, 1.0)).ceil() as u32;
+        self.cap = scaled.clamp(1, self.rules.max_active);
+    }
+
     /// Marks the drop sold out (or back in stock): waiters learn it on their next poll.
     pub fn set_sold_out(&mut self, sold_out: bool) {
         self.sold_out = sold_out;
@@ -244,7 +254,7 @@ impl WaitingRoom {
             Standing::Lapsed => {}
             standing => return standing,
         }
-        if self.waiting() == 0 && self.in_force < self.rules.max_active && !self.at_ceiling() {
+        if self.waiting() == 0 && self.in_force < self.cap && !self.at_ceiling() {
             let pass = self.issue(identity, now);
             return self.admitted(pass);
         }
@@ -310,7 +320,7 @@ impl WaitingRoom {
             self.recent_admissions.pop_front();
         }
         let silent_since = self.seconds(now.add_millis(-self.rules.abandon_after_ms));
-        while self.in_force < self.rules.max_active && !self.sold_out && !self.at_ceiling() {
+        while self.in_force < self.cap && !self.sold_out && !self.at_ceiling() {
             let (Some(identity), Some(seen)) =
                 (self.waiting_ids.pop_front(), self.waiting_seen.pop_front())
             else {
@@ -517,6 +527,24 @@ mod tests {
         room.use_pass(pass, at(2)).unwrap();
         room.set_sold_out(false);
         pass_of(room.poll(3, at(3)));
+    }
+
+    #[test]
+    fn a_throttled_room_issues_fewer_passes_until_released() {
+        let mut room = room(RoomRules {
+            max_active: 4,
+            ..RULES
+        });
+        room.throttle(0.5);
+        let admitted = (0..4)
+            .filter(|identity| matches!(room.join(*identity, T0), Standing::Admitted { .. }))
+            .count();
+        assert_eq!(admitted, 2);
+        room.throttle(1.0);
+        assert!(matches!(room.poll(2, at(1)), Standing::Admitted { .. }));
+        assert!(matches!(room.poll(3, at(1)), Standing::Admitted { .. }));
+        room.throttle(0.0);
+        assert_eq!(room.cap, 1, "never closed entirely");
     }
 
     #[test]

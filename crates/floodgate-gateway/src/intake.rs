@@ -6,6 +6,7 @@
 //! who hangs up cannot leave a reservation or an idempotency key half-done.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub struct Intake {
     // Serialises drop definitions so two admin updates cannot interleave store and ledger writes.
     definitions: tokio::sync::Mutex<()>,
     limits: IntakeLimits,
+    /// When the store last refused a write for want of capacity (ms since the epoch; 0: never).
+    last_overload: Arc<AtomicI64>,
 }
 
 impl Intake {
@@ -91,6 +94,7 @@ impl Intake {
             ledgers: RwLock::new(ledgers),
             definitions: tokio::sync::Mutex::new(()),
             limits,
+            last_overload: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -159,6 +163,7 @@ impl Intake {
             new_order(drop_id.clone(), key, request, now)
         };
         let store = Arc::clone(&self.store);
+        let last_overload = Arc::clone(&self.last_overload);
         // Detached: once units are taken, the commit and its bookkeeping finish even if the
         // client hangs up and this future is dropped.
         let commit = tokio::spawn(async move {
@@ -171,6 +176,9 @@ impl Intake {
                     Ok(Placed::Accepted(order.order_id))
                 }
                 Err(error) => {
+                    if error == StoreError::Overloaded {
+                        last_overload.store(now.unix_millis(), Ordering::Relaxed);
+                    }
                     drop.release(&order.customer, &order.sku, order.quantity);
                     drop.keys.forget(&order.idempotency_key);
                     Err(ApiError::from(error))
@@ -178,6 +186,14 @@ impl Intake {
             }
         });
         commit.await.unwrap_or(Err(ApiError::Internal))
+    }
+
+    /// Whether the store refused an order for want of capacity within `window` before `now`:
+    /// the shop behind is saturated, and the waiting room should admit fewer.
+    pub fn saturated(&self, now: Timestamp, window: Duration) -> bool {
+        let last = self.last_overload.load(Ordering::Relaxed);
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        last != 0 && now.unix_millis() - last < window_ms
     }
 
     /// Puts the units of an order that no longer holds them (rejected downstream) back on sale;

@@ -54,6 +54,9 @@ async fn join_queue(
         ));
     }
     gateway.check_identity(&headers, &customer)?;
+    gateway
+        .rooms
+        .observe_intake(&gateway.intake, gateway.clock.now());
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let now = gateway.clock.now();
     let (spec, state) = room_drop(&gateway, &drop_id, now)?;
@@ -143,6 +146,7 @@ async fn queue_view(
 /// Where the holder of `ticket` stands now (a poll: it keeps the place).
 fn poll(gateway: &Gateway, ticket: &str) -> Result<Answer, ApiError> {
     let now = gateway.clock.now();
+    gateway.rooms.observe_intake(&gateway.intake, now);
     gateway.rooms.poll(ticket, now, |drop_id| {
         gateway
             .intake

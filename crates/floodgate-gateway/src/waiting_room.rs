@@ -3,14 +3,23 @@
 //! signed tokens (`floodgate_core::token`), so a poll needs no lookup to know whom it is for.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use floodgate_core::{
     DropId, Identity, RoomRules, Standing, Timestamp, TokenKeys, TokenKind, WaitingRoom,
     WaitingRoomSpec,
 };
 
+use crate::Intake;
 use crate::error::ApiError;
+
+/// While the order intake is saturated, rooms issue passes for this share of `max_active`.
+const SATURATED_SHARE: f64 = 0.5;
+/// How long after the store last refused an order for want of capacity the intake counts as
+/// saturated.
+const SATURATION_MEMORY: Duration = Duration::from_secs(10);
 
 /// The spread of poll intervals: a waiter is told to come back after 2–4 s, so polls do not
 /// arrive in synchronized waves.
@@ -60,6 +69,8 @@ pub(crate) struct RoomDrop<'d> {
 /// Every drop's room.
 pub(crate) struct Rooms {
     keys: TokenKeys,
+    /// Whether the intake is saturated now (set before each room operation).
+    saturated: AtomicBool,
     abandon_after_ms: i64,
     rooms: Mutex<HashMap<DropId, WaitingRoom>>,
 }
@@ -69,6 +80,7 @@ impl Rooms {
     pub(crate) fn new(keys: TokenKeys, abandon_after_ms: i64) -> Self {
         Self {
             keys,
+            saturated: AtomicBool::new(false),
             abandon_after_ms,
             rooms: Mutex::new(HashMap::new()),
         }
@@ -76,6 +88,21 @@ impl Rooms {
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<DropId, WaitingRoom>> {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the rooms whether the order intake behind them is saturated (the store refused an
+    /// order for want of capacity within [`SATURATION_MEMORY`]): while it is, they admit fewer.
+    pub(crate) fn observe_intake(&self, intake: &Intake, now: Timestamp) {
+        let saturated = intake.saturated(now, SATURATION_MEMORY);
+        self.saturated.store(saturated, Ordering::Relaxed);
+    }
+
+    fn share(&self) -> f64 {
+        if self.saturated.load(Ordering::Relaxed) {
+            SATURATED_SHARE
+        } else {
+            1.0
+        }
     }
 
     /// `drop`'s room, opened now if it has none yet, with a fresh random seed for its draw.
@@ -111,6 +138,7 @@ impl Rooms {
         let mut rooms = self.rooms();
         let room = self.room(&mut rooms, drop, now);
         room.set_sold_out(sold_out);
+        room.throttle(self.share());
         let standing = room.join(identity.key(), now);
         self.answer(drop_id, identity, standing, ends_at)
     }
@@ -131,6 +159,7 @@ impl Rooms {
         let mut rooms = self.rooms();
         let room = rooms.get_mut(&drop_id).ok_or(ApiError::InvalidTicket)?;
         room.set_sold_out(sold_out);
+        room.throttle(self.share());
         match room.poll(opened.identity.key(), now) {
             Standing::Lapsed => Err(ApiError::PlaceLapsed),
             standing => Ok(self.answer(

@@ -686,3 +686,38 @@ async fn health_answers_and_readiness_probes_the_store() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(harness.get("/healthz").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_saturated_intake_makes_the_waiting_room_admit_fewer() {
+    let harness = Harness::new().await;
+    let mut roomy = drop_json(10, NOW.add_millis(-1_000));
+    roomy["waiting_room"] =
+        json!({ "enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 600 });
+    harness.put_drop("roomy", roomy).await;
+    let join = |customer: &str| {
+        Request::post("/api/drops/roomy/queue")
+            .body(Body::from(json!({ "customer": customer }).to_string()))
+            .unwrap()
+    };
+    let public = || floodgate_gateway::public_router(Arc::clone(&harness.gateway));
+    let (status, first) = call(public(), join("ann")).await;
+    assert_eq!(status, StatusCode::OK);
+    // The store cannot keep up: the order is refused, and the intake counts as saturated.
+    *harness.store.next_failure.lock().unwrap() = Some(StoreError::Overloaded);
+    let order = Request::post("/api/drops/roomy/orders")
+        .header("idempotency-key", "k1")
+        .header("floodgate-pass", first["pass"].as_str().unwrap())
+        .body(Body::from(order_body("ann", json!(1))))
+        .unwrap();
+    assert_eq!(
+        call(public(), order).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Two passes would be free; while saturated only half of max_active is issued.
+    assert_eq!(call(public(), join("bea")).await.0, StatusCode::OK);
+    let (status, waiting) = call(public(), join("cal")).await;
+    assert_eq!(
+        (status, waiting["state"].as_str()),
+        (StatusCode::ACCEPTED, Some("waiting"))
+    );
+}
