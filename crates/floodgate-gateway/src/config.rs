@@ -59,6 +59,10 @@ pub struct WaitingRoomConfig {
     pub abandon_after_s: u64,
     /// The shop's accent colour on the waiting-room page (`#rgb` or `#rrggbb`).
     pub colour: String,
+    /// The id that tokens signed with `secret` carry (0 to 255).
+    pub key_id: u8,
+    /// Keys of earlier rotations, `(id, secret)`: their tokens are still accepted.
+    pub previous_keys: Vec<(u8, String)>,
 }
 
 /// `[server]`.
@@ -176,6 +180,8 @@ impl Default for Config {
                 secret: String::new(),
                 abandon_after_s: 60,
                 colour: "#1f6feb".into(),
+                key_id: 1,
+                previous_keys: Vec::new(),
             },
             drops: DropsConfig {
                 identity: IdentitySource::Body,
@@ -302,7 +308,7 @@ impl Config {
         downstream.finish();
         let front_door_config = FrontDoorConfig::read(front_door_tables, &mut problems);
         let mut room = Section::new("waiting_room", waiting_room_table, &mut problems);
-        let waiting_room_config = WaitingRoomConfig {
+        let mut waiting_room_config = WaitingRoomConfig {
             secret: room.get("secret", defaults.waiting_room.secret, text_value),
             abandon_after_s: room.get(
                 "abandon_after_s",
@@ -310,8 +316,29 @@ impl Config {
                 integer(5, 3_600),
             ),
             colour: room.get("colour", defaults.waiting_room.colour, hex_colour),
+            key_id: room.get("key_id", defaults.waiting_room.key_id, key_id),
+            previous_keys: Vec::new(),
         };
+        let previous_tables = room.tables("previous_keys");
         room.finish();
+        for (path, table) in previous_tables {
+            let mut key = Section::new(path, Some(table), &mut problems);
+            let id = key.get("id", 0, key_id);
+            let secret = key.get("secret", String::new(), text_value);
+            if secret.is_empty() {
+                key.problem("secret", "is required");
+            }
+            if id == waiting_room_config.key_id
+                || waiting_room_config
+                    .previous_keys
+                    .iter()
+                    .any(|(seen, _)| *seen == id)
+            {
+                key.problem("id", format!("{id} is already in use"));
+            }
+            key.finish();
+            waiting_room_config.previous_keys.push((id, secret));
+        }
         let mut drops = Section::new("drops", drops_table, &mut problems);
         let drops_config = DropsConfig {
             identity: drops.get("identity", IdentitySource::Body, identity_source),
@@ -359,7 +386,14 @@ impl Config {
     pub fn gateway_settings(&self, admin_token: String, secret: String) -> GatewaySettings {
         GatewaySettings {
             admin_token,
-            token_secret: secret,
+            token_keys: floodgate_core::TokenKeys::new(
+                (self.waiting_room.key_id, secret.into_bytes()),
+                self.waiting_room
+                    .previous_keys
+                    .iter()
+                    .map(|(id, secret)| (*id, secret.clone().into_bytes()))
+                    .collect(),
+            ),
             room_colour: self.waiting_room.colour.clone(),
             identity: self.drops.identity.clone(),
             abandon_after: Duration::from_secs(self.waiting_room.abandon_after_s),
@@ -533,6 +567,10 @@ fn text_value(value: &Value) -> Result<String, String> {
         .ok_or_else(|| format!("must be a string, not {}", value.type_str()))
 }
 
+fn key_id(value: &Value) -> Result<u8, String> {
+    integer(0, 255)(value).map(|id| u8::try_from(id).unwrap_or(u8::MAX))
+}
+
 fn identity_source(value: &Value) -> Result<IdentitySource, String> {
     let text = text_value(value)?;
     match text.strip_prefix("header:") {
@@ -586,6 +624,40 @@ fn location(text: &str, error: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotated_keys_are_read_and_their_ids_must_differ() {
+        let config = Config::from_toml(
+            r#"
+            [waiting_room]
+            secret = "new"
+            key_id = 3
+            previous_keys = [{ id = 2, secret = "old" }, { id = 1, secret = "older" }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.waiting_room.key_id, 3);
+        assert_eq!(
+            config.waiting_room.previous_keys,
+            [(2, "old".to_owned()), (1, "older".to_owned())]
+        );
+        let problems = Config::from_toml(
+            "[waiting_room]\nkey_id = 1\nprevious_keys = [{ id = 1, secret = \"x\" }, { id = 300 }]\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "waiting_room.previous_keys[0].id",
+                "waiting_room.previous_keys[1].id",
+                "waiting_room.previous_keys[1].secret"
+            ]
+        );
+    }
 
     #[test]
     fn an_empty_file_means_the_defaults() {

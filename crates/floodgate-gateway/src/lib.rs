@@ -59,8 +59,9 @@ pub struct GatewaySettings {
     pub intake: IntakeLimits,
     /// Routes, pools, rate limits and cache of the rest of the shop's traffic.
     pub front_door: config::front_door::FrontDoorConfig,
-    /// Key that signs waiting-room tickets and passes.
-    pub token_secret: String,
+    /// Keys that sign waiting-room tickets and passes (the current one) and still accept
+    /// tokens signed before a rotation (the previous ones).
+    pub token_keys: floodgate_core::TokenKeys,
     /// A waiter silent this long loses their place.
     pub abandon_after: Duration,
     /// Accent colour of the waiting-room page (a CSS colour).
@@ -83,7 +84,7 @@ impl Gateway {
             room_colour: settings.room_colour,
             identity: settings.identity,
             rooms: waiting_room::Rooms::new(
-                floodgate_core::TokenKeys::new((1, settings.token_secret.into_bytes()), Vec::new()),
+                settings.token_keys,
                 i64::try_from(settings.abandon_after.as_millis()).unwrap_or(i64::MAX),
             ),
             clock,

@@ -91,7 +91,7 @@ impl Harness {
             admin_token: ADMIN_TOKEN.into(),
             max_body_bytes: 4_096,
             front_door: Default::default(),
-            token_secret: "test secret".into(),
+            token_keys: floodgate_core::TokenKeys::new((1, b"test secret".to_vec()), Vec::new()),
             abandon_after: Duration::from_secs(60),
             room_colour: "#000".into(),
             identity: floodgate_gateway::config::IdentitySource::Body,
