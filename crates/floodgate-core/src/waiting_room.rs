@@ -163,6 +163,9 @@ pub struct WaitingRoom {
     issued: u64,
     /// Recent admissions, for the rate behind ETAs.
     recent_admissions: VecDeque<Timestamp>,
+    /// Recent places skipped because their shopper stopped polling, for the share of the
+    /// queue ahead that ETAs leave out.
+    recent_skips: VecDeque<Timestamp>,
     sold_out: bool,
     draw: Draw,
     /// Passes allowed in force now: `max_active`, or less while the shop behind is saturated.
@@ -186,6 +189,7 @@ impl WaitingRoom {
             in_force: 0,
             issued: 0,
             recent_admissions: VecDeque::new(),
+            recent_skips: VecDeque::new(),
             sold_out: false,
             cap: rules.max_active,
             draw: Draw {
@@ -312,12 +316,10 @@ impl WaitingRoom {
             }
         }
         let window_start = now.add_millis(-RATE_WINDOW_MS);
-        while self
-            .recent_admissions
-            .front()
-            .is_some_and(|at| *at < window_start)
-        {
-            self.recent_admissions.pop_front();
+        for recent in [&mut self.recent_admissions, &mut self.recent_skips] {
+            while recent.front().is_some_and(|at| *at < window_start) {
+                recent.pop_front();
+            }
         }
         let silent_since = self.seconds(now.add_millis(-self.rules.abandon_after_ms));
         while self.in_force < self.cap && !self.sold_out && !self.at_ceiling() {
@@ -329,6 +331,7 @@ impl WaitingRoom {
             self.admitted_through += 1;
             if seen < silent_since {
                 self.places.remove(&identity);
+                self.recent_skips.push_back(now);
                 continue;
             }
             self.issue(identity, now);
@@ -411,11 +414,15 @@ impl WaitingRoom {
     }
 
     /// Seconds until `ahead` more admissions at the rate seen over the last minute.
+    /// Seconds until `ahead` more turns: the share of recent turns skipped (shoppers who
+    /// stopped polling) is taken out of `ahead`, and the rest go at the recent admission rate.
     fn eta(&self, ahead: u64, now: Timestamp) -> Option<u64> {
         let first = self.recent_admissions.front()?;
         let span_ms = (now.unix_millis() - first.unix_millis()).max(1_000);
-        let per_second = self.recent_admissions.len() as f64 * 1_000.0 / span_ms as f64;
-        Some(((ahead + 1) as f64 / per_second).ceil() as u64)
+        let admitted = self.recent_admissions.len() as f64;
+        let per_second = admitted * 1_000.0 / span_ms as f64;
+        let still_there = admitted / (admitted + self.recent_skips.len() as f64);
+        Some(((ahead as f64 * still_there + 1.0) / per_second).ceil() as u64)
     }
 
     fn seconds(&self, at: Timestamp) -> u32 {
@@ -545,6 +552,46 @@ mod tests {
         assert!(matches!(room.poll(3, at(1)), Standing::Admitted { .. }));
         room.throttle(0.0);
         assert_eq!(room.cap, 1, "never closed entirely");
+    }
+
+    #[test]
+    fn the_eta_leaves_out_the_share_of_waiters_who_stopped_polling() {
+        let mut room = room(RoomRules {
+            max_active: 1,
+            ..RULES
+        });
+        let mut pass = pass_of(room.join(0, T0));
+        // Shoppers 1..=40 wait; the odd ones never poll again.
+        for identity in 1..=40 {
+            room.join(identity, T0);
+        }
+        let patient = |identity: &u64| identity % 2 == 0;
+        for second in [31, 32, 33, 34] {
+            for identity in (1..=40).filter(patient) {
+                room.poll(identity, at(second));
+            }
+            room.use_pass(pass, at(second)).unwrap();
+            pass = (1..=40)
+                .filter(patient)
+                .find_map(|identity| match room.poll(identity, at(second)) {
+                    Standing::Admitted { pass: next, .. } if next != pass => Some(next),
+                    _ => None,
+                })
+                .unwrap();
+        }
+        let Standing::Waiting {
+            ahead, eta_seconds, ..
+        } = room.poll(40, at(34))
+        else {
+            panic!("still waiting");
+        };
+        // Half of the places ahead are silent: the estimate counts only the other half.
+        assert_eq!(ahead, 31);
+        let naive = ((ahead + 1) as f64 / (5.0 / 34.0)).ceil() as u64;
+        assert!(
+            eta_seconds.unwrap() < naive * 2 / 3,
+            "{eta_seconds:?} vs {naive}"
+        );
     }
 
     #[test]
