@@ -565,7 +565,7 @@ mod tests {
         for identity in 1..=40 {
             room.join(identity, T0);
         }
-        let patient = |identity: &u64| identity % 2 == 0;
+        let patient = |identity: &u64| identity.is_multiple_of(2);
         for second in [31, 32, 33, 34] {
             for identity in (1..=40).filter(patient) {
                 room.poll(identity, at(second));
