@@ -9,22 +9,9 @@
 # (target: >= 0.35, floodgate p99 < 20 ms). Only loopback addresses are used.
 set -euo pipefail
 
-THREADS=${THREADS:-2}
-CONNECTIONS=${CONNECTIONS:-64}
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
 source "$here/lib.sh"
-need_nginx_and_wrk
-
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
-FLOODGATE="$root/target/release/floodgate"
+bench_setup
 
 # nginx: a fixed 200 with a small JSON body, as many workers as floodgate has cores.
 start_fixed_nginx "$work/nginx" '{"order_id":"ord_0","state":"accepted"}'

@@ -1,5 +1,22 @@
-# Shared by the benchmark scripts: tools, free ports, and wrk runs summarised as
-# "requests_per_second p99_ms non_2xx". Source it; it sets nothing up by itself.
+# Shared by the benchmark scripts: their setup, tools, free ports, throwaway nginx and
+# floodgate instances, and wrk runs summarised as "requests_per_second p99_ms non_2xx".
+# Source it from bench/, then call bench_setup.
+
+# Reads THREADS, CONNECTIONS, DURATION, ROUNDS (with defaults); sets root, work (a temporary
+# directory), pids (stopped, and work removed, on exit), NGINX and FLOODGATE (a release build).
+bench_setup() {
+  THREADS=${THREADS:-2}
+  CONNECTIONS=${CONNECTIONS:-64}
+  DURATION=${DURATION:-10s}
+  ROUNDS=${ROUNDS:-3}
+  root=$(cd "$here/.." && pwd)
+  work=$(mktemp -d)
+  pids=()
+  trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+  need_nginx_and_wrk
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
+  FLOODGATE="$root/target/release/floodgate"
+}
 
 # Installs nginx and wrk from Debian if either is missing; sets NGINX to nginx's path.
 need_nginx_and_wrk() {

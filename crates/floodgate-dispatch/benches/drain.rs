@@ -16,11 +16,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate_core::{Clock, DropId, DropSpec, Order, SkuSpec, WaitingRoomSpec};
+use floodgate_core::{Clock, Order};
 use floodgate_dispatch::{Dispatcher, Downstream, HttpDownstream, Outbox};
-use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer, LegacyShop};
-use support::{MemoryOutbox, T0, orders, settings};
+use support::{MemoryOutbox, T0, orders, settings, store_with};
 
 const ORDERS: u64 = 10_000;
 
@@ -39,32 +38,7 @@ fn main() {
 }
 
 async fn over_http(rate: u32) {
-    let data = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(data.path(), SqliteOptions::default()).expect("store"));
-    let spec = DropSpec {
-        name: "Bench".into(),
-        starts_at: T0,
-        ends_at: T0.add_millis(3_600_000),
-        limit_per_customer: 1,
-        skus: vec![SkuSpec {
-            sku: "rod".into(),
-            name: "Rod".into(),
-            price_cents: 100,
-            stock: ORDERS,
-        }],
-        waiting_room: WaitingRoomSpec::default(),
-        paused: false,
-    };
-    let drop_id = DropId::parse("spring").expect("drop id");
-    store.put_drop(drop_id, spec, T0).await.expect("drop");
-    let mut accepting = tokio::task::JoinSet::new();
-    for order in orders(ORDERS) {
-        let store = Arc::clone(&store);
-        accepting.spawn(async move { store.accept_order(order).await });
-    }
-    for accepted in accepting.join_all().await {
-        accepted.expect("accepted");
-    }
+    let (store, _data) = store_with(ORDERS).await;
     let shop_config = LegacyConfig {
         capacity_rps: rate,
         latency: Duration::from_millis(5),

@@ -6,44 +6,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate_core::{Clock, DropId, DropSpec, Order, OrderState, SkuSpec, WaitingRoomSpec};
+use floodgate_core::{Clock, Order, OrderState};
 use floodgate_dispatch::{Dispatcher, HttpDownstream};
-use floodgate_store::{OrderFilter, SqliteOptions, SqliteStore, Store};
+use floodgate_store::{OrderFilter, SqliteStore, Store};
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
-use support::{T0, orders, settings};
+use support::{settings, store_with};
 use tokio::time::Instant;
-
-async fn store_with(count: u64) -> (Arc<SqliteStore>, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(data.path(), SqliteOptions::default()).unwrap());
-    let spec = DropSpec {
-        name: "Spring".into(),
-        starts_at: T0,
-        ends_at: T0.add_millis(3_600_000),
-        limit_per_customer: 1,
-        skus: vec![SkuSpec {
-            sku: "rod".into(),
-            name: "Rod".into(),
-            price_cents: 100,
-            stock: count,
-        }],
-        waiting_room: WaitingRoomSpec::default(),
-        paused: false,
-    };
-    store
-        .put_drop(DropId::parse("spring").unwrap(), spec, T0)
-        .await
-        .unwrap();
-    let mut accepting = tokio::task::JoinSet::new();
-    for order in orders(count) {
-        let store = Arc::clone(&store);
-        accepting.spawn(async move { store.accept_order(order).await });
-    }
-    for accepted in accepting.join_all().await {
-        accepted.unwrap();
-    }
-    (store, data)
-}
 
 async fn until_all_confirmed(store: &SqliteStore, count: usize, deadline: Duration) -> Vec<Order> {
     let give_up = Instant::now() + deadline;

@@ -105,12 +105,15 @@ async fn place_order(
         .intake
         .with_drop(&drop_id, |ledger| ledger.spec().waiting_room.enabled)
         .ok_or(ApiError::UnknownDrop)?;
-    // A replay of an accepted order needs no pass (its pass was spent the first time).
-    let replay = matches!(
-        gateway.intake.lookup_key(&drop_id, &key, &request),
-        Some(KeyLookup::Replay(_))
-    );
-    if needs_pass && !replay {
+    // A replay of an accepted order needs no pass (its pass was spent the first time); drops
+    // without a room skip the lookup.
+    let replay = || {
+        matches!(
+            gateway.intake.lookup_key(&drop_id, &key, &request),
+            Some(KeyLookup::Replay(_))
+        )
+    };
+    if needs_pass && !replay() {
         let pass = headers
             .get("floodgate-pass")
             .and_then(|value| value.to_str().ok())

@@ -54,22 +54,13 @@ async fn join_queue(
         ));
     }
     gateway.check_identity(&headers, &customer)?;
-    gateway
-        .rooms
-        .observe_intake(&gateway.intake, gateway.clock.now());
-    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let now = gateway.clock.now();
-    let (spec, state) = room_drop(&gateway, &drop_id, now)?;
+    gateway.rooms.observe_intake(&gateway.intake, now);
+    let (drop, state) = room_drop(&gateway, &drop, now)?;
     let sold_out = match state {
         DropState::Prequeue | DropState::Live => false,
         DropState::SoldOut => true,
         other => return Err(ApiError::NotOpen(other)),
-    };
-    let drop = RoomDrop {
-        id: &drop_id,
-        room: &spec.waiting_room,
-        starts_at: spec.starts_at,
-        ends_at: spec.ends_at,
     };
     let answer = gateway
         .rooms
@@ -77,23 +68,31 @@ async fn join_queue(
     queue_response(answer)
 }
 
-/// A drop with a waiting room, and its state now.
+/// The drop named `drop`, if it has a waiting room, and its state now.
 fn room_drop(
     gateway: &Gateway,
-    drop_id: &DropId,
+    drop: &str,
     now: floodgate_core::Timestamp,
-) -> Result<(floodgate_core::DropSpec, DropState), ApiError> {
-    let (spec, state) = gateway
+) -> Result<(RoomDrop, DropState), ApiError> {
+    let id = DropId::parse(drop).map_err(|_| ApiError::UnknownDrop)?;
+    let (room, starts_at, ends_at, state) = gateway
         .intake
-        .with_drop(drop_id, |ledger| {
-            (ledger.spec().clone(), ledger.state_at(now))
+        .with_drop(&id, |ledger| {
+            let spec = ledger.spec();
+            let room = spec.waiting_room.clone();
+            (room, spec.starts_at, spec.ends_at, ledger.state_at(now))
         })
         .ok_or(ApiError::UnknownDrop)?;
-    if spec.waiting_room.enabled {
-        Ok((spec, state))
-    } else {
-        Err(ApiError::NoWaitingRoom)
+    if !room.enabled {
+        return Err(ApiError::NoWaitingRoom);
     }
+    let drop = RoomDrop {
+        id,
+        room,
+        starts_at,
+        ends_at,
+    };
+    Ok((drop, state))
 }
 
 /// The pre-queue's draw: its commitment before the start, its seed after, and how to check.
@@ -101,15 +100,8 @@ async fn fairness(
     State(gateway): State<Arc<Gateway>>,
     Path(drop): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let now = gateway.clock.now();
-    let (spec, _) = room_drop(&gateway, &drop_id, now)?;
-    let drop = RoomDrop {
-        id: &drop_id,
-        room: &spec.waiting_room,
-        starts_at: spec.starts_at,
-        ends_at: spec.ends_at,
-    };
+    let (drop, _) = room_drop(&gateway, &drop, now)?;
     let fairness = gateway.rooms.fairness(&drop, now);
     let hex = |bytes: &[u8]| {
         bytes
@@ -118,8 +110,8 @@ async fn fairness(
             .collect::<String>()
     };
     Ok(Json(json!({
-        "drop": drop_id,
-        "draw_at": spec.starts_at,
+        "drop": drop.id,
+        "draw_at": drop.starts_at,
         "state": if fairness.seed.is_some() { "drawn" } else { "committed" },
         "commitment_sha256": hex(&fairness.commitment),
         "seed": fairness.seed.map(|seed| hex(&seed)),

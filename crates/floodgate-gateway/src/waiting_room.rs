@@ -59,9 +59,9 @@ pub(crate) struct Fairness {
 }
 
 /// The drop a room belongs to, as the room needs it.
-pub(crate) struct RoomDrop<'d> {
-    pub(crate) id: &'d DropId,
-    pub(crate) room: &'d WaitingRoomSpec,
+pub(crate) struct RoomDrop {
+    pub(crate) id: DropId,
+    pub(crate) room: WaitingRoomSpec,
     pub(crate) starts_at: Timestamp,
     pub(crate) ends_at: Timestamp,
 }
@@ -109,7 +109,7 @@ impl Rooms {
     fn room<'r>(
         &self,
         rooms: &'r mut HashMap<DropId, WaitingRoom>,
-        drop: &RoomDrop<'_>,
+        drop: &RoomDrop,
         now: Timestamp,
     ) -> &'r mut WaitingRoom {
         rooms.entry(drop.id.clone()).or_insert_with(|| {
@@ -129,12 +129,12 @@ impl Rooms {
     /// `identity` joins the room of `drop`.
     pub(crate) fn join(
         &self,
-        drop: &RoomDrop<'_>,
+        drop: &RoomDrop,
         identity: &Identity,
         sold_out: bool,
         now: Timestamp,
     ) -> Answer {
-        let (drop_id, ends_at) = (drop.id, drop.ends_at);
+        let (drop_id, ends_at) = (&drop.id, drop.ends_at);
         let mut rooms = self.rooms();
         let room = self.room(&mut rooms, drop, now);
         room.set_sold_out(sold_out);
@@ -172,7 +172,7 @@ impl Rooms {
     }
 
     /// What anyone may check about the draw of `drop`'s pre-queue.
-    pub(crate) fn fairness(&self, drop: &RoomDrop<'_>, now: Timestamp) -> Fairness {
+    pub(crate) fn fairness(&self, drop: &RoomDrop, now: Timestamp) -> Fairness {
         let mut rooms = self.rooms();
         let room = self.room(&mut rooms, drop, now);
         room.advance(now);

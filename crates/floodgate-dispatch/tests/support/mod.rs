@@ -6,9 +6,12 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use floodgate_core::{DropId, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, Timestamp};
+use floodgate_core::{
+    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
+    WaitingRoomSpec,
+};
 use floodgate_dispatch::{DispatchSettings, Outbox};
-use floodgate_store::{Delivery, StoreError, StoreFuture};
+use floodgate_store::{Delivery, SqliteOptions, SqliteStore, Store, StoreError, StoreFuture};
 use tokio::sync::watch;
 
 pub(crate) const T0: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
@@ -161,4 +164,38 @@ impl Outbox for MemoryOutbox {
         }
         Box::pin(async move { result.map(|_| ()) })
     }
+}
+
+/// A SQLite store in a temporary directory holding `count` accepted orders of a drop with
+/// enough stock.
+pub(crate) async fn store_with(count: u64) -> (Arc<SqliteStore>, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(data.path(), SqliteOptions::default()).unwrap());
+    let spec = DropSpec {
+        name: "Spring".into(),
+        starts_at: T0,
+        ends_at: T0.add_millis(3_600_000),
+        limit_per_customer: 1,
+        skus: vec![SkuSpec {
+            sku: "rod".into(),
+            name: "Rod".into(),
+            price_cents: 100,
+            stock: count,
+        }],
+        waiting_room: WaitingRoomSpec::default(),
+        paused: false,
+    };
+    store
+        .put_drop(DropId::parse("spring").unwrap(), spec, T0)
+        .await
+        .unwrap();
+    let mut accepting = tokio::task::JoinSet::new();
+    for order in orders(count) {
+        let store = Arc::clone(&store);
+        accepting.spawn(async move { store.accept_order(order).await });
+    }
+    for accepted in accepting.join_all().await {
+        accepted.unwrap();
+    }
+    (store, data)
 }
