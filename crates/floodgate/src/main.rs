@@ -1,5 +1,6 @@
 //! The `floodgate` command: parses the command line, then hands over to the library crates.
 
+mod loadtest;
 mod serve;
 mod sim;
 
@@ -38,6 +39,8 @@ enum Command {
         /// TOML configuration file.
         file: PathBuf,
     },
+    /// Run a drop-shaped load test against a target, store it, compare it with earlier runs.
+    Loadtest(loadtest::Args),
     /// Simulators for demos, tests and rehearsals.
     #[command(subcommand)]
     Sim(sim::Simulator),
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
             }
             Err(problems) => invalid_config(problems),
         },
+        Command::Loadtest(args) => loadtest::run(args),
         Command::Sim(simulator) => report(sim::run(simulator)),
     }
 }
