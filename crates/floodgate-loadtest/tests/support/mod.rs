@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The fake shop's one drop.
-pub const DROP: &str = "d1";
+const DROP: &str = "d1";
 
 #[derive(Default)]
 struct State {
@@ -39,7 +39,7 @@ struct State {
 }
 
 /// A running fake shop; stops when dropped.
-pub struct FakeShop {
+pub(crate) struct FakeShop {
     addr: SocketAddr,
     state: Arc<State>,
     task: JoinHandle<()>,
@@ -53,7 +53,7 @@ impl Drop for FakeShop {
 
 impl FakeShop {
     /// Serves on a fresh loopback port with `stock` units of SKU `s1`.
-    pub async fn start(stock: u64) -> Self {
+    pub(crate) async fn start(stock: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -76,44 +76,44 @@ impl FakeShop {
     }
 
     /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Holds every answer until `duration` from now.
-    pub fn pause_for(&self, duration: Duration) {
+    pub(crate) fn pause_for(&self, duration: Duration) {
         *self.state.paused_until.lock().unwrap() = Some(Instant::now() + duration);
     }
 
     /// Delays every answer by `delay`.
-    pub fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Answers the first attempt of each idempotency key with 503.
-    pub fn fail_first_attempts(&self) {
+    pub(crate) fn fail_first_attempts(&self) {
         self.state.fail_first_attempt.store(true, Ordering::Relaxed);
     }
 
     /// Claims only `units` are available while selling its real stock.
-    pub fn claim_stock(&self, units: u64) {
+    pub(crate) fn claim_stock(&self, units: u64) {
         *self.state.claimed_stock.lock().unwrap() = Some(units);
     }
 
     /// Loses every accepted order: lookups answer 404.
-    pub fn forget_orders(&self) {
+    pub(crate) fn forget_orders(&self) {
         self.state.forget_orders.store(true, Ordering::Relaxed);
     }
 
     /// When each request arrived.
-    pub fn arrivals(&self) -> Vec<Instant> {
+    pub(crate) fn arrivals(&self) -> Vec<Instant> {
         self.state.arrivals.lock().unwrap().clone()
     }
 
     /// Order attempts per idempotency key.
-    pub fn attempts(&self) -> HashMap<String, u32> {
+    pub(crate) fn attempts(&self) -> HashMap<String, u32> {
         self.state.attempts.lock().unwrap().clone()
     }
 }
