@@ -383,20 +383,9 @@ impl Connection {
     async fn read_head(&mut self) -> Result<Head, RoundTripError> {
         let mut received_any = self.pos < self.buf.len();
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&self.buf[self.pos..]) {
-                Ok(httparse::Status::Complete(length)) => {
-                    let head = Head::of(&response)?;
-                    self.pos += length;
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(error) => {
-                    return Err(RoundTripError::Protocol(format!(
-                        "not an HTTP answer: {error}"
-                    )));
-                }
+            if let Some((head, length)) = Head::parse(&self.buf[self.pos..])? {
+                self.pos += length;
+                return Ok(head);
             }
             match self.fill().await {
                 Ok(0) if !received_any => return Err(RoundTripError::ClosedBeforeAnswer),
@@ -432,6 +421,20 @@ impl Connection {
 }
 
 impl Head {
+    /// The head at the start of `bytes` and its length, or `None` while it is incomplete.
+    /// Synchronous, so the header array never lives in a waiting shopper's future.
+    fn parse(bytes: &[u8]) -> Result<Option<(Self, usize)>, RoundTripError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(bytes) {
+            Ok(httparse::Status::Complete(length)) => Ok(Some((Self::of(&response)?, length))),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(error) => Err(RoundTripError::Protocol(format!(
+                "not an HTTP answer: {error}"
+            ))),
+        }
+    }
+
     fn of(response: &httparse::Response<'_, '_>) -> Result<Self, RoundTripError> {
         let status = response.code.unwrap_or(0);
         let mut framing = Framing::UntilClose;

@@ -171,7 +171,7 @@ pub async fn run(context: Arc<RunContext>, index: u64, due: Instant) {
             metrics.step(Instant::now(), key, Outcome::Abandoned, 0, None);
             return;
         }
-        let ended = shopper.step(step, i, &mut carried, &mut rng).await;
+        let ended = Box::pin(shopper.step(step, i, &mut carried, &mut rng)).await;
         let response = ended.at.saturating_duration_since(intended);
         metrics.step(
             ended.at,
@@ -325,7 +325,8 @@ impl Shopper<'_> {
     ) -> (Option<Response>, Ended) {
         let mut attempt = 0;
         loop {
-            let Exchange { result, sent_at } = self.pool().send(request).await;
+            // Boxed: a request's state is needed only while it runs, not while a shopper waits.
+            let Exchange { result, sent_at } = Box::pin(self.pool().send(request)).await;
             let at = Instant::now();
             let service = Some(at.saturating_duration_since(sent_at));
             let (outcome, response, retry_after) = match result {
@@ -445,7 +446,7 @@ impl Shopper<'_> {
                     response.and_then(|r| parse::<QueueAnswer>(&r))
                 }
                 QueueWait::Sse => {
-                    match tokio::time::timeout_at(deadline, self.listen(&ticket)).await {
+                    match tokio::time::timeout_at(deadline, Box::pin(self.listen(&ticket))).await {
                         Ok(Ok(answer)) => Some(answer),
                         Ok(Err(outcome)) => {
                             return Ended {
@@ -613,7 +614,7 @@ impl Shopper<'_> {
         let deadline = Instant::now() + give_up_after;
         let mut service = None;
         loop {
-            let Exchange { result, sent_at } = self.pool().send(&request).await;
+            let Exchange { result, sent_at } = Box::pin(self.pool().send(&request)).await;
             let at = Instant::now();
             service = Some(at.saturating_duration_since(sent_at)).or(service);
             if let Ok(response) = &result {
