@@ -59,6 +59,9 @@ pub enum Error {
     /// The baseline is missing or not comparable.
     #[error("baseline: {0}")]
     Baseline(String),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
     /// The run could not be stored.
     #[error("cannot store the run in {dir}: {source}")]
     Store {
@@ -80,6 +83,18 @@ pub struct Finished {
     pub summary: String,
     /// The run's directory.
     pub dir: PathBuf,
+}
+
+/// Runs [`loadtest`] with `generator.threads` worker threads for the shoppers; the arrival
+/// schedule runs on the calling thread, so a busy worker never delays an arrival's start.
+pub fn loadtest_blocking(options: Options) -> Result<Finished, Error> {
+    let scenario = Scenario::from_toml(&options.scenario_text).map_err(Error::Scenario)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if scenario.generator.threads > 0 {
+        runtime.worker_threads(scenario.generator.threads);
+    }
+    let runtime = runtime.enable_all().build().map_err(Error::Runtime)?;
+    runtime.block_on(loadtest(options))
 }
 
 /// Runs the scenario, stores the run with its reports, and judges it.

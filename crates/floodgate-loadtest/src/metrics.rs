@@ -100,6 +100,7 @@ struct SecondLive {
     arrivals: u64,
     late: u64,
     lag: Histogram<u64>,
+    runtime_lag: Histogram<u64>,
     statuses: BTreeMap<u16, u64>,
     steps: Vec<Option<StepLive>>,
     milestones: [Option<Histogram<u64>>; 3],
@@ -111,6 +112,7 @@ impl SecondLive {
             arrivals: 0,
             late: 0,
             lag: histogram(),
+            runtime_lag: histogram(),
             statuses: BTreeMap::new(),
             steps: (0..steps).map(|_| None).collect(),
             milestones: [None, None, None],
@@ -129,6 +131,7 @@ impl SecondLive {
         self.arrivals += other.arrivals;
         self.late += other.late;
         let _ = self.lag.add(&other.lag);
+        let _ = self.runtime_lag.add(&other.runtime_lag);
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
         }
@@ -186,6 +189,7 @@ impl SecondLive {
             arrivals: self.arrivals,
             late: self.late,
             lag: Sparse::of(&self.lag),
+            runtime_lag: Sparse::of(&self.runtime_lag),
             waiting: gauges.0,
             in_flight: gauges.1,
             statuses: self.statuses,
@@ -285,6 +289,11 @@ impl Metrics {
             s.late += u64::from(late);
             record(&mut s.lag, lag_us, 1);
         });
+    }
+
+    /// The runtime probe woke `lag_us` after it was due.
+    pub fn runtime_lag(&self, at: Instant, lag_us: u64) {
+        self.with_second(at, |s| record(&mut s.runtime_lag, lag_us, 1));
     }
 
     /// An answer's status code.

@@ -83,6 +83,8 @@ pub struct GeneratorReport {
     pub unfinished: u64,
     /// The lag limit used, in microseconds.
     pub max_lag_us: u64,
+    /// The 99th percentile of the runtime probe's lateness, microseconds.
+    pub runtime_lag_p99_us: u64,
     /// Peak resident memory of the generator process, in bytes (0 where unknown).
     pub peak_rss_bytes: u64,
     /// Why the run is invalid; empty when it is valid.
@@ -100,6 +102,9 @@ pub struct SecondRecord {
     pub late: u64,
     /// Start lag of the arrivals, microseconds.
     pub lag: Sparse,
+    /// How late a probe task woke from 10 ms sleeps, microseconds: a busy generator shows here
+    /// even when arrivals start on time and then queue inside it.
+    pub runtime_lag: Sparse,
     /// Shoppers waiting in a queue step at the end of the second.
     pub waiting: u64,
     /// Shoppers in a journey at the end of the second.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::checks;
@@ -49,8 +48,8 @@ pub async fn execute(
 
     let bar = progress_bar(progress, scenario.arrivals.planned());
     let merger = tokio::spawn(merge_every_second(Arc::clone(&context), bar.clone()));
+    let probe = tokio::spawn(probe_runtime_lag(Arc::clone(&context)));
 
-    let mut shoppers = JoinSet::new();
     let mut generator = GeneratorReport {
         planned: scenario.arrivals.planned(),
         max_lag_us: scenario.generator.max_lag.as_micros() as u64,
@@ -61,27 +60,25 @@ pub async fn execute(
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
         }
-        while shoppers.try_join_next().is_some() {}
-        if shoppers.len() >= scenario.generator.max_shoppers {
+        if !context.admit() {
             generator.not_started += 1;
             continue;
         }
-        shoppers.spawn(shopper::run(Arc::clone(&context), index as u64, due));
+        tokio::spawn(shopper::run(Arc::clone(&context), index as u64, due));
         generator.started += 1;
     }
-    let drain = async { while shoppers.join_next().await.is_some() {} };
-    if tokio::time::timeout(scenario.generator.drain, drain)
-        .await
-        .is_err()
-    {
-        generator.unfinished = shoppers.len() as u64;
-        shoppers.shutdown().await;
-    }
+    generator.unfinished = context.drain(scenario.generator.drain).await;
     merger.abort();
+    probe.abort();
     bar.finish_and_clear();
 
     let timeline = context.metrics.finish(Instant::now());
     generator.late = timeline.iter().map(|s| s.late).sum();
+    let mut runtime_lag = histogram();
+    for second in &timeline {
+        second.runtime_lag.add_to(&mut runtime_lag);
+    }
+    generator.runtime_lag_p99_us = runtime_lag.value_at_quantile(0.99);
     generator.peak_rss_bytes = peak_rss_bytes();
     generator.invalid = invalid_reasons(&generator, scenario, &timeline);
     let run_seconds = timeline.len() as u32;
@@ -107,6 +104,21 @@ pub async fn execute(
         timeline,
         checks,
         fairness: summary::fairness(admissions),
+    }
+}
+
+/// Sleeps 10 ms at a time and records how late it woke: the time a shopper's next step waits
+/// for the runtime when the generator's threads are busy.
+async fn probe_runtime_lag(context: Arc<RunContext>) {
+    const PERIOD: Duration = Duration::from_millis(10);
+    let mut due = Instant::now() + PERIOD;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let now = Instant::now();
+        context
+            .metrics
+            .runtime_lag(now, now.saturating_duration_since(due).as_micros() as u64);
+        due = now + PERIOD;
     }
 }
 
@@ -161,6 +173,13 @@ fn invalid_reasons(
 ) -> Vec<String> {
     let mut reasons = Vec::new();
     let limits = &scenario.generator;
+    if generator.runtime_lag_p99_us as u128 > limits.max_lag.as_micros() {
+        reasons.push(format!(
+            "the generator's runtime woke {:.1} ms late (p99), over the {} ms allowed: it was too busy to send on time",
+            generator.runtime_lag_p99_us as f64 / 1e3,
+            limits.max_lag.as_millis(),
+        ));
+    }
     if generator.started > 0
         && generator.late as f64 > limits.max_late_share * generator.started as f64
     {

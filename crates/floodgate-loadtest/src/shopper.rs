@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::client::{Exchange, Failure, Pool, Response};
@@ -39,6 +40,10 @@ pub struct RunContext {
     pub step_base: Vec<usize>,
     /// Orders and admissions, for the checks after the run.
     pub ledger: Ledger,
+    /// Set when the drain time ran out: shoppers leave at their next step or poll.
+    pub stopped: AtomicBool,
+    /// Notified when the last shopper alive leaves.
+    pub all_left: Notify,
 }
 
 /// What the business checks need from the run; touched once per order or admission.
@@ -70,7 +75,43 @@ impl RunContext {
             metrics,
             step_base,
             ledger: Ledger::default(),
+            stopped: AtomicBool::new(false),
+            all_left: Notify::new(),
         }
+    }
+
+    /// Counts a shopper alive unless `max_shoppers` already are; call before spawning [`run`].
+    pub fn admit(&self) -> bool {
+        let limit = self.scenario.generator.max_shoppers as u64;
+        self.metrics
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Waits until every shopper has left, or stops them all after `drain`; returns how many
+    /// were still in a journey then (each leaves at its next step or poll).
+    pub async fn drain(&self, drain: Duration) -> u64 {
+        let all_left = async {
+            loop {
+                let notified = self.all_left.notified();
+                if self.metrics.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(drain, all_left).await.is_ok() {
+            return 0;
+        }
+        self.stopped.store(true, Ordering::Release);
+        self.metrics.in_flight.load(Ordering::Acquire)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     fn pick_journey(&self, rng: &mut fastrand::Rng) -> (usize, &Journey) {
@@ -107,6 +148,17 @@ impl Drop for Gauge<'_> {
     }
 }
 
+/// A shopper counted alive by [`RunContext::admit`]; leaving wakes the drain when it is the last.
+struct Alive<'a>(&'a RunContext);
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        if self.0.metrics.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_left.notify_one();
+        }
+    }
+}
+
 /// What a journey carries from step to step.
 #[derive(Debug, Default)]
 struct Carried {
@@ -121,10 +173,10 @@ struct Ended {
     service: Option<Duration>,
 }
 
-/// Runs shopper number `index`, due to arrive at `due`.
+/// Runs shopper number `index`, due to arrive at `due`, counted alive by [`RunContext::admit`].
 pub async fn run(context: Arc<RunContext>, index: u64, due: Instant) {
+    let _alive = Alive(&context);
     let metrics = &context.metrics;
-    let _alive = Gauge::enter(&metrics.in_flight);
     let arrived = Instant::now();
     let lag = arrived.saturating_duration_since(due);
     metrics.arrival(
@@ -166,6 +218,9 @@ pub async fn run(context: Arc<RunContext>, index: u64, due: Instant) {
         if !think.is_zero() {
             intended += think;
             tokio::time::sleep_until(intended).await;
+        }
+        if context.stopped() {
+            return;
         }
         if step.abandon > 0.0 && rng.f64() < step.abandon {
             metrics.step(Instant::now(), key, Outcome::Abandoned, 0, None);
@@ -325,8 +380,7 @@ impl Shopper<'_> {
     ) -> (Option<Response>, Ended) {
         let mut attempt = 0;
         loop {
-            // Boxed: a request's state is needed only while it runs, not while a shopper waits.
-            let Exchange { result, sent_at } = Box::pin(self.pool().send(request)).await;
+            let Exchange { result, sent_at } = self.pool().send(request).await;
             let at = Instant::now();
             let service = Some(at.saturating_duration_since(sent_at));
             let (outcome, response, retry_after) = match result {
@@ -405,6 +459,13 @@ impl Shopper<'_> {
         let _waiting = Gauge::enter(&self.context.metrics.waiting);
         let deadline = ended.at + give_up_after;
         loop {
+            if self.context.stopped() {
+                return Ended {
+                    outcome: Outcome::GaveUp,
+                    at: Instant::now(),
+                    service,
+                };
+            }
             if answer.state == "admitted" {
                 let at = Instant::now();
                 carried.pass = answer.pass;
@@ -438,7 +499,10 @@ impl Shopper<'_> {
                     tokio::time::sleep(pause).await;
                     let poll =
                         target.request(Method::Get, &format!("/api/queue/{ticket}"), &[], None);
-                    let (response, ended) = self.send(&poll, retries, rng, judge_queue).await;
+                    // Boxed: a request's state is needed only while it runs, not while the
+                    // shopper waits between polls, which is most of a waiting room's memory.
+                    let (response, ended) =
+                        Box::pin(self.send(&poll, retries, rng, judge_queue)).await;
                     service = ended.service;
                     if ended.outcome != Outcome::Ok {
                         return ended;
@@ -614,6 +678,13 @@ impl Shopper<'_> {
         let deadline = Instant::now() + give_up_after;
         let mut service = None;
         loop {
+            if self.context.stopped() {
+                return Ended {
+                    outcome: Outcome::GaveUp,
+                    at: Instant::now(),
+                    service,
+                };
+            }
             let Exchange { result, sent_at } = Box::pin(self.pool().send(&request)).await;
             let at = Instant::now();
             service = Some(at.saturating_duration_since(sent_at)).or(service);

@@ -4,10 +4,12 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use floodgate_loadtest::{Error, Options, loadtest};
+use floodgate_loadtest::{Error, Options, loadtest_blocking};
 
 /// Exit code when the run cannot be made: bad scenario, target or baseline (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// Exit code when the runtime cannot start (EX_SOFTWARE).
+const EXIT_SOFTWARE: u8 = 70;
 /// Exit code when the run could not be stored (EX_IOERR).
 const EXIT_STORE: u8 = 74;
 
@@ -49,17 +51,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         baseline: args.baseline,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build();
-    let outcome = match runtime {
-        Ok(runtime) => runtime.block_on(loadtest(options)),
-        Err(error) => {
-            eprintln!("floodgate loadtest: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match outcome {
+    match loadtest_blocking(options) {
         Ok(finished) => {
             let _ = writeln!(std::io::stdout().lock(), "{}", finished.summary);
             eprintln!("run stored in {}", finished.dir.display());
@@ -69,6 +61,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             eprintln!("floodgate loadtest: {error}");
             ExitCode::from(match error {
                 Error::Store { .. } => EXIT_STORE,
+                Error::Runtime(_) => EXIT_SOFTWARE,
                 Error::Scenario(_) | Error::Target(_) | Error::Baseline(_) => EXIT_USAGE,
             })
         }

@@ -131,11 +131,12 @@ fn overview(record: &RunRecord, verdict: &Verdict) -> Section {
             record.scenario
         ),
         format!(
-            "Generator: {} of {} planned arrivals started, {} late (> {} ms), {} not started, {} unfinished at the end; peak memory {:.0} MiB",
+            "Generator: {} of {} planned arrivals started, {} late (> {} ms), runtime lag p99 {}, {} not started, {} unfinished at the end; peak memory {:.0} MiB",
             g.started,
             g.planned,
             g.late,
             g.max_lag_us / 1000,
+            time(g.runtime_lag_p99_us as f64),
             g.not_started,
             g.unfinished,
             g.peak_rss_bytes as f64 / (1024.0 * 1024.0)

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The load generator against wrk, and its memory with 300,000 shoppers.
+#
+#   bash bench/loadgen.sh                # defaults: 2 threads, 64 connections, 10 s, 3 rounds
+#   SHOPPERS=300000 bash bench/loadgen.sh
+#   PART=rate bash bench/loadgen.sh      # only the rate comparison (PART=memory: only memory)
+#
+# 1. Rate: nginx serves a fixed 200. Each round, wrk runs closed-loop as fast as it can with
+#    CONNECTIONS connections; then `floodgate loadtest` runs a constant-rate scenario at wrk's
+#    rate with the same connection limit. The figure is the answers per second it got through,
+#    over the seconds of its schedule, against wrk's rate (target >= 0.8).
+# 2. Memory: floodgate serves a drop whose waiting room admits few, and `floodgate loadtest`
+#    sends SHOPPERS shoppers in one pulse to join and wait (polling); the figure is the
+#    generator's peak resident memory (target: 300,000 shoppers in under 2 GB).
+# Only loopback addresses are used.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+bench_setup
+PART=${PART:-all}
+SHOPPERS=${SHOPPERS:-300000}
+seconds=${DURATION%s}
+
+# Runs "floodgate loadtest" on scenario $1 against $2; prints the run directory.
+loadtest() {
+  local dir
+  "$FLOODGATE" loadtest "$1" --target "$2" --runs-dir "$work/runs" --quiet > "$work/summary.md" 2> "$work/loadtest.err" || true
+  dir=$(sed -n 's/^run stored in //p' "$work/loadtest.err")
+  [ -n "$dir" ] || { cat "$work/loadtest.err" >&2; exit 1; }
+  echo "$dir"
+}
+
+if [ "$PART" = all ] || [ "$PART" = rate ]; then
+  start_fixed_nginx "$work/nginx" 'ok'
+  sleep 0.5
+  echo "threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
+  wrk_rates=(); lt_rates=()
+  for round in $(seq "$ROUNDS"); do
+    read -r rate p99 _ < <(run_wrk "http://127.0.0.1:$nginx_port/")
+    wrk_rates+=("$rate")
+    cat > "$work/constant.toml" <<TOML
+name = "loadgen-constant"
+[arrivals]
+shape = "constant"
+rate = $rate
+duration_s = $seconds
+[http]
+max_connections = $CONNECTIONS
+[generator]
+drain_s = 10
+[[journeys]]
+name = "fixed"
+[[journeys.steps]]
+name = "get"
+get = "/"
+TOML
+    dir=$(loadtest "$work/constant.toml" "http://127.0.0.1:$nginx_port")
+    read -r got late p99_lt < <(python3 - "$dir/run.json" "$seconds" <<'PY'
+import json, sys
+record = json.load(open(sys.argv[1]))
+seconds = int(sys.argv[2])
+# The schedule's whole seconds, less the first (connections opening) and the last.
+window = [s for s in record["timeline"] if 1 <= s["second"] < seconds - 1]
+answers = sum(sum(s["statuses"].values()) for s in window)
+generator = record["generator"]
+late = generator["late"] / max(generator["started"], 1)
+import bisect
+values = []
+for s in window:
+    for v, c in s["steps"].get("fixed/get", {}).get("response", []):
+        values.append((v, c))
+values.sort()
+total = sum(c for _, c in values); seen = 0; p99 = 0
+for v, c in values:
+    seen += c
+    if seen >= 0.99 * total:
+        p99 = v / 1000; break
+print(f"{answers / len(window):.0f} {late:.4f} {p99:.2f}")
+PY
+)
+    lt_rates+=("$got")
+    echo "round $round wrk: $rate req/s (p99 $p99 ms) · floodgate loadtest at that rate: $got answers/s, late arrivals $late, p99 from intended start $p99_lt ms"
+  done
+  python3 - "${wrk_rates[*]}" "${lt_rates[*]}" <<'PY'
+import statistics, sys
+wrk, lt = ([float(x) for x in arg.split()] for arg in sys.argv[1:3])
+w, l = statistics.median(wrk), statistics.median(lt)
+print(f"median wrk {w:.0f} req/s, floodgate loadtest {l:.0f} answers/s: ratio {l / w:.2f} (target >= 0.8)")
+PY
+fi
+
+if [ "$PART" = all ] || [ "$PART" = memory ]; then
+  cat > "$work/floodgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[store]
+path = "$work/store"
+CONF
+  launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
+  curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/crowd" -d '{
+    "name": "Crowd", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+    "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 1000000}],
+    "waiting_room": {"enabled": true, "max_active": 100, "prequeue_s": 0, "pass_ttl_s": 600}}' >/dev/null
+  cat > "$work/crowd.toml" <<TOML
+name = "loadgen-crowd"
+[arrivals]
+shape = "pulse"
+shoppers = $SHOPPERS
+jitter_s = 60
+[http]
+max_connections = 256
+timeout_ms = 30000
+[generator]
+drain_s = 0
+[values]
+drop = "crowd"
+[[journeys]]
+name = "waiter"
+[[journeys.steps]]
+name = "queue"
+queue = "poll"
+give_up_after_s = 30
+TOML
+  dir=$(loadtest "$work/crowd.toml" "$public")
+  python3 - "$dir/run.json" <<'PY'
+import json, sys
+record = json.load(open(sys.argv[1]))
+g = record["generator"]
+peak_waiting = max(s["waiting"] for s in record["timeline"])
+peak_alive = max(s["in_flight"] for s in record["timeline"])
+print(f"{g['started']} shoppers started, at most {peak_alive} alive and {peak_waiting} waiting at once;"
+      f" generator peak RSS {g['peak_rss_bytes'] / 2**20:.0f} MiB (target < 2048 MiB)")
+if g["invalid"]:
+    print("run marked invalid (expected when the box cannot serve every poll on time):", "; ".join(g["invalid"]))
+PY
+fi
