@@ -4,6 +4,7 @@
 //! request with one `write` and parses answers in place with `httparse`, on the shopper's own task:
 //! no connection driver tasks, no per-request channels. It speaks plain `http://` only.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::scenario::Method;
@@ -142,8 +143,63 @@ pub struct Exchange {
 pub struct Pool {
     target: Target,
     timeout: Duration,
-    permits: Semaphore,
-    idle: Mutex<Vec<Connection>>,
+    max_connections: usize,
+    slots: Mutex<Slots>,
+}
+
+/// The pool's books, under one lock: a checkout or a return is one lock, no semaphore.
+#[derive(Debug, Default)]
+struct Slots {
+    idle: Vec<Connection>,
+    /// Connections open or being opened, idle ones included.
+    open: usize,
+    /// Requests waiting for a connection, first come first served.
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+/// What a checkout gets: a kept-alive connection, or leave to open one.
+#[derive(Debug)]
+enum Grant {
+    Reuse(Connection),
+    Open,
+}
+
+/// A checked-out slot: given back on drop (a cancelled request's slot is never lost).
+struct Checkout<'a> {
+    pool: &'a Pool,
+    returned: bool,
+}
+
+impl Checkout<'_> {
+    fn give_back(mut self, connection: Option<Connection>) {
+        self.returned = true;
+        self.pool.give_back(connection);
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        if !self.returned {
+            self.pool.give_back(None);
+        }
+    }
+}
+
+/// A waiter's end of a grant: a grant sent to a waiter that gave up is passed on.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    receiver: oneshot::Receiver<Grant>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.receiver.close();
+        match self.receiver.try_recv() {
+            Ok(Grant::Reuse(connection)) => self.pool.give_back(Some(connection)),
+            Ok(Grant::Open) => self.pool.give_back(None),
+            Err(_) => {}
+        }
+    }
 }
 
 impl Pool {
@@ -152,8 +208,8 @@ impl Pool {
         Self {
             target,
             timeout,
-            permits: Semaphore::new(max_connections),
-            idle: Mutex::new(Vec::with_capacity(max_connections)),
+            max_connections,
+            slots: Mutex::new(Slots::default()),
         }
     }
 
@@ -165,45 +221,100 @@ impl Pool {
     /// Sends `request` and reads the whole answer; waiting for a free connection counts in the
     /// timeout, as it would for a shopper.
     pub async fn send(&self, request: &[u8]) -> Exchange {
-        let started = Instant::now();
-        let mut sent_at = started;
+        let mut sent_at = None;
         let result =
             match tokio::time::timeout(self.timeout, self.exchange(request, &mut sent_at)).await {
                 Ok(result) => result,
                 Err(_) => Err(Failure::Timeout),
             };
+        // Never sent (no connection in time): as sent, it took no time.
         Exchange {
             result,
-            sent_at: sent_at.max(started),
+            sent_at: sent_at.unwrap_or_else(Instant::now),
         }
     }
 
-    async fn exchange(&self, request: &[u8], sent_at: &mut Instant) -> Result<Response, Failure> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the pool's semaphore is never closed");
-        let reused = self.idle.lock().expect("pool lock").pop();
-        let fresh = reused.is_none();
-        let mut connection = match reused {
-            Some(connection) => connection,
-            None => Connection::open(self.target.addr).await?,
+    /// Takes an idle connection, or leave to open one, waiting in line when all are busy.
+    async fn check_out(&self) -> (Checkout<'_>, Grant) {
+        let receiver = {
+            let mut slots = self.slots.lock().expect("pool lock");
+            let grant = match slots.idle.pop() {
+                Some(connection) => Some(Grant::Reuse(connection)),
+                None if slots.open < self.max_connections => {
+                    slots.open += 1;
+                    Some(Grant::Open)
+                }
+                None => None,
+            };
+            if let Some(grant) = grant {
+                return (
+                    Checkout {
+                        pool: self,
+                        returned: false,
+                    },
+                    grant,
+                );
+            }
+            let (sender, receiver) = oneshot::channel();
+            slots.waiters.push_back(sender);
+            receiver
         };
-        *sent_at = Instant::now();
+        // Once the grant is received, the guard's drop finds nothing left to pass on.
+        let mut waiting = Waiting {
+            pool: self,
+            receiver,
+        };
+        let grant = (&mut waiting.receiver)
+            .await
+            .expect("a waiter's sender is used, never dropped");
+        (
+            Checkout {
+                pool: self,
+                returned: false,
+            },
+            grant,
+        )
+    }
+
+    /// Hands a slot (with its connection, if still good) to the first waiter, or keeps it.
+    fn give_back(&self, connection: Option<Connection>) {
+        let mut grant = connection.map_or(Grant::Open, Grant::Reuse);
+        let mut slots = self.slots.lock().expect("pool lock");
+        while let Some(waiter) = slots.waiters.pop_front() {
+            match waiter.send(grant) {
+                Ok(()) => return,
+                Err(unwanted) => grant = unwanted,
+            }
+        }
+        match grant {
+            Grant::Reuse(connection) => slots.idle.push(connection),
+            Grant::Open => slots.open -= 1,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: &[u8],
+        sent_at: &mut Option<Instant>,
+    ) -> Result<Response, Failure> {
+        let (checkout, grant) = self.check_out().await;
+        let fresh = matches!(grant, Grant::Open);
+        let mut connection = match grant {
+            Grant::Reuse(connection) => connection,
+            Grant::Open => Connection::open(self.target.addr).await?,
+        };
+        *sent_at = Some(Instant::now());
         let outcome = match connection.round_trip(request).await {
             // A kept-alive connection the server closed while idle: try once more on a new one.
             Err(RoundTripError::ClosedBeforeAnswer) if !fresh => {
                 connection = Connection::open(self.target.addr).await?;
-                *sent_at = Instant::now();
+                *sent_at = Some(Instant::now());
                 connection.round_trip(request).await
             }
             outcome => outcome,
         };
         let (response, keep_alive) = outcome.map_err(RoundTripError::into_failure)?;
-        if keep_alive {
-            self.idle.lock().expect("pool lock").push(connection);
-        }
+        checkout.give_back(keep_alive.then_some(connection));
         Ok(response)
     }
 
@@ -340,13 +451,11 @@ impl Connection {
         let mut body = Vec::new();
         let mut reader = BodyReader::new(head.framing);
         let mut kept = true;
-        let mut chunk = Vec::new();
-        while reader.next(self, &mut chunk).await? {
-            kept &= body.len() + chunk.len() <= KEPT_BODY_BYTES;
-            if kept {
-                body.extend_from_slice(&chunk);
+        while reader.next(self, &mut body).await? {
+            if body.len() > KEPT_BODY_BYTES {
+                kept = false;
+                body.clear();
             }
-            chunk.clear();
         }
         if !kept {
             body = Vec::new();
@@ -458,22 +567,27 @@ impl Head {
         let mut keep_alive = response.version == Some(1);
         let mut retry_after = None;
         for header in response.headers.iter() {
-            let value = std::str::from_utf8(header.value).unwrap_or("").trim();
-            if header.name.eq_ignore_ascii_case("content-length") {
+            // Only four headers matter here; the value is decoded for those alone.
+            let name = header.name.as_bytes();
+            let wanted =
+                |known: &[u8]| name.len() == known.len() && name.eq_ignore_ascii_case(known);
+            let value = || std::str::from_utf8(header.value).unwrap_or("").trim();
+            if wanted(b"content-length") {
+                let value = value();
                 let length = value.parse().map_err(|_| {
                     RoundTripError::Protocol(format!("bad Content-Length {value:?}"))
                 })?;
                 if !matches!(framing, Framing::Chunked) {
                     framing = Framing::Length(length);
                 }
-            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                if value.to_ascii_lowercase().ends_with("chunked") {
+            } else if wanted(b"transfer-encoding") {
+                if value().to_ascii_lowercase().ends_with("chunked") {
                     framing = Framing::Chunked;
                 }
-            } else if header.name.eq_ignore_ascii_case("connection") {
-                keep_alive = !value.eq_ignore_ascii_case("close");
-            } else if header.name.eq_ignore_ascii_case("retry-after") {
-                retry_after = value.parse().ok().map(Duration::from_secs);
+            } else if wanted(b"connection") {
+                keep_alive = !value().eq_ignore_ascii_case("close");
+            } else if wanted(b"retry-after") {
+                retry_after = value().parse().ok().map(Duration::from_secs);
             }
         }
         // No body by definition, whatever the headers say.

@@ -1,0 +1,144 @@
+//! `floodgate loadtest` as a shop would run it: the real binary against the real gateway, with a
+//! drop behind a waiting room, shoppers who poll and shoppers who listen on the event stream.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use serde_json::{Value, json};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_floodgate"))
+}
+
+/// Runs `floodgate loadtest` with `scenario` against `target`, storing runs in `runs`.
+async fn loadtest(scenario: &str, target: &str, runs: &Path) -> Output {
+    let file = runs.join("scenario.toml");
+    std::fs::create_dir_all(runs).unwrap();
+    std::fs::write(&file, scenario).unwrap();
+    let mut command = std::process::Command::new(binary());
+    command
+        .arg("loadtest")
+        .arg(&file)
+        .args(["--target", target, "--runs-dir"])
+        .arg(runs);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn run_dir(output: &Output) -> PathBuf {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run stored in "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    PathBuf::from(line)
+}
+
+const DROP_SCENARIO: &str = r#"
+name = "spring-drop"
+seed = 5
+[arrivals]
+shape = "pulse"
+shoppers = 150
+jitter_s = 2
+[http]
+timeout_ms = 5000
+[values]
+drop = "spring"
+skus = ["rod"]
+[[journeys]]
+name = "poller"
+[[journeys.steps]]
+name = "queue"
+queue = "poll"
+give_up_after_s = 20
+[[journeys.steps]]
+name = "order"
+order = { replay = 0.3 }
+retries = 2
+[[journeys]]
+name = "listener"
+[[journeys.steps]]
+name = "queue"
+queue = "sse"
+give_up_after_s = 20
+[[journeys.steps]]
+name = "order"
+order = {}
+retries = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_rehearsal_against_the_gateway_sells_the_stock_once_and_exits_by_verdict() {
+    let data = tempfile::tempdir().unwrap();
+    let config = "[waiting_room]\nsecret = \"loadtest\"\n";
+    let gateway = GatewayProcess::spawn(binary(), data.path(), config).unwrap();
+    let client = HttpClient::new(Duration::from_secs(10));
+    let drop = json!({
+        "name": "Spring", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+        "limit_per_customer": 1,
+        "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 40}],
+        "waiting_room": {"enabled": true, "max_active": 10, "prequeue_s": 0, "pass_ttl_s": 600},
+    });
+    let auth = gateway.admin_authorization();
+    let url = format!("{}/admin/drops/spring", gateway.admin_url);
+    let created = client
+        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
+        .await
+        .unwrap();
+    assert_eq!(created.status, StatusCode::OK);
+    let runs = data.path().join("runs");
+
+    let output = loadtest(DROP_SCENARIO, &gateway.public_url, &runs).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Verdict: **ok**"), "{stdout}");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&output).join("run.json")).unwrap()).unwrap();
+    let checks = &record["checks"];
+    assert!(
+        checks["failures"].as_array().unwrap().is_empty(),
+        "{checks}"
+    );
+    let accepted = checks["accepted_orders"].as_u64().unwrap();
+    assert!((1..=40).contains(&accepted), "{checks}");
+    assert!(checks["units_held"]["rod"].as_u64().unwrap() <= 40);
+    assert_eq!(checks["replay_mismatches"], 0);
+    // Both ways of waiting got shoppers in.
+    for step in ["poller/queue", "listener/queue"] {
+        let admitted: u64 = record["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["steps"][step]["outcomes"]["ok"].as_u64())
+            .sum();
+        assert!(admitted > 0, "nobody was admitted in {step}: {stdout}");
+    }
+
+    // A threshold no gateway can meet: exit code 1, and the report says which.
+    let strict = format!("{DROP_SCENARIO}\n[[thresholds]]\nexpect = [\"p99 < 1us\"]\n");
+    let output = loadtest(&strict, &gateway.public_url, &runs).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("BREACHED"));
+}
+
+#[tokio::test]
+async fn a_broken_scenario_is_refused_with_every_problem_and_exit_code_64() {
+    let runs = tempfile::tempdir().unwrap();
+    let scenario = "name = \"broken\"\njourneys = []\n[arrivals]\nshape = \"constant\"\nrate = -1\nduration_s = 0\n";
+    let output = loadtest(scenario, "http://127.0.0.1:9", runs.path()).await;
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("arrivals: rate") && stderr.contains("arrivals: duration_s"),
+        "{stderr}"
+    );
+}
