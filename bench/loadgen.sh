@@ -12,8 +12,10 @@
 #    kept its schedule). The figure is that run's answers per second against wrk's rate
 #    (target >= 0.8).
 # 2. Memory: floodgate serves a drop whose waiting room admits few, and `floodgate loadtest`
-#    sends SHOPPERS shoppers in one pulse to join and wait (polling); the figure is the
-#    generator's peak resident memory (target: 300,000 shoppers in under 2 GB).
+#    sends SHOPPERS shoppers within 30 s to join and wait (polling, giving up after 90 s, so all
+#    are alive at once); the figure is the generator's peak resident memory (target: 300,000
+#    shoppers in under 2 GB). The box cannot answer every poll on time, so this run is invalid
+#    as a measurement of the gateway; it measures the generator's memory only.
 # Only loopback addresses are used.
 set -euo pipefail
 
@@ -114,7 +116,7 @@ name = "loadgen-crowd"
 [arrivals]
 shape = "pulse"
 shoppers = $SHOPPERS
-jitter_s = 60
+jitter_s = 30
 [http]
 max_connections = 256
 timeout_ms = 30000
@@ -127,7 +129,7 @@ name = "waiter"
 [[journeys.steps]]
 name = "queue"
 queue = "poll"
-give_up_after_s = 30
+give_up_after_s = 90
 TOML
   dir=$(loadtest "$work/crowd.toml" "$public")
   python3 - "$dir/run.json" <<'PY'

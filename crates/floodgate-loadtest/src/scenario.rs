@@ -140,14 +140,7 @@ pub enum Action {
         give_up_after: Duration,
     },
     /// Places an order with an idempotency key and the pass from an earlier queue step.
-    Order {
-        /// `{sku}` unless said otherwise.
-        sku: Template,
-        /// Units.
-        quantity: u32,
-        /// Probability of sending the same order again after its 202, to check the replay.
-        replay: f64,
-    },
+    Order(OrderAction),
     /// Polls the order from the journey's order step until it is final.
     AwaitOrder {
         /// The shopper stops looking after this long.
@@ -155,6 +148,17 @@ pub enum Action {
         /// Between polls.
         poll_every: Duration,
     },
+}
+
+/// What an order step orders.
+#[derive(Debug, Clone)]
+pub struct OrderAction {
+    /// `{sku}` unless said otherwise.
+    pub sku: Template,
+    /// Units.
+    pub quantity: u32,
+    /// Probability of sending the same order again after its 202, to check the replay.
+    pub replay: f64,
 }
 
 /// The two request methods a step can use.
@@ -378,7 +382,7 @@ impl Scenario {
             let orders = journeys
                 .iter()
                 .flat_map(|j| &j.steps)
-                .any(|s| matches!(s.action, Action::Order { .. }));
+                .any(|s| matches!(s.action, Action::Order(_)));
             (orders && !values.drop.is_empty()).then(|| values.drop.clone())
         });
         if !problems.is_empty() {
@@ -506,7 +510,7 @@ impl RawJourney {
         }
         let order_at = steps
             .iter()
-            .position(|s| matches!(s.action, Action::Order { .. }));
+            .position(|s| matches!(s.action, Action::Order(_)));
         for (s, step) in steps.iter().enumerate() {
             if matches!(step.action, Action::AwaitOrder { .. }) && order_at.is_none_or(|o| o > s) {
                 problems.push(format!(
@@ -595,7 +599,7 @@ impl RawStep {
             if quantity == 0 {
                 problems.push(format!("{path}.order.quantity: must be at least 1"));
             }
-            Action::Order {
+            Action::Order(OrderAction {
                 sku: template(
                     "order.sku",
                     order.sku.as_deref().unwrap_or("{sku}"),
@@ -603,7 +607,7 @@ impl RawStep {
                 ),
                 quantity,
                 replay,
-            }
+            })
         } else {
             Action::AwaitOrder {
                 give_up_after,

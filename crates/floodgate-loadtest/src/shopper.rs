@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::client::{Exchange, Failure, Pool, Response};
 use crate::metrics::{Metrics, Milestone, Outcome};
-use crate::scenario::{Action, Journey, Method, QueueWait, Scenario, Step};
+use crate::scenario::{Action, Journey, Method, OrderAction, QueueWait, Scenario, Step};
 use crate::template::Values;
 
 /// Longest wait a `Retry-After` can impose between attempts.
@@ -336,21 +336,9 @@ impl Shopper<'_> {
                 self.queue(*wait, *give_up_after, step.retries, carried, rng)
                     .await
             }
-            Action::Order {
-                sku,
-                quantity,
-                replay,
-            } => {
-                self.order(
-                    sku.render(&self.values),
-                    *quantity,
-                    *replay,
-                    step.retries,
-                    position,
-                    carried,
-                    rng,
-                )
-                .await
+            Action::Order(order) => {
+                self.order(order, step.retries, position, carried, rng)
+                    .await
             }
             Action::AwaitOrder {
                 give_up_after,
@@ -604,17 +592,15 @@ impl Shopper<'_> {
             .push(admission);
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn order(
         &self,
-        sku: String,
-        quantity: u32,
-        replay: f64,
+        order: &OrderAction,
         retries: u32,
         position: usize,
         carried: &mut Carried,
         rng: &mut fastrand::Rng,
     ) -> Ended {
+        let (sku, quantity) = (order.sku.render(&self.values), order.quantity);
         let target = self.pool().target();
         let path = format!("/api/drops/{}/orders", self.values.drop);
         let key = format!("{}-{}-{position}", self.values.run, self.index);
@@ -649,7 +635,7 @@ impl Shopper<'_> {
             .lock()
             .expect("ledger lock")
             .push((order_id.clone(), sku, quantity));
-        if replay > 0.0 && rng.f64() < replay {
+        if order.replay > 0.0 && rng.f64() < order.replay {
             ledger.replays.fetch_add(1, Ordering::Relaxed);
             let (again, _) = self.send(&request, retries, rng, judge_order).await;
             let same = again
