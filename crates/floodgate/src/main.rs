@@ -1,5 +1,6 @@
 //! The `floodgate` command: parses the command line, then hands over to the library crates.
 
+mod demo;
 mod loadtest;
 mod serve;
 mod sim;
@@ -39,6 +40,8 @@ enum Command {
         /// TOML configuration file.
         file: PathBuf,
     },
+    /// The same drop twice against a simulated legacy shop, straight and through floodgate.
+    Demo(demo::Args),
     /// Run a drop-shaped load test against a target, store it, compare it with earlier runs.
     Loadtest(loadtest::Args),
     /// Simulators for demos, tests and rehearsals.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             }
             Err(problems) => invalid_config(problems),
         },
+        Command::Demo(args) => report(demo::run(args)),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Sim(simulator) => report(sim::run(simulator)),
     }

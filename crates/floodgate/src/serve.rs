@@ -32,13 +32,6 @@ pub(crate) fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let options = SqliteOptions {
-        max_batch: usize::try_from(config.store.max_batch)?,
-        queue_capacity: usize::try_from(config.store.queue_capacity)?,
-        ..SqliteOptions::default()
-    };
-    let store = SqliteStore::open(&config.store.path, options)
-        .with_context(|| format!("cannot open the store in {}", config.store.path.display()))?;
     let public = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
@@ -68,6 +61,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.waiting_room.secret.clone()
     };
+    announce(&format!("public http://{}", public.local_addr()?));
+    announce(&format!("admin http://{}", admin.local_addr()?));
+    let listeners = Listeners { public, admin };
+    run_gateway(config, listeners, admin_token, secret, shutdown_signal()).await
+}
+
+/// Runs the gateway and its dispatcher on bound listeners until `stop` completes, then drains.
+pub(crate) async fn run_gateway(
+    config: Config,
+    listeners: Listeners,
+    admin_token: String,
+    secret: String,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let options = SqliteOptions {
+        max_batch: usize::try_from(config.store.max_batch)?,
+        queue_capacity: usize::try_from(config.store.queue_capacity)?,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&config.store.path, options)
+        .with_context(|| format!("cannot open the store in {}", config.store.path.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);
     let clock = Clock::system();
     let gateway = Gateway::start(
@@ -77,25 +91,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("cannot rebuild state from the store")?;
-    announce(&format!("public http://{}", public.local_addr()?));
-    announce(&format!("admin http://{}", admin.local_addr()?));
     let dispatcher = start_dispatcher(&config.downstream, &store, &gateway, clock);
     // The dispatcher stops first (its last answers are recorded), then the listeners drain and
     // the store closes.
     let shutdown = async {
-        shutdown_signal().await;
+        stop.await;
         if let Some(dispatcher) = dispatcher {
             dispatcher.stop().await;
         }
     };
-    floodgate_gateway::run(
-        Listeners { public, admin },
-        gateway,
-        config.connection_limits(),
-        shutdown,
-    )
-    .await
-    .context("shutdown did not complete cleanly")
+    floodgate_gateway::run(listeners, gateway, config.connection_limits(), shutdown)
+        .await
+        .context("shutdown did not complete cleanly")
 }
 
 /// Starts delivering accepted orders, if a downstream is configured.
@@ -109,10 +116,7 @@ fn start_dispatcher(
         tracing::warn!("no downstream.url: orders are accepted and kept, but not delivered");
         return None;
     };
-    announce(&format!(
-        "downstream {url} at most {}/s",
-        config.rate_per_second
-    ));
+    tracing::info!(%url, rate_per_second = config.rate_per_second, "delivering to the downstream");
     let whole = |value: u64| {
         NonZeroU32::new(u32::try_from(value).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
     };
