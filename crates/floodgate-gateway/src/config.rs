@@ -57,6 +57,9 @@ pub struct WaitingRoomConfig {
     pub secret: String,
     /// A waiter who has not polled for this long loses their place.
     pub abandon_after_s: u64,
+    /// Admission halves while the orders waiting for delivery would take longer than this to
+    /// deliver at `downstream.rate_per_second`.
+    pub max_delivery_backlog_s: u64,
     /// The shop's accent colour on the waiting-room page (`#rgb` or `#rrggbb`).
     pub colour: String,
     /// The id that tokens signed with `secret` carry (0 to 255).
@@ -179,6 +182,7 @@ impl Default for Config {
             waiting_room: WaitingRoomConfig {
                 secret: String::new(),
                 abandon_after_s: 60,
+                max_delivery_backlog_s: 600,
                 colour: "#1f6feb".into(),
                 key_id: 1,
                 previous_keys: Vec::new(),
@@ -315,6 +319,11 @@ impl Config {
                 defaults.waiting_room.abandon_after_s,
                 integer(5, 3_600),
             ),
+            max_delivery_backlog_s: room.get(
+                "max_delivery_backlog_s",
+                defaults.waiting_room.max_delivery_backlog_s,
+                integer(1, 86_400),
+            ),
             colour: room.get("colour", defaults.waiting_room.colour, hex_colour),
             key_id: room.get("key_id", defaults.waiting_room.key_id, key_id),
             previous_keys: Vec::new(),
@@ -397,6 +406,11 @@ impl Config {
             room_colour: self.waiting_room.colour.clone(),
             identity: self.drops.identity.clone(),
             abandon_after: Duration::from_secs(self.waiting_room.abandon_after_s),
+            // Without a downstream nothing is delivered, so there is no pace to fall behind.
+            delivery: self.downstream.url.as_ref().map(|_| crate::DeliveryPace {
+                rate_per_second: self.downstream.rate_per_second,
+                max_backlog: Duration::from_secs(self.waiting_room.max_delivery_backlog_s),
+            }),
             front_door: self.front_door.clone(),
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
             intake: IntakeLimits {

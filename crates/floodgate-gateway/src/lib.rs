@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use floodgate_core::OrderState;
 use floodgate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -44,6 +45,7 @@ pub struct Gateway {
     clock: Clock,
     admin_token: String,
     max_body_bytes: usize,
+    delivery: Option<DeliveryPace>,
     // Set at shutdown so `/readyz` tells the load balancer to stop sending traffic.
     draining: AtomicBool,
 }
@@ -68,6 +70,17 @@ pub struct GatewaySettings {
     pub room_colour: String,
     /// Where a customer's identity comes from.
     pub identity: config::IdentitySource,
+    /// The delivery pace behind the intake, when orders are delivered at all.
+    pub delivery: Option<DeliveryPace>,
+}
+
+/// How fast accepted orders leave for the downstream, and how far behind is too far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPace {
+    /// `downstream.rate_per_second`.
+    pub rate_per_second: u64,
+    /// Waiting rooms admit fewer while the undelivered orders would take longer than this.
+    pub max_backlog: Duration,
 }
 
 impl Gateway {
@@ -90,6 +103,7 @@ impl Gateway {
             clock,
             admin_token: settings.admin_token,
             max_body_bytes: settings.max_body_bytes,
+            delivery: settings.delivery,
             draining: AtomicBool::new(false),
         }))
     }
@@ -97,6 +111,27 @@ impl Gateway {
     /// The order intake.
     pub fn intake(&self) -> &Intake {
         &self.intake
+    }
+
+    /// Counts the orders waiting for delivery (accepted or being submitted, across drops) and
+    /// tells the waiting rooms whether they would take longer than the allowed backlog to
+    /// deliver; returns that time. `run` calls it every second.
+    pub async fn observe_delivery_backlog(&self) -> Result<Duration, StoreError> {
+        let Some(pace) = self.delivery else {
+            return Ok(Duration::ZERO);
+        };
+        let mut waiting = 0;
+        for drop_id in self.intake.drop_ids() {
+            let counts = self.intake.store().order_counts(drop_id).await?;
+            waiting += [OrderState::Accepted, OrderState::Submitting]
+                .iter()
+                .filter_map(|state| counts.get(state))
+                .map(|count| count.orders)
+                .sum::<u64>();
+        }
+        let backlog = Duration::from_secs_f64(waiting as f64 / pace.rate_per_second.max(1) as f64);
+        self.rooms.observe_backlog(backlog > pace.max_backlog);
+        Ok(backlog)
     }
 
     /// Checks that `customer` is who the request says it comes from: with a trusted identity
@@ -161,15 +196,36 @@ pub async fn run(
         limits,
         stopped.clone(),
     ));
-    let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped));
+    let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));
+    let backlog = tokio::spawn(watch_delivery_backlog(Arc::clone(&gateway), stopped));
     shutdown.await;
     tracing::info!("shutting down: draining requests");
     gateway.draining.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
-    let _ = tokio::join!(public, admin, pruner);
+    let _ = tokio::join!(public, admin, pruner, backlog);
     gateway.intake.store().close().await?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// How often the waiting rooms learn the delivery backlog.
+const BACKLOG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn watch_delivery_backlog(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    if gateway.delivery.is_none() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(BACKLOG_WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(error) = gateway.observe_delivery_backlog().await {
+                    tracing::warn!(%error, "cannot count the orders waiting for delivery");
+                }
+            }
+            () = server::stop_requested(&mut stopped) => return,
+        }
+    }
 }
 
 async fn prune_keys(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {

@@ -15,7 +15,8 @@ use floodgate_core::{
 use crate::Intake;
 use crate::error::ApiError;
 
-/// While the order intake is saturated, rooms issue passes for this share of `max_active`.
+/// While the order intake is saturated or delivery is too far behind, rooms issue passes for
+/// this share of `max_active`.
 const SATURATED_SHARE: f64 = 0.5;
 /// How long after the store last refused an order for want of capacity the intake counts as
 /// saturated.
@@ -71,6 +72,8 @@ pub(crate) struct Rooms {
     keys: TokenKeys,
     /// Whether the intake is saturated now (set before each room operation).
     saturated: AtomicBool,
+    /// Whether the orders waiting for delivery exceed the allowed backlog (set every second).
+    backlogged: AtomicBool,
     abandon_after_ms: i64,
     rooms: Mutex<HashMap<DropId, WaitingRoom>>,
 }
@@ -81,6 +84,7 @@ impl Rooms {
         Self {
             keys,
             saturated: AtomicBool::new(false),
+            backlogged: AtomicBool::new(false),
             abandon_after_ms,
             rooms: Mutex::new(HashMap::new()),
         }
@@ -97,8 +101,14 @@ impl Rooms {
         self.saturated.store(saturated, Ordering::Relaxed);
     }
 
+    /// Tells the rooms whether delivery is further behind than allowed: while it is, they admit
+    /// fewer, so confirmations do not drift ever later.
+    pub(crate) fn observe_backlog(&self, backlogged: bool) {
+        self.backlogged.store(backlogged, Ordering::Relaxed);
+    }
+
     fn share(&self) -> f64 {
-        if self.saturated.load(Ordering::Relaxed) {
+        if self.saturated.load(Ordering::Relaxed) || self.backlogged.load(Ordering::Relaxed) {
             SATURATED_SHARE
         } else {
             1.0

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode};
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
-use floodgate_gateway::{Clock, Gateway, GatewaySettings, IntakeLimits};
+use floodgate_gateway::{Clock, DeliveryPace, Gateway, GatewaySettings, IntakeLimits};
 use floodgate_store::{
     Delivery, OrderFilter, Snapshot, SqliteOptions, SqliteStore, StateCount, Store, StoreError,
     StoreFuture,
@@ -95,6 +95,10 @@ impl Harness {
             abandon_after: Duration::from_secs(60),
             room_colour: "#000".into(),
             identity: floodgate_gateway::config::IdentitySource::Body,
+            delivery: Some(DeliveryPace {
+                rate_per_second: 1,
+                max_backlog: Duration::from_secs(2),
+            }),
             intake: IntakeLimits {
                 max_quantity_per_order: 100,
                 idempotency_retention: Duration::from_secs(86_400),
@@ -685,6 +689,44 @@ async fn health_answers_and_readiness_probes_the_store() {
     let (status, _) = harness.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(harness.get("/healthz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_delivery_backlog_makes_the_waiting_room_admit_fewer() {
+    let harness = Harness::new().await;
+    let mut roomy = drop_json(10, NOW.add_millis(-1_000));
+    roomy["waiting_room"] =
+        json!({ "enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 600 });
+    harness.put_drop("roomy", roomy).await;
+    assert_eq!(
+        harness.gateway.observe_delivery_backlog().await.unwrap(),
+        Duration::ZERO
+    );
+    // Three orders wait for a downstream that takes one a second: 3 s behind, 2 s allowed.
+    let public = || floodgate_gateway::public_router(Arc::clone(&harness.gateway));
+    for customer in ["dee", "eli", "fay"] {
+        let order = Request::post("/api/drops/spring/orders")
+            .header("idempotency-key", format!("key-{customer}"))
+            .body(Body::from(order_body(customer, json!(1))))
+            .unwrap();
+        assert_eq!(call(public(), order).await.0, StatusCode::ACCEPTED);
+    }
+    assert_eq!(
+        harness.gateway.observe_delivery_backlog().await.unwrap(),
+        Duration::from_secs(3)
+    );
+    let join = |customer: &str| {
+        Request::post("/api/drops/roomy/queue")
+            .body(Body::from(json!({ "customer": customer }).to_string()))
+            .unwrap()
+    };
+    // Two passes would be free; while delivery is behind only half of max_active is issued.
+    assert_eq!(call(public(), join("ann")).await.0, StatusCode::OK);
+    let (status, waiting) = call(public(), join("bea")).await;
+    assert_eq!(
+        (status, waiting["state"].as_str()),
+        (StatusCode::ACCEPTED, Some("waiting"))
+    );
 }
 
 #[tokio::test]
