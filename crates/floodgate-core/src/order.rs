@@ -123,7 +123,8 @@ impl OrderState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
-    /// Who is buying.
+    /// Who is buying (absent in cookie identity mode, where the visitor cookie says).
+    #[serde(default)]
     pub customer: String,
     /// What.
     pub sku: String,

@@ -138,6 +138,30 @@ impl TokenKeys {
         format!("{}.{}", hex(&payload), hex(&tag))
     }
 
+    /// Signs a short value (a visitor id) with the current key: `<value>.<key id>.<tag>`.
+    /// The value must not contain `.`.
+    pub fn sign_value(&self, value: &str) -> String {
+        let (key_id, key) = &self.keys[0];
+        format!("{value}.{key_id}.{}", hex(&tag(key, &value_message(value))))
+    }
+
+    /// The value of a string made by [`Self::sign_value`], if its tag checks with a known key.
+    pub fn open_value<'a>(&self, signed: &'a str) -> Option<&'a str> {
+        let mut parts = signed.split('.');
+        let (value, key_id, presented) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let key_id: u8 = key_id.parse().ok()?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(id, _)| *id == key_id)
+            .map(|(_, key)| key)?;
+        let presented = unhex(presented)?;
+        bool::from(tag(key, &value_message(value)).as_slice().ct_eq(&presented)).then_some(value)
+    }
+
     /// Checks `token` for `kind`, `drop_id` and `identity` at `now`.
     pub fn verify(
         &self,
@@ -197,6 +221,12 @@ impl TokenKeys {
             identity,
         })
     }
+}
+
+/// A signed value's message, kept apart from every token payload (which starts with a version
+/// byte, never `v`).
+fn value_message(value: &str) -> Vec<u8> {
+    [b"value:".as_slice(), value.as_bytes()].concat()
 }
 
 fn tag(key: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -351,5 +381,21 @@ mod tests {
             ),
             Err(TokenError::UnknownKey)
         );
+    }
+
+    #[test]
+    fn signed_values_open_with_any_known_key_and_refuse_tampering() {
+        let old = TokenKeys::new((1, b"old".to_vec()), Vec::new());
+        let rotated = TokenKeys::new((2, b"new".to_vec()), vec![(1, b"old".to_vec())]);
+        let signed = old.sign_value("v123");
+        assert_eq!(rotated.open_value(&signed), Some("v123"));
+        assert_eq!(
+            old.open_value(&rotated.sign_value("v9")),
+            None,
+            "unknown key"
+        );
+        assert_eq!(old.open_value(&signed.replace("v123", "v124")), None);
+        assert_eq!(old.open_value("v123.1"), None);
+        assert_eq!(old.open_value(&format!("{signed}.x")), None);
     }
 }

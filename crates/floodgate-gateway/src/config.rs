@@ -47,6 +47,9 @@ pub enum IdentitySource {
     Body,
     /// A header the shop's own login sets (`"header:<Name>"`); the body's `customer` must match.
     Header(axum::http::HeaderName),
+    /// A signed visitor cookie floodgate issues on the first join (`"cookie"`); the visitor id is
+    /// the customer, whatever the body says.
+    Cookie,
 }
 
 /// `[waiting_room]`.
@@ -592,10 +595,10 @@ fn identity_source(value: &Value) -> Result<IdentitySource, String> {
         Some(name) => axum::http::HeaderName::from_bytes(name.trim().as_bytes())
             .map(IdentitySource::Header)
             .map_err(|_| format!("{name:?} is not a header name")),
-        None if text == "cookie" => {
-            Err("\"cookie\" is not built yet; use \"header:<Name>\"".into())
-        }
-        None => Err(format!("{text:?} is not \"body\" or \"header:<Name>\"")),
+        None if text == "cookie" => Ok(IdentitySource::Cookie),
+        None => Err(format!(
+            "{text:?} is not \"body\", \"cookie\" or \"header:<Name>\""
+        )),
     }
 }
 
@@ -755,7 +758,7 @@ mod tests {
             backoff_base_ms = 5000
             backoff_max_ms = 1000
             [drops]
-            identity = "cookie"
+            identity = "session"
             "#,
         )
         .unwrap_err();

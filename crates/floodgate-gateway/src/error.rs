@@ -67,6 +67,9 @@ pub enum ApiError {
     /// The trusted identity header is missing.
     #[error("the {0} header set by the shop's login is required")]
     MissingIdentity(String),
+    /// An order without the visitor cookie that joining the waiting room issued.
+    #[error("the floodgate_visitor cookie issued when joining the waiting room is required")]
+    MissingVisitor,
     /// The body names another customer than the trusted identity header.
     #[error("the customer does not match the identity the shop's login set")]
     IdentityMismatch,
@@ -119,7 +122,9 @@ impl ApiError {
             Self::StockInUse(_) => (StatusCode::CONFLICT, "stock_in_use"),
             Self::InvalidTicket | Self::PlaceLapsed => (StatusCode::FORBIDDEN, "invalid_ticket"),
             Self::InvalidPass => (StatusCode::FORBIDDEN, "invalid_pass"),
-            Self::MissingIdentity(_) => (StatusCode::BAD_REQUEST, "missing_identity"),
+            Self::MissingIdentity(_) | Self::MissingVisitor => {
+                (StatusCode::BAD_REQUEST, "missing_identity")
+            }
             Self::IdentityMismatch => (StatusCode::FORBIDDEN, "identity_mismatch"),
             Self::NotOpen(_) => (StatusCode::CONFLICT, "not_open"),
             Self::NoWaitingRoom => (StatusCode::CONFLICT, "no_waiting_room"),

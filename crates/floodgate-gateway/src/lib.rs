@@ -134,26 +134,81 @@ impl Gateway {
         Ok(backlog)
     }
 
-    /// Checks that `customer` is who the request says it comes from: with a trusted identity
-    /// header, the header must be present and name the same customer.
-    pub(crate) fn check_identity(
+    /// Who a request comes from, by `drops.identity`: the body's `customer` (checked against the
+    /// trusted header in header mode), or the visitor of a signed cookie in cookie mode, where a
+    /// request without one gets a new visitor when `may_issue` (joining) and is refused otherwise.
+    pub(crate) fn resolve_customer(
         &self,
         headers: &axum::http::HeaderMap,
-        customer: &str,
-    ) -> Result<(), ApiError> {
-        let config::IdentitySource::Header(name) = &self.identity else {
-            return Ok(());
+        claimed: String,
+        may_issue: bool,
+    ) -> Result<Customer, ApiError> {
+        let name = match &self.identity {
+            config::IdentitySource::Body => claimed,
+            config::IdentitySource::Header(header) => {
+                let named = headers
+                    .get(header)
+                    .and_then(|value| value.to_str().ok())
+                    .ok_or_else(|| ApiError::MissingIdentity(header.to_string()))?;
+                if named != claimed {
+                    return Err(ApiError::IdentityMismatch);
+                }
+                claimed
+            }
+            config::IdentitySource::Cookie => {
+                let keys = self.rooms.keys();
+                if let Some(visitor) = visitor_cookie(headers).and_then(|c| keys.open_value(c)) {
+                    return Ok(Customer {
+                        name: visitor.to_owned(),
+                        new_cookie: None,
+                    });
+                }
+                if !may_issue {
+                    return Err(ApiError::MissingVisitor);
+                }
+                let visitor = format!("v-{}", uuid::Uuid::new_v4().simple());
+                let cookie = format!(
+                    "{VISITOR_COOKIE}={}; Path=/; Max-Age={VISITOR_COOKIE_MAX_AGE_S}; HttpOnly; Secure; SameSite=Lax",
+                    keys.sign_value(&visitor)
+                );
+                let new_cookie = axum::http::HeaderValue::from_str(&cookie).ok();
+                return Ok(Customer {
+                    name: visitor,
+                    new_cookie,
+                });
+            }
         };
-        let named = headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| ApiError::MissingIdentity(name.to_string()))?;
-        if named == customer {
-            Ok(())
-        } else {
-            Err(ApiError::IdentityMismatch)
-        }
+        Ok(Customer {
+            name,
+            new_cookie: None,
+        })
     }
+}
+
+/// The visitor cookie of `drops.identity = "cookie"`.
+const VISITOR_COOKIE: &str = "floodgate_visitor";
+/// A visitor stays the same customer for a year, longer than any drop and its limits.
+const VISITOR_COOKIE_MAX_AGE_S: u32 = 365 * 24 * 3_600;
+
+/// The visitor cookie's signed value, from any `Cookie` header.
+fn visitor_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|cookies| cookies.split(';'))
+        .find_map(|cookie| {
+            cookie
+                .trim()
+                .strip_prefix(VISITOR_COOKIE)?
+                .strip_prefix('=')
+        })
+}
+
+/// Who a request comes from, and the visitor cookie to set when one was just issued.
+pub(crate) struct Customer {
+    pub(crate) name: String,
+    pub(crate) new_cookie: Option<axum::http::HeaderValue>,
 }
 
 /// The public listener's router.

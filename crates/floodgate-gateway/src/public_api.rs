@@ -97,8 +97,10 @@ async fn place_order(
 ) -> Result<Response, ApiError> {
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let key = idempotency_key(&headers)?;
-    let request: OrderRequest = parse_json(&body)?;
-    gateway.check_identity(&headers, &request.customer)?;
+    let mut request: OrderRequest = parse_json(&body)?;
+    request.customer = gateway
+        .resolve_customer(&headers, request.customer, false)?
+        .name;
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let now = gateway.clock.now();
     let needs_pass = gateway

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +37,8 @@ pub(crate) fn routes() -> axum::Router<Arc<Gateway>> {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JoinRequest {
+    /// Absent in cookie mode, where the visitor cookie names the customer.
+    #[serde(default)]
     customer: String,
 }
 
@@ -48,12 +50,12 @@ async fn join_queue(
 ) -> Result<Response, ApiError> {
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let JoinRequest { customer } = parse_json(&body)?;
-    if customer.is_empty() || customer.len() > 255 {
+    let customer = gateway.resolve_customer(&headers, customer, true)?;
+    if customer.name.is_empty() || customer.name.len() > 255 {
         return Err(ApiError::InvalidBody(
             "customer must be 1 to 255 characters".into(),
         ));
     }
-    gateway.check_identity(&headers, &customer)?;
     let now = gateway.clock.now();
     gateway.rooms.observe_intake(&gateway.intake, now);
     let (drop, state) = room_drop(&gateway, &drop, now)?;
@@ -64,8 +66,12 @@ async fn join_queue(
     };
     let answer = gateway
         .rooms
-        .join(&drop, &Identity::of(&customer), sold_out, now);
-    queue_response(answer)
+        .join(&drop, &Identity::of(&customer.name), sold_out, now);
+    let mut response = queue_response(answer)?;
+    if let Some(cookie) = customer.new_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 /// The drop named `drop`, if it has a waiting room, and its state now.

@@ -101,6 +101,11 @@ impl Rooms {
         self.saturated.store(saturated, Ordering::Relaxed);
     }
 
+    /// The keys that sign tickets, passes and visitor cookies.
+    pub(crate) fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
     /// Tells the rooms whether delivery is further behind than allowed: while it is, they admit
     /// fewer, so confirmations do not drift ever later.
     pub(crate) fn observe_backlog(&self, backlogged: bool) {

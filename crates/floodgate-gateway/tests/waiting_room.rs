@@ -448,3 +448,77 @@ async fn with_a_trusted_identity_header_nobody_joins_or_orders_as_someone_else()
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn with_visitor_cookies_floodgate_names_the_customer_and_nobody_orders_without_one() {
+    let harness = Harness::configured(
+        "[drops]\nidentity = \"cookie\"\n",
+        10,
+        1,
+        "2020-01-01T00:00:00Z",
+        0,
+    )
+    .await;
+    let join = |cookie: Option<&str>| {
+        let mut request = Request::post("/api/drops/spring/queue");
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", format!("theme=dark; {cookie}"));
+        }
+        request.body(Body::from("{}")).unwrap()
+    };
+    let issued = |response: &axum::response::Response| {
+        response.headers().get("set-cookie").map(|value| {
+            let value = value.to_str().unwrap();
+            assert!(value.contains("HttpOnly") && value.contains("SameSite=Lax"));
+            value.split(';').next().unwrap().to_owned()
+        })
+    };
+    let public = || public_router(Arc::clone(&harness.gateway));
+    // A first join without a cookie gets a visitor and a pass; with the cookie, the same pass.
+    let first = public().oneshot(join(None)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let cookie = issued(&first).expect("a visitor cookie is issued");
+    let first_body: Value =
+        serde_json::from_slice(&first.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let again = public().oneshot(join(Some(&cookie))).await.unwrap();
+    assert_eq!(issued(&again), None, "a known visitor keeps the cookie");
+    let again_body: Value =
+        serde_json::from_slice(&again.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(again_body["pass"], first_body["pass"]);
+    // A forged cookie is a new visitor, who waits behind the first.
+    let forged = cookie.replace("floodgate_visitor=v-", "floodgate_visitor=v-0");
+    let stranger = public().oneshot(join(Some(&forged))).await.unwrap();
+    assert_eq!(stranger.status(), StatusCode::ACCEPTED);
+    assert!(issued(&stranger).is_some());
+
+    let order = |cookie: Option<&str>| {
+        let mut request = Request::post("/api/drops/spring/orders")
+            .header("idempotency-key", "cookie-order")
+            .header("floodgate-pass", text(&first_body, "pass"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request
+            .body(Body::from(r#"{"sku": "rod", "quantity": 1}"#))
+            .unwrap()
+    };
+    let (status, refused) = harness.call(order(None)).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("missing_identity"))
+    );
+    let (status, placed) = harness.call(order(Some(&cookie))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+    let (_, order) = harness
+        .call(
+            Request::get(text(&placed, "status_url"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let visitor = cookie.trim_start_matches("floodgate_visitor=");
+    assert!(
+        visitor.starts_with(order["customer"].as_str().unwrap()),
+        "{order}"
+    );
+}
