@@ -73,6 +73,8 @@ pub enum Standing {
 struct PassState {
     expires_at: Timestamp,
     used: bool,
+    /// An order with it is being placed; it keeps its slot until the order's outcome.
+    held: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +303,34 @@ impl WaitingRoom {
         Ok(())
     }
 
+    /// Holds a pass while an order with it is placed: it cannot buy twice meanwhile, and keeps
+    /// its slot until [`Self::settle_pass`] says whether it was spent.
+    pub fn hold_pass(&mut self, pass: u64, now: Timestamp) -> Result<(), PassRefusal> {
+        self.advance(now);
+        let state = self.passes.get_mut(&pass).ok_or(PassRefusal::NotInForce)?;
+        if state.used || state.held {
+            return Err(PassRefusal::Used);
+        }
+        if now >= state.expires_at {
+            return Err(PassRefusal::NotInForce);
+        }
+        state.held = true;
+        Ok(())
+    }
+
+    /// Ends a hold: a `spent` pass frees its slot for the next waiter; otherwise (the order
+    /// failed on the shop's side) the pass can buy again until it expires.
+    pub fn settle_pass(&mut self, pass: u64, spent: bool, now: Timestamp) {
+        if let Some(state) = self.passes.get_mut(&pass) {
+            state.held = false;
+            if spent && !state.used {
+                state.used = true;
+                self.in_force -= 1;
+            }
+        }
+        self.advance(now);
+    }
+
     /// Expires passes, then admits waiters in order while passes are free, skipping those who
     /// stopped polling.
     pub fn advance(&mut self, now: Timestamp) {
@@ -370,6 +400,7 @@ impl WaitingRoom {
             PassState {
                 expires_at,
                 used: false,
+                held: false,
             },
         );
         self.expiries.push_back((expires_at, pass));
@@ -489,6 +520,31 @@ mod tests {
             room.poll(4, at(1)),
             Standing::Waiting { ahead: 0, .. }
         ));
+    }
+
+    #[test]
+    fn a_held_pass_keeps_its_slot_until_settled_and_buys_again_if_not_spent() {
+        let mut room = room(RoomRules {
+            max_active: 1,
+            ..RULES
+        });
+        let pass = pass_of(room.join(1, T0));
+        assert!(matches!(room.join(2, T0), Standing::Waiting { .. }));
+        room.hold_pass(pass, at(1)).unwrap();
+        assert_eq!(
+            room.hold_pass(pass, at(1)),
+            Err(PassRefusal::Used),
+            "one order at a time"
+        );
+        room.settle_pass(pass, false, at(2));
+        assert!(
+            matches!(room.poll(2, at(2)), Standing::Waiting { .. }),
+            "the slot was kept"
+        );
+        room.hold_pass(pass, at(3)).unwrap();
+        room.settle_pass(pass, true, at(3));
+        assert_eq!(room.hold_pass(pass, at(4)), Err(PassRefusal::Used));
+        pass_of(room.poll(2, at(4)));
     }
 
     #[test]
@@ -657,6 +713,10 @@ mod tests {
         Join(u64),
         Poll(u64),
         UseFirstPass,
+        /// Holds the first free pass, then settles it spent or not.
+        HoldFirstPass {
+            spent: bool,
+        },
         Wait(i64),
     }
 
@@ -666,6 +726,7 @@ mod tests {
                 (0u64..30).prop_map(Step::Join),
                 (0u64..30).prop_map(Step::Poll),
                 Just(Step::UseFirstPass),
+                any::<bool>().prop_map(|spent| Step::HoldFirstPass { spent }),
                 (1i64..20_000).prop_map(Step::Wait),
             ],
             1..200,
@@ -695,6 +756,16 @@ mod tests {
                             .min()
                         {
                             let _ = room.use_pass(pass, now);
+                        }
+                    }
+                    Step::HoldFirstPass { spent } => {
+                        let free = room.passes.iter()
+                            .filter(|(_, state)| !state.used && !state.held)
+                            .map(|(pass, _)| *pass)
+                            .min();
+                        if let Some(pass) = free && room.hold_pass(pass, now).is_ok() {
+                            prop_assert!(room.in_force() <= RULES.max_active);
+                            room.settle_pass(pass, spent, now);
                         }
                     }
                     Step::Wait(millis) => now = now.add_millis(millis),

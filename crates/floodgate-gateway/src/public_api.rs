@@ -115,18 +115,27 @@ async fn place_order(
             Some(KeyLookup::Replay(_))
         )
     };
-    if needs_pass && !replay() {
+    let held = if needs_pass && !replay() {
         let pass = headers
             .get("floodgate-pass")
             .and_then(|value| value.to_str().ok())
             .ok_or(ApiError::InvalidPass)?;
         let identity = Identity::of(&request.customer);
-        gateway.rooms.spend(&drop_id, &identity, pass, now)?;
-    }
+        Some(gateway.rooms.hold(&drop_id, &identity, pass, now)?)
+    } else {
+        None
+    };
     let placed = gateway
         .intake
         .place_order(&drop_id, key, request, now)
-        .await?;
+        .await;
+    if let Some(held) = held {
+        // The pass is spent by an order or a business refusal; when the shop failed (or the
+        // request was malformed) the shopper keeps it and can try again.
+        let spent = matches!(placed, Ok(_) | Err(ApiError::Refused(_)));
+        held.settle(spent, gateway.clock.now());
+    }
+    let placed = placed?;
     let order_id = placed.order_id();
     let status_url = format!("/api/orders/{order_id}");
     let body = json!({ "order_id": order_id, "state": "accepted", "status_url": status_url });

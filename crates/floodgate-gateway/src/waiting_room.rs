@@ -26,6 +26,39 @@ const SATURATION_MEMORY: Duration = Duration::from_secs(10);
 /// arrive in synchronized waves.
 const POLL_AFTER_MS: (u64, u64) = (2_000, 4_000);
 
+/// A pass held while its order is placed. Settled by [`HeldPass::settle`]; dropped unsettled
+/// (the request was cancelled, the order's fate unknown) it counts as spent, so it can never buy
+/// twice — an idempotent replay of the order needs no pass.
+pub(crate) struct HeldPass<'a> {
+    rooms: &'a Rooms,
+    drop_id: &'a DropId,
+    pass: Option<u64>,
+    now: Timestamp,
+}
+
+impl HeldPass<'_> {
+    /// `spent` when the order was placed or refused for a business reason, so the slot goes to
+    /// the next waiter; otherwise the shopper can buy with it again.
+    pub(crate) fn settle(mut self, spent: bool, now: Timestamp) {
+        self.now = now;
+        self.end(spent);
+    }
+
+    fn end(&mut self, spent: bool) {
+        if let Some(pass) = self.pass.take()
+            && let Some(room) = self.rooms.rooms().get_mut(self.drop_id)
+        {
+            room.settle_pass(pass, spent, self.now);
+        }
+    }
+}
+
+impl Drop for HeldPass<'_> {
+    fn drop(&mut self) {
+        self.end(true);
+    }
+}
+
 /// What a shopper is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Answer {
@@ -198,22 +231,29 @@ impl Rooms {
         }
     }
 
-    /// Spends `pass` on an order by `identity` in `drop_id`.
-    pub(crate) fn spend(
-        &self,
-        drop_id: &DropId,
+    /// Holds `pass` while an order with it is placed: it must be valid for `drop_id` and
+    /// `identity`, in force and not in use.
+    pub(crate) fn hold<'a>(
+        &'a self,
+        drop_id: &'a DropId,
         identity: &Identity,
         pass: &str,
         now: Timestamp,
-    ) -> Result<(), ApiError> {
+    ) -> Result<HeldPass<'a>, ApiError> {
         let claims = self
             .keys
             .verify(pass, TokenKind::Pass, drop_id, identity, now)
             .map_err(|_| ApiError::InvalidPass)?;
         let mut rooms = self.rooms();
         let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
-        room.use_pass(claims.serial, now)
-            .map_err(|_| ApiError::InvalidPass)
+        room.hold_pass(claims.serial, now)
+            .map_err(|_| ApiError::InvalidPass)?;
+        Ok(HeldPass {
+            rooms: self,
+            drop_id,
+            pass: Some(claims.serial),
+            now,
+        })
     }
 
     /// Revokes `pass` (an operator's decision): it can no longer buy, and its slot is free.
