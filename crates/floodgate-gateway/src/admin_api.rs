@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState};
 use floodgate_store::{Delivery, OrderFilter, StateCount};
@@ -36,12 +36,19 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/orders/{order}/redrive", post(redrive))
         .route("/admin/cache/purge", post(purge_cache))
         .route("/admin/drops/{drop}/passes/revoke", post(revoke_pass))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
             require_admin_token,
         ))
         .with_state(gateway)
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Result<Response, ApiError> {
+    let page = crate::metrics::render(&gateway).await?;
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], page).into_response())
 }
 
 async fn require_admin_token(
@@ -54,6 +61,9 @@ async fn require_admin_token(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
+    if gateway.metrics_public && request.uri().path() == "/metrics" {
+        return Ok(next.run(request).await);
+    }
     let expected = gateway.admin_token.as_bytes();
     // `ct_eq` on slices of different lengths returns false without comparing contents; the
     // length of the token is not a secret worth hiding.
@@ -279,7 +289,7 @@ async fn admin_drop_json(gateway: &Gateway, drop_id: &DropId) -> Result<Value, A
         "reserved": units(&[OrderState::Accepted, OrderState::Submitting]),
         "confirmed": units(&[OrderState::Confirmed]),
         "failed": units(&[OrderState::Failed]),
-        "waiting": 0,
+        "waiting": gateway.rooms.occupancy(drop_id).map_or(0, |(waiting, _)| waiting),
         "orders_by_state": OrderState::ALL
             .iter()
             .map(|state| (state.as_str().to_owned(), json!(counts.get(state).copied().unwrap_or(StateCount::default()).orders)))

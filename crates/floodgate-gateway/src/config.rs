@@ -88,6 +88,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Threads serving requests; 0: one per core.
     pub worker_threads: u64,
+    /// Serve `/metrics` on the admin listener without the admin token (for a scraper that
+    /// holds no secrets).
+    pub metrics_public: bool,
 }
 
 /// `[store]`.
@@ -160,6 +163,7 @@ impl Default for Config {
                 max_body_bytes: 64 * 1024,
                 shutdown_grace_ms: 10_000,
                 worker_threads: 0,
+                metrics_public: false,
             },
             store: StoreConfig {
                 path: PathBuf::from("./floodgate-data"),
@@ -243,6 +247,7 @@ impl Config {
                 defaults.server.worker_threads,
                 integer(0, 1_024),
             ),
+            metrics_public: server.get("metrics_public", defaults.server.metrics_public, boolean),
         };
         server.finish();
 
@@ -398,6 +403,7 @@ impl Config {
     pub fn gateway_settings(&self, admin_token: String, secret: String) -> GatewaySettings {
         GatewaySettings {
             admin_token,
+            metrics_public: self.server.metrics_public,
             token_keys: floodgate_core::TokenKeys::new(
                 (self.waiting_room.key_id, secret.into_bytes()),
                 self.waiting_room
@@ -692,6 +698,7 @@ mod tests {
             header_read_timeout_ms = 2000
             max_body_bytes = 4096
             shutdown_grace_ms = 0
+            metrics_public = true
             [store]
             path = "/var/lib/floodgate"
             max_batch = 64
@@ -714,6 +721,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.server.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(config.server.admin_token, "s3cret");
+        assert!(config.server.metrics_public);
         assert_eq!(config.store.path, PathBuf::from("/var/lib/floodgate"));
         assert_eq!(config.intake.max_quantity_per_order, 3);
         let downstream = &config.downstream;

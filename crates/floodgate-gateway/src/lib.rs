@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 pub mod front_door;
 mod intake;
+mod metrics;
 mod public_api;
 mod queue_api;
 mod server;
@@ -46,6 +47,8 @@ pub struct Gateway {
     admin_token: String,
     max_body_bytes: usize,
     delivery: Option<DeliveryPace>,
+    counters: metrics::Counters,
+    metrics_public: bool,
     // Set at shutdown so `/readyz` tells the load balancer to stop sending traffic.
     draining: AtomicBool,
 }
@@ -55,6 +58,8 @@ pub struct Gateway {
 pub struct GatewaySettings {
     /// Bearer token of the admin API (empty refuses every admin request).
     pub admin_token: String,
+    /// `/metrics` needs no token.
+    pub metrics_public: bool,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Intake limits.
@@ -104,6 +109,8 @@ impl Gateway {
             admin_token: settings.admin_token,
             max_body_bytes: settings.max_body_bytes,
             delivery: settings.delivery,
+            counters: metrics::Counters::default(),
+            metrics_public: settings.metrics_public,
             draining: AtomicBool::new(false),
         }))
     }

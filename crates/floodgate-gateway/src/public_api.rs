@@ -129,6 +129,7 @@ async fn place_order(
         .intake
         .place_order(&drop_id, key, request, now)
         .await;
+    gateway.counters.order(&placed);
     if let Some(held) = held {
         // The pass is spent by an order or a business refusal; when the shop failed (or the
         // request was malformed) the shopper keeps it and can try again.

@@ -134,6 +134,13 @@ impl Rooms {
         self.saturated.store(saturated, Ordering::Relaxed);
     }
 
+    /// Shoppers waiting and passes in force in `drop_id`'s room, if it has one open.
+    pub(crate) fn occupancy(&self, drop_id: &DropId) -> Option<(u64, u32)> {
+        let rooms = self.rooms();
+        let room = rooms.get(drop_id)?;
+        Some((room.waiting(), room.in_force()))
+    }
+
     /// The keys that sign tickets, passes and visitor cookies.
     pub(crate) fn keys(&self) -> &TokenKeys {
         &self.keys

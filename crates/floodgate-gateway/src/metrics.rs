@@ -1,0 +1,212 @@
+//! `GET /metrics`: the gateway in Prometheus text format (version 0.0.4).
+//!
+//! Gauges are read from the live state at scrape time (stock from the ledgers, orders by state
+//! from the store, waiting rooms from their counters), so nothing is double-booked; only what
+//! happened in between — order outcomes — is counted as it happens.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use floodgate_core::OrderState;
+
+use crate::Gateway;
+use crate::error::ApiError;
+use crate::intake::Placed;
+
+/// Order outcomes as `floodgate_orders_total` labels them.
+const ORDER_OUTCOMES: [&str; 5] = ["accepted", "replayed", "refused", "overloaded", "invalid"];
+
+/// Counters of what happened between scrapes.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    orders: [AtomicU64; ORDER_OUTCOMES.len()],
+}
+
+impl Counters {
+    /// Counts an order request's outcome.
+    pub(crate) fn order(&self, placed: &Result<Placed, ApiError>) {
+        let outcome = match placed {
+            Ok(Placed::Accepted(_)) => 0,
+            Ok(Placed::Replayed(_)) => 1,
+            Err(ApiError::Refused(_)) => 2,
+            Err(ApiError::Overloaded) => 3,
+            Err(_) => 4,
+        };
+        self.orders[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Prometheus text: each family's `# HELP` and `# TYPE`, then its samples.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (label, text)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{label}=\"{}\"", escape(text));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Label values escape backslash, double quote and line feed.
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
+    let mut page = Exposition::default();
+    page.family(
+        "floodgate_ready",
+        "gauge",
+        "1 while the node takes traffic, 0 while it drains.",
+    );
+    page.sample(
+        "floodgate_ready",
+        &[],
+        if gateway.draining.load(Ordering::Relaxed) {
+            0.0
+        } else {
+            1.0
+        },
+    );
+
+    page.family(
+        "floodgate_orders_total",
+        "counter",
+        "Order requests that reached the intake, by outcome, since start.",
+    );
+    for (outcome, count) in ORDER_OUTCOMES.iter().zip(&gateway.counters.orders) {
+        page.sample(
+            "floodgate_orders_total",
+            &[("outcome", outcome)],
+            count.load(Ordering::Relaxed) as f64,
+        );
+    }
+
+    let drops = gateway.intake.drop_ids();
+    page.family(
+        "floodgate_stock_units",
+        "gauge",
+        "Units per SKU: the stock, those held by orders, and those still on sale.",
+    );
+    for drop_id in &drops {
+        let skus = gateway.intake.with_drop(drop_id, |ledger| {
+            ledger
+                .spec()
+                .skus
+                .iter()
+                .map(|sku| {
+                    let held = ledger.held(&sku.sku).unwrap_or(0);
+                    (sku.sku.clone(), sku.stock, held)
+                })
+                .collect::<Vec<_>>()
+        });
+        for (sku, stock, held) in skus.into_iter().flatten() {
+            for (state, units) in [
+                ("total", stock),
+                ("held", held),
+                ("available", stock.saturating_sub(held)),
+            ] {
+                let labels = [
+                    ("drop", drop_id.as_str()),
+                    ("sku", sku.as_str()),
+                    ("state", state),
+                ];
+                page.sample("floodgate_stock_units", &labels, units as f64);
+            }
+        }
+    }
+
+    page.family(
+        "floodgate_drop_orders",
+        "gauge",
+        "Orders per drop by state, from the store.",
+    );
+    for drop_id in &drops {
+        let counts = gateway.intake.store().order_counts(drop_id.clone()).await?;
+        for state in OrderState::ALL {
+            let orders = counts.get(&state).map_or(0, |count| count.orders);
+            let labels = [("drop", drop_id.as_str()), ("state", state.as_str())];
+            page.sample("floodgate_drop_orders", &labels, orders as f64);
+        }
+    }
+
+    page.family(
+        "floodgate_waiting_room_waiting",
+        "gauge",
+        "Shoppers waiting in a drop's room.",
+    );
+    let rooms: Vec<_> = drops
+        .iter()
+        .filter_map(|drop_id| Some((drop_id, gateway.rooms.occupancy(drop_id)?)))
+        .collect();
+    for (drop_id, (waiting, _)) in &rooms {
+        page.sample(
+            "floodgate_waiting_room_waiting",
+            &[("drop", drop_id.as_str())],
+            *waiting as f64,
+        );
+    }
+    page.family(
+        "floodgate_waiting_room_passes_in_force",
+        "gauge",
+        "Passes issued and neither spent nor expired, per drop.",
+    );
+    for (drop_id, (_, in_force)) in &rooms {
+        page.sample(
+            "floodgate_waiting_room_passes_in_force",
+            &[("drop", drop_id.as_str())],
+            f64::from(*in_force),
+        );
+    }
+
+    if gateway.delivery.is_some() {
+        let backlog = gateway.observe_delivery_backlog().await?;
+        page.family(
+            "floodgate_delivery_backlog_seconds",
+            "gauge",
+            "Time to deliver the orders waiting for the downstream at its configured rate.",
+        );
+        page.sample(
+            "floodgate_delivery_backlog_seconds",
+            &[],
+            backlog.as_secs_f64(),
+        );
+    }
+    Ok(page.out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_follow_the_text_format() {
+        let mut page = Exposition::default();
+        page.family("x_total", "counter", "Things.");
+        page.sample("x_total", &[("a", "q\"u\\o\nte")], 3.0);
+        page.sample("x_total", &[], 0.5);
+        assert_eq!(
+            page.out,
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"q\\\"u\\\\o\\nte\"} 3\nx_total 0.5\n"
+        );
+    }
+}

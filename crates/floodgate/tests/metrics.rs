@@ -1,0 +1,124 @@
+//! `/metrics` on the real binary: the exposition passes `promtool check metrics` (Debian's
+//! `prometheus` package, installed by `.ci/run`) and its numbers follow a small drop.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use serde_json::json;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_floodgate"))
+}
+
+/// `promtool check metrics` on `page`: its complaints, empty when the page is well-formed.
+fn promtool_complaints(page: &[u8]) -> String {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian's prometheus package; .ci/run installs it)");
+    promtool.stdin.take().unwrap().write_all(page).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool refused the page: {complaints}"
+    );
+    complaints
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_follow_a_drop() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::spawn(binary(), data.path(), "").unwrap();
+    let client = HttpClient::new(Duration::from_secs(10));
+    let auth = gateway.admin_authorization();
+    let drop = json!({
+        "name": "Metrics", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+        "limit_per_customer": 1,
+        "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 5}],
+        "waiting_room": {"enabled": true, "max_active": 1, "prequeue_s": 0, "pass_ttl_s": 600},
+    });
+    let url = format!("{}/admin/drops/spring", gateway.admin_url);
+    let created = client
+        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
+        .await
+        .unwrap();
+    assert_eq!(created.status, StatusCode::OK);
+    let join = format!("{}/api/drops/spring/queue", gateway.public_url);
+    let ann = client
+        .send(Method::POST, &join, &[], Some(&json!({"customer": "ann"})))
+        .await
+        .unwrap();
+    client
+        .send(Method::POST, &join, &[], Some(&json!({"customer": "bob"})))
+        .await
+        .unwrap();
+    let pass = ann.body["pass"].as_str().unwrap().to_owned();
+    let order = format!("{}/api/drops/spring/orders", gateway.public_url);
+    let body = json!({"customer": "ann", "sku": "rod", "quantity": 1});
+    let placed = client
+        .send(
+            Method::POST,
+            &order,
+            &[("idempotency-key", "m-1"), ("floodgate-pass", &pass)],
+            Some(&body),
+        )
+        .await
+        .unwrap();
+    assert_eq!(placed.status, StatusCode::ACCEPTED);
+
+    let metrics = format!("{}/metrics", gateway.admin_url);
+    let (status, _, _) = client
+        .send_bytes(Method::GET, &metrics, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the admin token guards /metrics by default"
+    );
+    let (status, headers, page) = client
+        .send_bytes(
+            Method::GET,
+            &metrics,
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    promtool_complaints(&page);
+    let text = String::from_utf8(page.to_vec()).unwrap();
+    for line in [
+        "floodgate_ready 1",
+        "floodgate_orders_total{outcome=\"accepted\"} 1",
+        "floodgate_stock_units{drop=\"spring\",sku=\"rod\",state=\"held\"} 1",
+        "floodgate_stock_units{drop=\"spring\",sku=\"rod\",state=\"available\"} 4",
+        "floodgate_drop_orders{drop=\"spring\",state=\"accepted\"} 1",
+        // Ann's pass was spent on her order, so Bob was admitted: nobody waits.
+        "floodgate_waiting_room_waiting{drop=\"spring\"} 0",
+        "floodgate_waiting_room_passes_in_force{drop=\"spring\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
