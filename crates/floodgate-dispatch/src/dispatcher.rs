@@ -150,6 +150,12 @@ impl Dispatcher {
             .clone()
     }
 
+    /// A reader of [`Self::stats`] that outlives a borrow of the dispatcher (for a metrics page).
+    pub fn stats_reader(&self) -> impl Fn() -> DispatchStats + Send + Sync + 'static {
+        let stats = Arc::clone(&self.stats);
+        move || stats.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Stops starting attempts, waits for the ones in flight to be answered (or time out) and
     /// recorded, then returns. Orders claimed but not sent stay `submitting` and go out again
     /// after a restart.

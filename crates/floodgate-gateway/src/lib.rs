@@ -49,6 +49,7 @@ pub struct Gateway {
     delivery: Option<DeliveryPace>,
     counters: metrics::Counters,
     metrics_public: bool,
+    delivery_reader: std::sync::OnceLock<DeliveryReader>,
     // Set at shutdown so `/readyz` tells the load balancer to stop sending traffic.
     draining: AtomicBool,
 }
@@ -78,6 +79,33 @@ pub struct GatewaySettings {
     /// The delivery pace behind the intake, when orders are delivered at all.
     pub delivery: Option<DeliveryPace>,
 }
+
+/// The dispatcher's figures as `/metrics` shows them; the bin wires a reader of them in with
+/// [`Gateway::report_delivery`] (the gateway never depends on the dispatcher).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DeliveryFigures {
+    /// Attempts awaiting an answer.
+    pub in_flight: u64,
+    /// Attempts started.
+    pub attempts: u64,
+    /// Orders the downstream took.
+    pub confirmed: u64,
+    /// Orders it refused for good.
+    pub rejected: u64,
+    /// Orders dead-lettered.
+    pub failed: u64,
+    /// Attempts to be retried.
+    pub retried: u64,
+    /// The current adaptive pace.
+    pub rate_per_second: f64,
+    /// The configured limit.
+    pub limit_per_second: f64,
+    /// Whether the circuit breaker holds requests back (open or probing).
+    pub breaker_open: bool,
+}
+
+/// Reads the dispatcher's figures at scrape time.
+pub type DeliveryReader = Box<dyn Fn() -> DeliveryFigures + Send + Sync>;
 
 /// How fast accepted orders leave for the downstream, and how far behind is too far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +138,7 @@ impl Gateway {
             max_body_bytes: settings.max_body_bytes,
             delivery: settings.delivery,
             counters: metrics::Counters::default(),
+            delivery_reader: std::sync::OnceLock::new(),
             metrics_public: settings.metrics_public,
             draining: AtomicBool::new(false),
         }))
@@ -118,6 +147,11 @@ impl Gateway {
     /// The order intake.
     pub fn intake(&self) -> &Intake {
         &self.intake
+    }
+
+    /// Lets `/metrics` read the dispatcher's figures; a second reader is ignored.
+    pub fn report_delivery(&self, reader: DeliveryReader) {
+        let _ = self.delivery_reader.set(reader);
     }
 
     /// Counts the orders waiting for delivery (accepted or being submitted, across drops) and

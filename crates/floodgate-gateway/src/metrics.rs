@@ -178,6 +178,9 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         );
     }
 
+    if let Some(read) = gateway.delivery_reader.get() {
+        delivery_figures(&mut page, &read());
+    }
     if gateway.delivery.is_some() {
         let backlog = gateway.observe_delivery_backlog().await?;
         page.family(
@@ -192,6 +195,85 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         );
     }
     Ok(page.out)
+}
+
+fn delivery_figures(page: &mut Exposition, figures: &crate::DeliveryFigures) {
+    page.family(
+        "floodgate_delivery_attempts_total",
+        "counter",
+        "Delivery attempts started.",
+    );
+    page.sample(
+        "floodgate_delivery_attempts_total",
+        &[],
+        figures.attempts as f64,
+    );
+    page.family(
+        "floodgate_delivery_retries_total",
+        "counter",
+        "Attempts that will be retried.",
+    );
+    page.sample(
+        "floodgate_delivery_retries_total",
+        &[],
+        figures.retried as f64,
+    );
+    page.family(
+        "floodgate_delivery_orders_total",
+        "counter",
+        "Orders settled by the downstream's answer, by outcome.",
+    );
+    for (outcome, count) in [
+        ("confirmed", figures.confirmed),
+        ("rejected", figures.rejected),
+        ("failed", figures.failed),
+    ] {
+        page.sample(
+            "floodgate_delivery_orders_total",
+            &[("outcome", outcome)],
+            count as f64,
+        );
+    }
+    page.family(
+        "floodgate_delivery_in_flight",
+        "gauge",
+        "Attempts awaiting an answer.",
+    );
+    page.sample(
+        "floodgate_delivery_in_flight",
+        &[],
+        figures.in_flight as f64,
+    );
+    page.family(
+        "floodgate_delivery_rate_per_second",
+        "gauge",
+        "The dispatcher's current pace (adaptive, never above the limit).",
+    );
+    page.sample(
+        "floodgate_delivery_rate_per_second",
+        &[],
+        figures.rate_per_second,
+    );
+    page.family(
+        "floodgate_delivery_rate_limit_per_second",
+        "gauge",
+        "downstream.rate_per_second.",
+    );
+    page.sample(
+        "floodgate_delivery_rate_limit_per_second",
+        &[],
+        figures.limit_per_second,
+    );
+    page.family(
+        "floodgate_delivery_breaker_open",
+        "gauge",
+        "1 while the circuit breaker holds deliveries back (open or probing).",
+    );
+    page.sample(
+        "floodgate_delivery_breaker_open",
+        &[],
+        if figures.breaker_open { 1.0 } else { 0.0 },
+    );
 }
 
 #[cfg(test)]

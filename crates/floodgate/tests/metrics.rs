@@ -1,5 +1,6 @@
 //! `/metrics` on the real binary: the exposition passes `promtool check metrics` (Debian's
-//! `prometheus` package, installed by `.ci/run`) and its numbers follow a small drop.
+//! `prometheus` package, installed by `.ci/run`) and its numbers follow a small drop and its
+//! delivery to a simulated legacy shop.
 
 use std::io::Write;
 use std::path::Path;
@@ -7,8 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
 use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
 use serde_json::json;
+use tokio::time::Instant;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_floodgate"))
@@ -39,8 +42,15 @@ fn promtool_complaints(page: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_follow_a_drop() {
+    let shop = LegacyServer::start("127.0.0.1:0".parse().unwrap(), LegacyConfig::default())
+        .await
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let gateway = GatewayProcess::spawn(binary(), data.path(), "").unwrap();
+    let downstream = format!(
+        "[downstream]\nurl = \"{}\"\nrate_per_second = 10\n",
+        shop.orders_url()
+    );
+    let gateway = GatewayProcess::spawn(binary(), data.path(), &downstream).unwrap();
     let client = HttpClient::new(Duration::from_secs(10));
     let auth = gateway.admin_authorization();
     let drop = json!({
@@ -88,15 +98,21 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         StatusCode::UNAUTHORIZED,
         "the admin token guards /metrics by default"
     );
-    let (status, headers, page) = client
-        .send_bytes(
-            Method::GET,
-            &metrics,
-            &[("authorization", &auth)],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    // The order reaches the legacy shop within a few pacing slots.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let authorized = [("authorization", auth.as_str())];
+    let scrape = || client.send_bytes(Method::GET, &metrics, &authorized, Bytes::new());
+    let confirmed = "floodgate_delivery_orders_total{outcome=\"confirmed\"} 1";
+    let (status, headers, page) = loop {
+        let (status, headers, page) = scrape().await.unwrap();
+        let delivered = String::from_utf8_lossy(&page)
+            .lines()
+            .any(|line| line == confirmed);
+        if delivered || Instant::now() >= deadline {
+            break (status, headers, page);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status, StatusCode::OK);
     assert!(
         headers["content-type"]
@@ -111,7 +127,11 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         "floodgate_orders_total{outcome=\"accepted\"} 1",
         "floodgate_stock_units{drop=\"spring\",sku=\"rod\",state=\"held\"} 1",
         "floodgate_stock_units{drop=\"spring\",sku=\"rod\",state=\"available\"} 4",
-        "floodgate_drop_orders{drop=\"spring\",state=\"accepted\"} 1",
+        "floodgate_drop_orders{drop=\"spring\",state=\"confirmed\"} 1",
+        confirmed,
+        "floodgate_delivery_rate_limit_per_second 10",
+        "floodgate_delivery_breaker_open 0",
+        "floodgate_delivery_backlog_seconds 0",
         // Ann's pass was spent on her order, so Bob was admitted: nobody waits.
         "floodgate_waiting_room_waiting{drop=\"spring\"} 0",
         "floodgate_waiting_room_passes_in_force{drop=\"spring\"} 1",
