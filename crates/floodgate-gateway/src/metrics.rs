@@ -88,6 +88,8 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         },
     );
 
+    front_door(&mut page, &gateway.front_door);
+
     page.family(
         "floodgate_orders_total",
         "counter",
@@ -195,6 +197,59 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         );
     }
     Ok(page.out)
+}
+
+fn front_door(page: &mut Exposition, front_door: &crate::front_door::FrontDoor) {
+    page.family(
+        "floodgate_requests_total",
+        "counter",
+        "Requests to the shop's own site by route, priority class and outcome.",
+    );
+    for figures in front_door.route_figures() {
+        for (outcome, count) in &figures.counts {
+            let labels = [
+                ("route", figures.route),
+                ("class", figures.class),
+                ("outcome", outcome.label()),
+            ];
+            page.sample("floodgate_requests_total", &labels, *count as f64);
+        }
+    }
+    page.family(
+        "floodgate_requests_not_found_total",
+        "counter",
+        "Requests no route took, with no origin to send them to.",
+    );
+    page.sample(
+        "floodgate_requests_not_found_total",
+        &[],
+        front_door.not_found() as f64,
+    );
+    page.family(
+        "floodgate_pool_limit",
+        "gauge",
+        "A pool's adaptive concurrency limit.",
+    );
+    let pools: Vec<_> = front_door.pool_figures().collect();
+    for figures in &pools {
+        page.sample(
+            "floodgate_pool_limit",
+            &[("pool", figures.pool)],
+            f64::from(figures.limit),
+        );
+    }
+    page.family(
+        "floodgate_pool_in_flight",
+        "gauge",
+        "Requests a pool has in flight.",
+    );
+    for figures in &pools {
+        page.sample(
+            "floodgate_pool_in_flight",
+            &[("pool", figures.pool)],
+            f64::from(figures.in_flight),
+        );
+    }
 }
 
 fn delivery_figures(page: &mut Exposition, figures: &crate::DeliveryFigures) {

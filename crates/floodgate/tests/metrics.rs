@@ -47,7 +47,8 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         .unwrap();
     let data = tempfile::tempdir().unwrap();
     let downstream = format!(
-        "[downstream]\nurl = \"{}\"\nrate_per_second = 10\n",
+        "[origin]\nurl = \"http://{}\"\n[downstream]\nurl = \"{}\"\nrate_per_second = 10\n",
+        shop.address(),
         shop.orders_url()
     );
     let gateway = GatewayProcess::spawn(binary(), data.path(), &downstream).unwrap();
@@ -88,6 +89,16 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         .unwrap();
     assert_eq!(placed.status, StatusCode::ACCEPTED);
 
+    let page = format!("{}/shop/rod", gateway.public_url);
+    let (status, _, _) = client
+        .send_bytes(Method::GET, &page, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the shop's page through the front door"
+    );
     let metrics = format!("{}/metrics", gateway.admin_url);
     let (status, _, _) = client
         .send_bytes(Method::GET, &metrics, &[], Bytes::new())

@@ -138,7 +138,6 @@ impl Admission {
     }
 
     /// The current limit and the requests in flight.
-    #[cfg(test)]
     pub(crate) fn load(&self) -> (u32, u32) {
         let state = self.state();
         (state.limit.limit(), state.in_flight)

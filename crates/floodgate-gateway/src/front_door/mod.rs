@@ -17,6 +17,7 @@ mod upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -61,9 +62,74 @@ pub enum Decision {
     MustWait(Priority),
 }
 
+/// What became of a route's requests, as `/metrics` counts them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    /// Sent to the origin (whatever it answered).
+    Forwarded,
+    /// Answered from the edge cache (fresh, or stale while refreshing or while the origin fails).
+    CacheHit,
+    /// Refused by admission: the pool was full for its class.
+    Shed,
+    /// Refused by a rate limit.
+    RateLimited,
+    /// The origin did not answer, or not in time.
+    OriginError,
+}
+
+impl Outcome {
+    /// Every outcome, in counter order.
+    pub(crate) const ALL: [Outcome; 5] = [
+        Self::Forwarded,
+        Self::CacheHit,
+        Self::Shed,
+        Self::RateLimited,
+        Self::OriginError,
+    ];
+
+    /// Its metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::CacheHit => "cache_hit",
+            Self::Shed => "shed",
+            Self::RateLimited => "rate_limited",
+            Self::OriginError => "origin_error",
+        }
+    }
+}
+
+/// A route's requests by outcome.
+#[derive(Debug, Default)]
+struct Counts([AtomicU64; Outcome::ALL.len()]);
+
+impl Counts {
+    fn add(&self, outcome: Outcome) {
+        self.0[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One route's figures for `/metrics`.
+pub(crate) struct RouteFigures<'a> {
+    pub(crate) route: &'a str,
+    pub(crate) class: &'static str,
+    pub(crate) counts: Vec<(Outcome, u64)>,
+}
+
+/// One pool's load for `/metrics`.
+pub(crate) struct PoolFigures<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) limit: u32,
+    pub(crate) in_flight: u32,
+}
+
 /// The routes and pools, built once from the config.
 pub struct FrontDoor {
     routes: Vec<Route>,
+    /// Every pool, for its figures.
+    pools: Vec<Arc<Pool>>,
+    /// Requests no route took and no origin could.
+    not_found: AtomicU64,
     /// Where unrouted requests go, if `origin.url` is set.
     fallback: Option<Route>,
     proxy: Proxy,
@@ -87,6 +153,7 @@ struct Target {
     admitted: bool,
     timeout: Duration,
     cache: Option<RouteCache>,
+    counts: Counts,
 }
 
 /// Why a request got no answer from the origin.
@@ -145,18 +212,60 @@ impl FrontDoor {
                 admitted: admitted(config.origin.class),
                 timeout: Duration::from_millis(config.origin.timeout_ms),
                 cache: None,
+                counts: Counts::default(),
             }),
             per_client: None,
             global: None,
         });
         let cache = (config.cache.max_bytes > 0)
             .then(|| EdgeCache::new(usize::try_from(config.cache.max_bytes).unwrap_or(usize::MAX)));
+        let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
         Self {
             routes,
+            pools,
+            not_found: AtomicU64::new(0),
             fallback,
             proxy: Proxy::default(),
             cache,
         }
+    }
+
+    /// Each route's requests by outcome, the unrouted origin's last.
+    pub(crate) fn route_figures(&self) -> impl Iterator<Item = RouteFigures<'_>> {
+        self.routes.iter().chain(&self.fallback).map(|route| {
+            let target = &route.target;
+            RouteFigures {
+                route: &target.name,
+                class: target.class.as_str(),
+                counts: Outcome::ALL
+                    .iter()
+                    .map(|&outcome| {
+                        (
+                            outcome,
+                            target.counts.0[outcome as usize].load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    /// Each pool's adaptive limit and requests in flight.
+    pub(crate) fn pool_figures(&self) -> impl Iterator<Item = PoolFigures<'_>> {
+        self.pools.iter().map(|pool| {
+            let (limit, in_flight) = pool.admission.load();
+            PoolFigures {
+                pool: &pool.name,
+                limit,
+                in_flight,
+            }
+        })
+    }
+
+    /// Requests answered `404` because no route took them and there is no origin.
+    pub(crate) fn not_found(&self) -> u64 {
+        self.not_found.load(Ordering::Relaxed)
     }
 
     fn route(&self, method: &Method, path: &str) -> Option<&Route> {
@@ -199,6 +308,7 @@ impl FrontDoor {
     /// Answers one request that none of floodgate's own endpoints took.
     pub(crate) async fn handle(&self, request: Request<Body>, client: SocketAddr) -> Response {
         let Some(route) = self.route(request.method(), request.uri().path()) else {
+            self.not_found.fetch_add(1, Ordering::Relaxed);
             return refusal(
                 request.headers(),
                 StatusCode::NOT_FOUND,
@@ -208,6 +318,7 @@ impl FrontDoor {
             );
         };
         if let Err(wait) = route.check_rate_limits(request.headers(), client) {
+            route.target.counts.add(Outcome::RateLimited);
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u32;
             return refusal(
                 request.headers(),
@@ -247,7 +358,10 @@ impl FrontDoor {
         let key = cache.key(&request);
         let method = request.method().clone();
         let stale = match cache.lookup(&key) {
-            Lookup::Fresh(entry) => return entry.respond(&method, Served::Hit),
+            Lookup::Fresh(entry) => {
+                target.counts.add(Outcome::CacheHit);
+                return entry.respond(&method, Served::Hit);
+            }
             Lookup::Revalidate(entry) => {
                 if let Fill::Leader(fill) = cache.join_fill(&key) {
                     let refresh = copy_head(&request);
@@ -260,6 +374,7 @@ impl FrontDoor {
                         fill.finish(filled);
                     });
                 }
+                target.counts.add(Outcome::CacheHit);
                 return entry.respond(&method, Served::Stale);
             }
             Lookup::StaleIfError(entry) => Some(entry),
@@ -273,7 +388,10 @@ impl FrontDoor {
                 response
             }
             Fill::Follower(outcome) => match cache::followed(outcome, target.timeout).await {
-                Some(entry) => entry.respond(&method, Served::Hit),
+                Some(entry) => {
+                    target.counts.add(Outcome::CacheHit);
+                    entry.respond(&method, Served::Hit)
+                }
                 // Nothing to share (not cacheable, or the fill failed): ask on our own.
                 None => {
                     fetch_into_cache(&self.proxy, cache, target, request, client, stale)
@@ -297,9 +415,10 @@ async fn fetch_into_cache(
 ) -> (Response, Filled) {
     let head = copy_head(&request);
     let serve_stale = |stale: &Option<Arc<Entry>>| {
-        stale
-            .as_ref()
-            .map(|entry| (entry.respond(head.method(), Served::Stale), None))
+        stale.as_ref().map(|entry| {
+            target.counts.add(Outcome::CacheHit);
+            (entry.respond(head.method(), Served::Stale), None)
+        })
     };
     let (response, permit) = match target.fetch(proxy, request, client).await {
         Ok(fetched) => fetched,
@@ -369,6 +488,7 @@ impl Target {
             let admitted = self.pool.admission.admit(self.class).await;
             Some(admitted.map_err(|shed| {
                 tracing::debug!(route = %self.name, class = self.class.as_str(), ?shed, "shed");
+                self.counts.add(Outcome::Shed);
                 Failure::Shed
             })?)
         };
@@ -379,10 +499,12 @@ impl Target {
         {
             Ok(response) => {
                 chosen.upstream.record(!response.status().is_server_error());
+                self.counts.add(Outcome::Forwarded);
                 Ok((response, permit))
             }
             Err(error) => {
                 chosen.upstream.record(false);
+                self.counts.add(Outcome::OriginError);
                 if let Some(permit) = permit {
                     permit.finish(true);
                 }
@@ -432,6 +554,7 @@ impl Route {
                 admitted,
                 timeout: Duration::from_millis(config.timeout_ms),
                 cache: config.cache.clone(),
+                counts: Counts::default(),
             }),
             per_client: limits.and_then(|limits| {
                 let rate = limits.per_client_per_s?;
