@@ -223,6 +223,18 @@ impl WaitingRoom {
         self.joined - self.admitted_through
     }
 
+    /// Admissions over the last minute (as of the last event).
+    pub fn admitted_last_minute(&self) -> usize {
+        self.recent_admissions.len()
+    }
+
+    /// Seconds until the last waiter's turn at the recent admission rate; `None` while nobody
+    /// waits or nobody was admitted in the last minute.
+    pub fn eta_of_last(&self, now: Timestamp) -> Option<u64> {
+        let ahead = self.waiting().checked_sub(1)?;
+        self.eta(ahead, now)
+    }
+
     /// Passes in force.
     pub fn in_force(&self) -> u32 {
         self.in_force
@@ -444,7 +456,6 @@ impl WaitingRoom {
         standing
     }
 
-    /// Seconds until `ahead` more admissions at the rate seen over the last minute.
     /// Seconds until `ahead` more turns: the share of recent turns skipped (shoppers who
     /// stopped polling) is taken out of `ahead`, and the rest go at the recent admission rate.
     fn eta(&self, ahead: u64, now: Timestamp) -> Option<u64> {

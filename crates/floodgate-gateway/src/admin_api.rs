@@ -289,7 +289,7 @@ async fn admin_drop_json(gateway: &Gateway, drop_id: &DropId) -> Result<Value, A
         "reserved": units(&[OrderState::Accepted, OrderState::Submitting]),
         "confirmed": units(&[OrderState::Confirmed]),
         "failed": units(&[OrderState::Failed]),
-        "waiting": gateway.rooms.occupancy(drop_id).map_or(0, |(waiting, _)| waiting),
+        "waiting": gateway.rooms.occupancy(drop_id, now).map_or(0, |room| room.waiting),
         "orders_by_state": OrderState::ALL
             .iter()
             .map(|state| (state.as_str().to_owned(), json!(counts.get(state).copied().unwrap_or(StateCount::default()).orders)))

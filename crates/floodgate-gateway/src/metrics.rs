@@ -12,9 +12,13 @@ use floodgate_core::OrderState;
 use crate::Gateway;
 use crate::error::ApiError;
 use crate::intake::Placed;
+use crate::waiting_room::Occupancy;
 
 /// Order outcomes as `floodgate_orders_total` labels them.
 const ORDER_OUTCOMES: [&str; 5] = ["accepted", "replayed", "refused", "overloaded", "invalid"];
+
+/// One figure of a room, when it has one.
+type RoomGauge = fn(&Occupancy) -> Option<f64>;
 
 /// Counters of what happened between scrapes.
 #[derive(Debug, Default)]
@@ -151,33 +155,40 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         }
     }
 
-    page.family(
-        "floodgate_waiting_room_waiting",
-        "gauge",
-        "Shoppers waiting in a drop's room.",
-    );
+    let now = gateway.clock.now();
     let rooms: Vec<_> = drops
         .iter()
-        .filter_map(|drop_id| Some((drop_id, gateway.rooms.occupancy(drop_id)?)))
+        .filter_map(|drop_id| Some((drop_id.as_str(), gateway.rooms.occupancy(drop_id, now)?)))
         .collect();
-    for (drop_id, (waiting, _)) in &rooms {
-        page.sample(
+    let room_gauges: [(&str, &str, RoomGauge); 4] = [
+        (
             "floodgate_waiting_room_waiting",
-            &[("drop", drop_id.as_str())],
-            *waiting as f64,
-        );
-    }
-    page.family(
-        "floodgate_waiting_room_passes_in_force",
-        "gauge",
-        "Passes issued and neither spent nor expired, per drop.",
-    );
-    for (drop_id, (_, in_force)) in &rooms {
-        page.sample(
+            "Shoppers waiting in a drop's room.",
+            |room| Some(room.waiting as f64),
+        ),
+        (
             "floodgate_waiting_room_passes_in_force",
-            &[("drop", drop_id.as_str())],
-            f64::from(*in_force),
-        );
+            "Passes issued and neither spent nor expired, per drop.",
+            |room| Some(f64::from(room.in_force)),
+        ),
+        (
+            "floodgate_waiting_room_admitted_last_minute",
+            "Shoppers admitted over the last minute, per drop.",
+            |room| Some(room.admitted_last_minute as f64),
+        ),
+        (
+            "floodgate_waiting_room_eta_seconds",
+            "The ETA the last waiter is told, per drop (absent until the rate is known).",
+            |room| room.eta_of_last.map(|eta| eta as f64),
+        ),
+    ];
+    for (name, help, value) in room_gauges {
+        page.family(name, "gauge", help);
+        for (drop_id, room) in &rooms {
+            if let Some(value) = value(room) {
+                page.sample(name, &[("drop", drop_id)], value);
+            }
+        }
     }
 
     if let Some(read) = gateway.delivery_reader.get() {

@@ -26,6 +26,18 @@ const SATURATION_MEMORY: Duration = Duration::from_secs(10);
 /// arrive in synchronized waves.
 const POLL_AFTER_MS: (u64, u64) = (2_000, 4_000);
 
+/// A room's load.
+pub(crate) struct Occupancy {
+    /// Shoppers waiting.
+    pub(crate) waiting: u64,
+    /// Passes in force.
+    pub(crate) in_force: u32,
+    /// Admissions over the last minute.
+    pub(crate) admitted_last_minute: usize,
+    /// Seconds until the last waiter's turn, when the rate is known.
+    pub(crate) eta_of_last: Option<u64>,
+}
+
 /// A pass held while its order is placed. Settled by [`HeldPass::settle`]; dropped unsettled
 /// (the request was cancelled, the order's fate unknown) it counts as spent, so it can never buy
 /// twice — an idempotent replay of the order needs no pass.
@@ -134,11 +146,16 @@ impl Rooms {
         self.saturated.store(saturated, Ordering::Relaxed);
     }
 
-    /// Shoppers waiting and passes in force in `drop_id`'s room, if it has one open.
-    pub(crate) fn occupancy(&self, drop_id: &DropId) -> Option<(u64, u32)> {
+    /// `drop_id`'s room as `/metrics` and the admin API show it, if it has one open.
+    pub(crate) fn occupancy(&self, drop_id: &DropId, now: Timestamp) -> Option<Occupancy> {
         let rooms = self.rooms();
         let room = rooms.get(drop_id)?;
-        Some((room.waiting(), room.in_force()))
+        Some(Occupancy {
+            waiting: room.waiting(),
+            in_force: room.in_force(),
+            admitted_last_minute: room.admitted_last_minute(),
+            eta_of_last: room.eta_of_last(now),
+        })
     }
 
     /// The keys that sign tickets, passes and visitor cookies.

@@ -146,6 +146,7 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         // Ann's pass was spent on her order, so Bob was admitted: nobody waits.
         "floodgate_waiting_room_waiting{drop=\"spring\"} 0",
         "floodgate_waiting_room_passes_in_force{drop=\"spring\"} 1",
+        "floodgate_waiting_room_admitted_last_minute{drop=\"spring\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
