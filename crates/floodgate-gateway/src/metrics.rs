@@ -107,6 +107,10 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         );
     }
 
+    if let Some(commits) = gateway.intake.store().commit_figures() {
+        store_figures(&mut page, &commits);
+    }
+
     let drops = gateway.intake.drop_ids();
     page.family(
         "floodgate_stock_units",
@@ -208,6 +212,40 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         );
     }
     Ok(page.out)
+}
+
+fn store_figures(page: &mut Exposition, commits: &floodgate_store::CommitFigures) {
+    let counters = [
+        (
+            "floodgate_store_commits_total",
+            "Store transactions committed (each a batch of writes).",
+            commits.commits as f64,
+        ),
+        (
+            "floodgate_store_writes_total",
+            "Writes committed; over the commits, the mean batch size.",
+            commits.writes as f64,
+        ),
+        (
+            "floodgate_store_commit_seconds_total",
+            "Time spent committing; over the commits, the mean commit time.",
+            commits.seconds,
+        ),
+    ];
+    for (name, help, value) in counters {
+        page.family(name, "counter", help);
+        page.sample(name, &[], value);
+    }
+    page.family(
+        "floodgate_store_largest_batch",
+        "gauge",
+        "The largest batch committed at once.",
+    );
+    page.sample(
+        "floodgate_store_largest_batch",
+        &[],
+        commits.largest_batch as f64,
+    );
 }
 
 fn front_door(page: &mut Exposition, front_door: &crate::front_door::FrontDoor) {

@@ -60,6 +60,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits every write already handed over, then refuses new ones.
     fn close(&self) -> StoreFuture<'_, ()>;
+
+    /// How the store's commits have gone since it opened, for `/metrics`; `None` for a store
+    /// that does not count them.
+    fn commit_figures(&self) -> Option<CommitFigures> {
+        None
+    }
+}
+
+/// A store's commits since it opened.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CommitFigures {
+    /// Transactions committed (each one a batch of writes).
+    pub commits: u64,
+    /// Writes across those transactions: the mean batch is `writes / commits`.
+    pub writes: u64,
+    /// The largest batch.
+    pub largest_batch: u64,
+    /// Time spent committing, in seconds (the mean commit is this over `commits`).
+    pub seconds: f64,
 }
 
 /// What start-up needs from the store.

@@ -17,7 +17,8 @@ use crate::checkpoint::Checkpointer;
 use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
 use crate::writer::{Write, WriterHandle};
 use crate::{
-    Delivery, Holding, OrderFilter, Snapshot, StateCount, Store, StoreError, StoreFuture, StoredKey,
+    CommitFigures, Delivery, Holding, OrderFilter, Snapshot, StateCount, Store, StoreError,
+    StoreFuture, StoredKey,
 };
 
 /// The database file inside the data directory.
@@ -171,6 +172,10 @@ impl Store for SqliteStore {
 
     fn check_writable(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.writer.submit(Write::Heartbeat))
+    }
+
+    fn commit_figures(&self) -> Option<CommitFigures> {
+        Some(self.writer.figures())
     }
 
     fn close(&self) -> StoreFuture<'_, ()> {

@@ -7,8 +7,11 @@
 //! not undo its batch-mates.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -16,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpointer;
 use crate::schema::backend;
-use crate::{Delivery, StoreError};
+use crate::{CommitFigures, Delivery, StoreError};
 
 /// A write waiting for the writer thread.
 pub(crate) enum Write {
@@ -46,6 +49,27 @@ struct Job {
 pub(crate) struct WriterHandle {
     // Bounded so a disk that cannot keep up turns into `Overloaded` answers, not unbounded memory.
     jobs: SyncSender<Job>,
+    figures: Arc<Figures>,
+}
+
+/// The writer's running counts, read by [`WriterHandle::figures`].
+#[derive(Default)]
+struct Figures {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    largest_batch: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl Figures {
+    fn record(&self, batch: usize, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(batch as u64, Ordering::Relaxed);
+        self.largest_batch
+            .fetch_max(batch as u64, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
 }
 
 impl WriterHandle {
@@ -57,14 +81,27 @@ impl WriterHandle {
         queue_capacity: usize,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, queued) = mpsc::sync_channel(queue_capacity);
+        let figures = Arc::new(Figures::default());
+        let counted = Arc::clone(&figures);
         let thread = std::thread::Builder::new()
             .name("floodgate-store-writer".into())
             .spawn(move || {
                 // Runs beside the writer and stops when the writer drops its handle.
                 let _checkpointing = checkpoints.start();
-                run(connection, queued, max_batch);
+                run(connection, queued, max_batch, &counted);
             })?;
-        Ok((Self { jobs }, thread))
+        Ok((Self { jobs, figures }, thread))
+    }
+
+    /// The commits so far.
+    pub(crate) fn figures(&self) -> CommitFigures {
+        let figures = &self.figures;
+        CommitFigures {
+            commits: figures.commits.load(Ordering::Relaxed),
+            writes: figures.writes.load(Ordering::Relaxed),
+            largest_batch: figures.largest_batch.load(Ordering::Relaxed),
+            seconds: figures.nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     /// Queues `write` and waits until it is committed (or refused).
@@ -81,7 +118,7 @@ impl WriterHandle {
     }
 }
 
-fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize) {
+fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize, figures: &Figures) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = queued.recv() {
         batch.push(first);
@@ -91,7 +128,11 @@ fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
+        // Measures the writer's own commits for operators; no decision depends on it.
+        #[allow(clippy::disallowed_types)]
+        let started = std::time::Instant::now();
         let results = commit(&mut connection, &batch);
+        figures.record(batch.len(), started.elapsed());
         let closing = batch.iter().any(|job| matches!(job.write, Write::Close));
         for (job, result) in batch.drain(..).zip(results) {
             // The caller may have gone (client hung up); the write stands either way.
