@@ -14,6 +14,7 @@ mod intake;
 mod metrics;
 mod public_api;
 mod queue_api;
+mod request_id;
 mod server;
 mod waiting_room;
 

@@ -35,6 +35,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/orders/{order_id}", get(order_view))
         .merge(queue_api::routes())
         .fallback(through_front_door)
+        .layer(axum::middleware::from_fn(crate::request_id::tag))
         .with_state(gateway)
 }
 

@@ -34,6 +34,9 @@ enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log lines as text for people or as JSON objects for a log pipeline.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: serve::LogFormat,
     },
     /// Validate a configuration file and print every problem with its key path.
     CheckConfig {
@@ -51,8 +54,8 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config } => match load_config(config.as_deref()) {
-            Ok(config) => report(serve::serve(config)),
+        Command::Serve { config, log_format } => match load_config(config.as_deref()) {
+            Ok(config) => report(serve::serve(config, log_format)),
             Err(problems) => invalid_config(problems),
         },
         Command::CheckConfig { file } => match load_config(Some(&file)) {

@@ -12,14 +12,30 @@ use floodgate_gateway::{Clock, Config, DeliveryFigures, Gateway, Listeners};
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event, with the fields of its spans (the request id among them).
+    Json,
+}
+
 /// Runs the gateway described by `config` on a new multi-threaded runtime.
-pub(crate) fn serve(config: Config) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.server.worker_threads > 0 {
         runtime.worker_threads(usize::try_from(config.server.worker_threads)?);
