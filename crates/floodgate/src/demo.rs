@@ -184,7 +184,7 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
         },
     ));
     say(&format!(
-        "   floodgate: public {public_url}, admin {admin_url} (token {ADMIN_TOKEN})"
+        "   floodgate: public {public_url}, metrics {admin_url}/metrics (Authorization: Bearer {ADMIN_TOKEN})"
     ));
 
     let client = HttpClient::new(Duration::from_secs(10));
