@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::{HttpClient, Method, StatusCode};
+
 /// How long a gateway may take to start (build caches cold, slow CI disk).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -80,6 +82,31 @@ impl GatewayProcess {
     /// `Authorization` header value for the admin API.
     pub fn admin_authorization(&self) -> String {
         format!("Bearer {}", self.admin_token)
+    }
+
+    /// Creates or replaces drop `drop_id` through the admin API; any answer but `200` is an
+    /// error that quotes it.
+    pub async fn put_drop(
+        &self,
+        client: &HttpClient,
+        drop_id: &str,
+        spec: &serde_json::Value,
+    ) -> Result<(), String> {
+        let url = format!("{}/admin/drops/{drop_id}", self.admin_url);
+        let authorization = self.admin_authorization();
+        let answer = client
+            .send(
+                Method::PUT,
+                &url,
+                &[("authorization", &authorization)],
+                Some(spec),
+            )
+            .await?;
+        if answer.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("PUT {url}: {} {}", answer.status, answer.body))
+        }
     }
 
     /// SIGKILL: the process gets no chance to flush anything.

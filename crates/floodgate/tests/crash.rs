@@ -44,13 +44,7 @@ async fn create_drop(client: &HttpClient, gateway: &GatewayProcess) {
         "limit_per_customer": 2,
         "skus": [{ "sku": "rod", "name": "Rod", "price_cents": 19900, "stock": STOCK }],
     });
-    let auth = gateway.admin_authorization();
-    let url = format!("{}/admin/drops/crash", gateway.admin_url);
-    let created = client
-        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
-        .await
-        .unwrap();
-    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    gateway.put_drop(client, "crash", &drop).await.unwrap();
 }
 
 /// Fires every order; kills the gateway once `kill_after` answers have arrived (if given).

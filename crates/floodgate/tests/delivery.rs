@@ -32,13 +32,7 @@ async fn create_drop(client: &HttpClient, gateway: &GatewayProcess, sku: &str, s
         "limit_per_customer": 5,
         "skus": [{ "sku": sku, "name": "Thing", "price_cents": 100, "stock": stock }],
     });
-    let auth = gateway.admin_authorization();
-    let url = format!("{}/admin/drops/spring", gateway.admin_url);
-    let created = client
-        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
-        .await
-        .unwrap();
-    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    gateway.put_drop(client, "spring", &drop).await.unwrap();
 }
 
 async fn place(client: &HttpClient, gateway: &GatewayProcess, key: &str, sku: &str) -> Value {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use floodgate_testkit::{GatewayProcess, HttpClient};
 use serde_json::{Value, json};
 
 fn binary() -> &'static Path {
@@ -83,13 +83,7 @@ async fn a_drop_rehearsal_against_the_gateway_sells_the_stock_once_and_exits_by_
         "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 40}],
         "waiting_room": {"enabled": true, "max_active": 10, "prequeue_s": 0, "pass_ttl_s": 600},
     });
-    let auth = gateway.admin_authorization();
-    let url = format!("{}/admin/drops/spring", gateway.admin_url);
-    let created = client
-        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
-        .await
-        .unwrap();
-    assert_eq!(created.status, StatusCode::OK);
+    gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let runs = data.path().join("runs");
 
     let output = loadtest(DROP_SCENARIO, &gateway.public_url, &runs).await;

@@ -60,12 +60,7 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 5}],
         "waiting_room": {"enabled": true, "max_active": 1, "prequeue_s": 0, "pass_ttl_s": 600},
     });
-    let url = format!("{}/admin/drops/spring", gateway.admin_url);
-    let created = client
-        .send(Method::PUT, &url, &[("authorization", &auth)], Some(&drop))
-        .await
-        .unwrap();
-    assert_eq!(created.status, StatusCode::OK);
+    gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let join = format!("{}/api/drops/spring/queue", gateway.public_url);
     let ann = client
         .send(Method::POST, &join, &[], Some(&json!({"customer": "ann"})))

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use floodgate_testkit::browser::Browser;
-use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use floodgate_testkit::{GatewayProcess, HttpClient, Method};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -35,17 +35,7 @@ async fn the_page_shows_the_place_and_updates_itself_on_admission() {
         "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 10}],
         "waiting_room": {"enabled": true, "max_active": 1, "prequeue_s": 0, "pass_ttl_s": 600},
     });
-    let auth = gateway.admin_authorization();
-    let created = client
-        .send(
-            Method::PUT,
-            &format!("{}/admin/drops/spring", gateway.admin_url),
-            &[("authorization", &auth)],
-            Some(&drop),
-        )
-        .await
-        .unwrap();
-    assert_eq!(created.status, StatusCode::OK);
+    gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let join = format!("{}/api/drops/spring/queue", gateway.public_url);
     let alice = post(&client, &join, &[], json!({ "customer": "alice" })).await;
     let bob = post(&client, &join, &[], json!({ "customer": "bob" })).await;
