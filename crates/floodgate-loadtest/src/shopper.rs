@@ -371,6 +371,7 @@ impl Shopper<'_> {
             let Exchange { result, sent_at } = self.pool().send(request).await;
             let at = Instant::now();
             let service = Some(at.saturating_duration_since(sent_at));
+            // An `Err` outcome may be retried; an `Ok` one is final.
             let (outcome, response, retry_after) = match result {
                 Ok(response) => {
                     self.context.metrics.status(at, response.status);
@@ -388,39 +389,27 @@ impl Shopper<'_> {
                     (Err(Outcome::ConnectionError), None, None)
                 }
             };
-            match outcome {
-                Ok(outcome) => {
-                    return (
-                        response,
-                        Ended {
-                            outcome,
-                            at,
-                            service,
-                        },
-                    );
-                }
-                Err(outcome) if attempt >= retries => {
-                    return (
-                        response,
-                        Ended {
-                            outcome,
-                            at,
-                            service,
-                        },
-                    );
-                }
-                Err(_) => {
-                    attempt += 1;
-                    let backoff = retry_after.map_or_else(
-                        || {
-                            let ceiling = RETRY_BASE.saturating_mul(1 << attempt.min(6));
-                            Duration::from_micros(rng.u64(0..=micros(ceiling)))
-                        },
-                        |after| after.min(MAX_RETRY_AFTER),
-                    );
-                    tokio::time::sleep(backoff).await;
-                }
+            let retryable = outcome.is_err();
+            if !retryable || attempt >= retries {
+                let outcome = outcome.unwrap_or_else(|outcome| outcome);
+                return (
+                    response,
+                    Ended {
+                        outcome,
+                        at,
+                        service,
+                    },
+                );
             }
+            attempt += 1;
+            let backoff = retry_after.map_or_else(
+                || {
+                    let ceiling = RETRY_BASE.saturating_mul(1 << attempt.min(6));
+                    Duration::from_micros(rng.u64(0..=micros(ceiling)))
+                },
+                |after| after.min(MAX_RETRY_AFTER),
+            );
+            tokio::time::sleep(backoff).await;
         }
     }
 

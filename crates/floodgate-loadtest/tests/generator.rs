@@ -61,12 +61,9 @@ async fn a_server_pause_shows_in_the_intended_start_latency_and_not_in_the_as_se
     // Two connections at 100 arrivals/s: while the shop pauses for 1 s, about 100 arrivals queue
     // for a connection. Measured from their intended start they waited; "as sent", they did not.
     let scenario = constant("pause", 100, 5, "[http]\nmax_connections = 2");
-    let pauser = async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        shop.pause_for(Duration::from_secs(1));
-    };
-    let (finished, ()) = tokio::join!(run(&scenario, &shop, &runs, None), pauser);
-    let finished = finished.unwrap();
+    // The 200th request, two seconds in, pauses the shop for a second.
+    shop.pause_at_request(200, Duration::from_secs(1));
+    let finished = run(&scenario, &shop, &runs, None).await.unwrap();
     let page = stats(&finished, "j/page");
     assert_eq!(page.ended, 500);
     assert!(

@@ -25,6 +25,8 @@ const DROP: &str = "d1";
 #[derive(Default)]
 struct State {
     paused_until: Mutex<Option<Instant>>,
+    /// `(n, pause)`: the n-th request pauses the shop for `pause`.
+    pause_at: Mutex<Option<(usize, Duration)>>,
     delay_ms: AtomicU64,
     fail_first_attempt: AtomicBool,
     arrivals: Mutex<Vec<Instant>>,
@@ -80,9 +82,9 @@ impl FakeShop {
         format!("http://{}", self.addr)
     }
 
-    /// Holds every answer until `duration` from now.
-    pub(crate) fn pause_for(&self, duration: Duration) {
-        *self.state.paused_until.lock().unwrap() = Some(Instant::now() + duration);
+    /// When the `request`-th request arrives, holds every answer for `duration` from then.
+    pub(crate) fn pause_at_request(&self, request: usize, duration: Duration) {
+        *self.state.pause_at.lock().unwrap() = Some((request, duration));
     }
 
     /// Delays every answer by `delay`.
@@ -130,7 +132,16 @@ async fn serve(
     request: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    state.arrivals.lock().unwrap().push(Instant::now());
+    let arrived = {
+        let mut arrivals = state.arrivals.lock().unwrap();
+        arrivals.push(Instant::now());
+        arrivals.len()
+    };
+    if let Some((request, pause)) = *state.pause_at.lock().unwrap()
+        && request == arrived
+    {
+        *state.paused_until.lock().unwrap() = Some(Instant::now() + pause);
+    }
     let paused_until = *state.paused_until.lock().unwrap();
     if let Some(until) = paused_until {
         tokio::time::sleep_until(until).await;
