@@ -81,32 +81,9 @@ pub struct GatewaySettings {
     pub delivery: Option<DeliveryPace>,
 }
 
-/// The dispatcher's figures as `/metrics` shows them; the bin wires a reader of them in with
-/// [`Gateway::report_delivery`] (the gateway never depends on the dispatcher).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct DeliveryFigures {
-    /// Attempts awaiting an answer.
-    pub in_flight: u64,
-    /// Attempts started.
-    pub attempts: u64,
-    /// Orders the downstream took.
-    pub confirmed: u64,
-    /// Orders it refused for good.
-    pub rejected: u64,
-    /// Orders dead-lettered.
-    pub failed: u64,
-    /// Attempts to be retried.
-    pub retried: u64,
-    /// The current adaptive pace.
-    pub rate_per_second: f64,
-    /// The configured limit.
-    pub limit_per_second: f64,
-    /// Whether the circuit breaker holds requests back (open or probing).
-    pub breaker_open: bool,
-}
-
-/// Reads the dispatcher's figures at scrape time.
-pub type DeliveryReader = Box<dyn Fn() -> DeliveryFigures + Send + Sync>;
+/// Reads the dispatcher's figures at scrape time; the bin wires one in with
+/// [`Gateway::report_delivery`] (the gateway reads them, it never calls the downstream).
+pub type DeliveryReader = Box<dyn Fn() -> floodgate_dispatch::DispatchStats + Send + Sync>;
 
 /// How fast accepted orders leave for the downstream, and how far behind is too far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

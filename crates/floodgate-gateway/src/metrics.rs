@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use floodgate_core::OrderState;
+use floodgate_dispatch::BreakerState;
 
 use crate::Gateway;
 use crate::error::ApiError;
@@ -301,7 +302,7 @@ fn front_door(page: &mut Exposition, front_door: &crate::front_door::FrontDoor) 
     }
 }
 
-fn delivery_figures(page: &mut Exposition, figures: &crate::DeliveryFigures) {
+fn delivery_figures(page: &mut Exposition, figures: &floodgate_dispatch::DispatchStats) {
     page.family(
         "floodgate_delivery_attempts_total",
         "counter",
@@ -366,7 +367,7 @@ fn delivery_figures(page: &mut Exposition, figures: &crate::DeliveryFigures) {
     page.sample(
         "floodgate_delivery_rate_limit_per_second",
         &[],
-        figures.limit_per_second,
+        f64::from(figures.limit_per_second),
     );
     page.family(
         "floodgate_delivery_breaker_open",
@@ -376,7 +377,11 @@ fn delivery_figures(page: &mut Exposition, figures: &crate::DeliveryFigures) {
     page.sample(
         "floodgate_delivery_breaker_open",
         &[],
-        if figures.breaker_open { 1.0 } else { 0.0 },
+        if figures.breaker == BreakerState::Closed {
+            0.0
+        } else {
+            1.0
+        },
     );
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use floodgate_dispatch::{BreakerState, DispatchSettings, Dispatcher, HttpDownstream};
+use floodgate_dispatch::{DispatchSettings, Dispatcher, HttpDownstream};
 use floodgate_gateway::config::DownstreamConfig;
-use floodgate_gateway::{Clock, Config, DeliveryFigures, Gateway, Listeners};
+use floodgate_gateway::{Clock, Config, Gateway, Listeners};
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -109,21 +109,7 @@ pub(crate) async fn run_gateway(
     .context("cannot rebuild state from the store")?;
     let dispatcher = start_dispatcher(&config.downstream, &store, &gateway, clock);
     if let Some(dispatcher) = &dispatcher {
-        let read = dispatcher.stats_reader();
-        gateway.report_delivery(Box::new(move || {
-            let stats = read();
-            DeliveryFigures {
-                in_flight: stats.in_flight as u64,
-                attempts: stats.attempts,
-                confirmed: stats.confirmed,
-                rejected: stats.rejected,
-                failed: stats.failed,
-                retried: stats.retried,
-                rate_per_second: stats.rate_per_second,
-                limit_per_second: f64::from(stats.limit_per_second),
-                breaker_open: stats.breaker != BreakerState::Closed,
-            }
-        }));
+        gateway.report_delivery(Box::new(dispatcher.stats_reader()));
     }
     // The dispatcher stops first (its last answers are recorded), then the listeners drain and
     // the store closes.
