@@ -19,7 +19,7 @@ mod server;
 mod waiting_room;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodgate_core::OrderState;
@@ -51,6 +51,8 @@ pub struct Gateway {
     counters: metrics::Counters,
     metrics_public: bool,
     delivery_reader: std::sync::OnceLock<DeliveryReader>,
+    /// The delivery backlog last observed, in milliseconds (for `/metrics`).
+    delivery_backlog_ms: AtomicU64,
     // Set at shutdown so `/readyz` tells the load balancer to stop sending traffic.
     draining: AtomicBool,
 }
@@ -117,6 +119,7 @@ impl Gateway {
             delivery: settings.delivery,
             counters: metrics::Counters::default(),
             delivery_reader: std::sync::OnceLock::new(),
+            delivery_backlog_ms: AtomicU64::new(0),
             metrics_public: settings.metrics_public,
             draining: AtomicBool::new(false),
         }))
@@ -150,6 +153,8 @@ impl Gateway {
         }
         let backlog = Duration::from_secs_f64(waiting as f64 / pace.rate_per_second.max(1) as f64);
         self.rooms.observe_backlog(backlog > pace.max_backlog);
+        let millis = u64::try_from(backlog.as_millis()).unwrap_or(u64::MAX);
+        self.delivery_backlog_ms.store(millis, Ordering::Relaxed);
         Ok(backlog)
     }
 

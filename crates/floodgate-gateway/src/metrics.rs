@@ -200,7 +200,8 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         delivery_figures(&mut page, &read());
     }
     if gateway.delivery.is_some() {
-        let backlog = gateway.observe_delivery_backlog().await?;
+        // As the backlog watcher last counted it (every second), not counted again per scrape.
+        let backlog_ms = gateway.delivery_backlog_ms.load(Ordering::Relaxed);
         page.family(
             "floodgate_delivery_backlog_seconds",
             "gauge",
@@ -209,7 +210,7 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         page.sample(
             "floodgate_delivery_backlog_seconds",
             &[],
-            backlog.as_secs_f64(),
+            backlog_ms as f64 / 1e3,
         );
     }
     Ok(page.out)

@@ -109,11 +109,14 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
     let authorized = [("authorization", auth.as_str())];
     let scrape = || client.send_bytes(Method::GET, &metrics, &authorized, Bytes::new());
     let confirmed = "floodgate_delivery_orders_total{outcome=\"confirmed\"} 1";
+    // The backlog is counted once a second: wait for the count after the delivery too.
+    let settled = "floodgate_delivery_backlog_seconds 0";
     let (status, headers, page) = loop {
         let (status, headers, page) = scrape().await.unwrap();
-        let delivered = String::from_utf8_lossy(&page)
-            .lines()
-            .any(|line| line == confirmed);
+        let text = String::from_utf8_lossy(&page);
+        let delivered = [confirmed, settled]
+            .iter()
+            .all(|wanted| text.lines().any(|line| line == *wanted));
         if delivered || Instant::now() >= deadline {
             break (status, headers, page);
         }
