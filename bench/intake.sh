@@ -17,17 +17,10 @@ bench_setup
 start_fixed_nginx "$work/nginx" '{"order_id":"ord_0","state":"accepted"}'
 
 # floodgate on port 0 with its own store, announcing its addresses on stdout.
-cat > "$work/floodgate.toml" <<CONF
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[store]
-path = "$work/store"
-CONF
-launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
-curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" -d '{
+start_floodgate
+put_drop bench '{
   "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
-  "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 4000000000}]}' >/dev/null
+  "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 4000000000}]}'
 
 # Every request a new shopper with a new key: no replays, every order a durable write.
 cat > "$work/orders.lua" <<'LUA'

@@ -82,6 +82,25 @@ CONF
   pids+=($!)
 }
 
+# Starts floodgate on loopback port 0 with its store in $work/store and the extra TOML $1
+# (optional) appended to its config; sets public and admin as launch_floodgate does.
+start_floodgate() {
+  cat > "$work/floodgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[store]
+path = "$work/store"
+${1:-}
+CONF
+  launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
+}
+
+# Creates or replaces drop $1 with the JSON definition $2 through the admin API.
+put_drop() {
+  curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/$1" -d "$2" >/dev/null
+}
+
 # Starts "$FLOODGATE serve --config $1" with its announcements in $2 and admin token "bench";
 # sets public and admin to its listeners' URLs and adds its pid to pids.
 launch_floodgate() {

@@ -99,18 +99,11 @@ PY
 fi
 
 if [ "$PART" = all ] || [ "$PART" = memory ]; then
-  cat > "$work/floodgate.toml" <<CONF
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[store]
-path = "$work/store"
-CONF
-  launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
-  curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/crowd" -d '{
+  start_floodgate
+  put_drop crowd '{
     "name": "Crowd", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
     "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 1000000}],
-    "waiting_room": {"enabled": true, "max_active": 100, "prequeue_s": 0, "pass_ttl_s": 600}}' >/dev/null
+    "waiting_room": {"enabled": true, "max_active": 100, "prequeue_s": 0, "pass_ttl_s": 600}}'
   cat > "$work/crowd.toml" <<TOML
 name = "loadgen-crowd"
 [arrivals]

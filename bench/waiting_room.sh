@@ -13,22 +13,14 @@ bench_setup
 
 start_fixed_nginx "$work/nginx" '{"state":"waiting","position":1}'
 
-cat > "$work/floodgate.toml" <<CONF
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[store]
-path = "$work/store"
-[waiting_room]
+start_floodgate '[waiting_room]
 secret = "bench secret"
-abandon_after_s = 3600
-CONF
-launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
+abandon_after_s = 3600'
 # A room of 100 passes: almost every joiner queues, as in a surge.
-curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" -d '{
+put_drop bench '{
   "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
   "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 1000000}],
-  "waiting_room": {"enabled": true, "max_active": 100, "prequeue_s": 0, "pass_ttl_s": 3600}}' >/dev/null
+  "waiting_room": {"enabled": true, "max_active": 100, "prequeue_s": 0, "pass_ttl_s": 3600}}'
 for customer in $(seq 101); do
   curl -sf -X POST "$public/api/drops/bench/queue" -d "{\"customer\":\"warm-$customer\"}" > "$work/last.json"
 done
