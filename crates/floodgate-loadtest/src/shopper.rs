@@ -173,6 +173,17 @@ struct Ended {
     service: Option<Duration>,
 }
 
+impl Ended {
+    /// Ended just now.
+    fn now(outcome: Outcome, service: Option<Duration>) -> Self {
+        Self {
+            outcome,
+            at: Instant::now(),
+            service,
+        }
+    }
+}
+
 /// Runs shopper number `index`, due to arrive at `due`, counted alive by [`RunContext::admit`].
 pub async fn run(context: Arc<RunContext>, index: u64, due: Instant) {
     let _alive = Alive(&context);
@@ -437,11 +448,7 @@ impl Shopper<'_> {
         let deadline = ended.at + give_up_after;
         loop {
             if self.context.stopped() {
-                return Ended {
-                    outcome: Outcome::GaveUp,
-                    at: Instant::now(),
-                    service,
-                };
+                return Ended::now(Outcome::GaveUp, service);
             }
             if answer.state == "admitted" {
                 let at = Instant::now();
@@ -454,11 +461,7 @@ impl Shopper<'_> {
                 };
             }
             let Some(ticket) = answer.ticket.clone() else {
-                return Ended {
-                    outcome: Outcome::HttpError,
-                    at: Instant::now(),
-                    service,
-                };
+                return Ended::now(Outcome::HttpError, service);
             };
             let next = match wait {
                 QueueWait::Poll => {
@@ -467,11 +470,7 @@ impl Shopper<'_> {
                         .map_or(DEFAULT_POLL, Duration::from_millis);
                     if Instant::now() + pause >= deadline {
                         tokio::time::sleep_until(deadline).await;
-                        return Ended {
-                            outcome: Outcome::GaveUp,
-                            at: Instant::now(),
-                            service,
-                        };
+                        return Ended::now(Outcome::GaveUp, service);
                     }
                     tokio::time::sleep(pause).await;
                     let poll =
@@ -490,37 +489,21 @@ impl Shopper<'_> {
                     match tokio::time::timeout_at(deadline, Box::pin(self.listen(&ticket))).await {
                         Ok(Ok(answer)) => Some(answer),
                         Ok(Err(outcome)) => {
-                            return Ended {
-                                outcome,
-                                at: Instant::now(),
-                                service,
-                            };
+                            return Ended::now(outcome, service);
                         }
                         Err(_) => {
-                            return Ended {
-                                outcome: Outcome::GaveUp,
-                                at: Instant::now(),
-                                service,
-                            };
+                            return Ended::now(Outcome::GaveUp, service);
                         }
                     }
                 }
             };
             match next {
                 Some(next) if next.state == "sold_out" => {
-                    return Ended {
-                        outcome: Outcome::Refused,
-                        at: Instant::now(),
-                        service,
-                    };
+                    return Ended::now(Outcome::Refused, service);
                 }
                 Some(next) => answer = next,
                 None => {
-                    return Ended {
-                        outcome: Outcome::HttpError,
-                        at: Instant::now(),
-                        service,
-                    };
+                    return Ended::now(Outcome::HttpError, service);
                 }
             }
         }
@@ -654,11 +637,7 @@ impl Shopper<'_> {
         let mut service = None;
         loop {
             if self.context.stopped() {
-                return Ended {
-                    outcome: Outcome::GaveUp,
-                    at: Instant::now(),
-                    service,
-                };
+                return Ended::now(Outcome::GaveUp, service);
             }
             let Exchange { result, sent_at } = Box::pin(self.pool().send(&request)).await;
             let at = Instant::now();
