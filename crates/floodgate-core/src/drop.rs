@@ -83,6 +83,32 @@ pub struct DropSpec {
     /// Set by `pause` and cleared by `resume`; a paused drop takes no orders.
     #[serde(default)]
     pub paused: bool,
+    /// Seconds before the start that floodgate gets ready for the surge: it loads
+    /// `prewarm_paths` into the edge cache, opens connections to the origin and the downstream,
+    /// sizes its tables for `expected_shoppers` and raises `floodgate_expected_load`.
+    #[serde(default = "default_prewarm_s")]
+    pub prewarm_s: u32,
+    /// Shoppers the shop expects, for the pre-warm's table sizes and for autoscalers.
+    #[serde(default)]
+    pub expected_shoppers: u64,
+    /// Pages of the shop the drop will send shoppers to (paths on the public listener, such as
+    /// the product page), fetched through the front door at pre-warm so the first shoppers hit
+    /// the edge cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prewarm_paths: Vec<String>,
+}
+
+/// Five minutes: time for an autoscaler to add nodes before the surge.
+const DEFAULT_PREWARM_S: u32 = 300;
+/// A day: longer lead times only hold resources for nothing.
+const MAX_PREWARM_S: u32 = 86_400;
+/// The pre-warm fetches each path once; a drop has a handful of pages, not a site map.
+const MAX_PREWARM_PATHS: usize = 100;
+/// Shoppers expected at most: ten times the largest drops seen, and still a small table.
+const MAX_EXPECTED_SHOPPERS: u64 = 100_000_000;
+
+fn default_prewarm_s() -> u32 {
+    DEFAULT_PREWARM_S
 }
 
 /// One sellable item of a drop.
@@ -205,7 +231,33 @@ impl DropSpec {
                 "must be at least 1 when enabled",
             );
         }
+        if self.prewarm_s > MAX_PREWARM_S {
+            report("prewarm_s".into(), "must be at most 86400 (a day)");
+        }
+        if self.expected_shoppers > MAX_EXPECTED_SHOPPERS {
+            report("expected_shoppers".into(), "must be at most 100000000");
+        }
+        if self.prewarm_paths.len() > MAX_PREWARM_PATHS {
+            report("prewarm_paths".into(), "must list at most 100 paths");
+        }
+        for (index, path) in self.prewarm_paths.iter().enumerate() {
+            let plain = path.starts_with('/')
+                && path.len() <= 2_000
+                && path.bytes().all(|byte| byte.is_ascii_graphic());
+            if !plain {
+                report(
+                    format!("prewarm_paths[{index}]"),
+                    "must be a path starting with '/', at most 2000 visible ASCII bytes",
+                );
+            }
+        }
         problems
+    }
+
+    /// When floodgate starts getting ready for the drop.
+    pub fn prewarm_starts_at(&self) -> Timestamp {
+        self.starts_at
+            .add_millis(-i64::from(self.prewarm_s) * 1_000)
     }
 
     /// The SKU with code `sku`, if the drop sells it.
@@ -295,6 +347,9 @@ mod tests {
                 ..WaitingRoomSpec::default()
             },
             paused: false,
+            prewarm_s: 60,
+            expected_shoppers: 0,
+            prewarm_paths: Vec::new(),
         }
     }
 
@@ -347,6 +402,8 @@ mod tests {
             price_cents: 1,
             stock: 1,
         });
+        drop.prewarm_s = 86_401;
+        drop.prewarm_paths = vec!["/shop/ok".into(), "no-slash".into()];
         let paths: Vec<String> = drop
             .problems()
             .into_iter()
@@ -359,8 +416,25 @@ mod tests {
                 "limit_per_customer",
                 "skus[1].sku",
                 "skus[2].sku",
-                "skus[2].name"
+                "skus[2].name",
+                "prewarm_s",
+                "prewarm_paths[1]"
             ]
+        );
+    }
+
+    #[test]
+    fn a_definition_without_pre_warm_fields_gets_five_minutes() {
+        let mut fields = serde_json::to_value(spec()).unwrap();
+        let object = fields.as_object_mut().unwrap();
+        for field in ["prewarm_s", "expected_shoppers", "prewarm_paths"] {
+            object.remove(field);
+        }
+        let read: DropSpec = serde_json::from_value(fields).unwrap();
+        assert_eq!((read.prewarm_s, read.expected_shoppers), (300, 0));
+        assert_eq!(
+            read.prewarm_starts_at(),
+            Timestamp::from_unix_millis(100_000 - 300_000)
         );
     }
 

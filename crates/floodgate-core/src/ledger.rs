@@ -240,6 +240,9 @@ mod tests {
             }],
             waiting_room: WaitingRoomSpec::default(),
             paused: false,
+            prewarm_s: 0,
+            expected_shoppers: 0,
+            prewarm_paths: Vec::new(),
         })
     }
 

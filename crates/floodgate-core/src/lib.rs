@@ -1,6 +1,6 @@
 //! floodgate's domain model: drops and their schedule, stock ledgers, orders and their states,
 //! idempotency keys; and the maths of the front door: path globs, priority classes, the GCRA
-//! rate limit and the adaptive concurrency limit.
+//! rate limit and the adaptive concurrency limit; a lock-free latency histogram.
 //!
 //! Everything here is pure: no I/O, no async runtime, no HTTP types. Time is passed in as a
 //! [`Timestamp`] (only the outer crates read a [`Clock`]), randomness as bytes, so every rule can
@@ -13,6 +13,7 @@ pub mod drop;
 pub mod gcra;
 pub mod glob;
 pub mod idempotency;
+pub mod latency;
 pub mod ledger;
 pub mod order;
 pub mod priority;
@@ -28,9 +29,10 @@ pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};
 pub use gcra::Gcra;
 pub use glob::PathGlob;
 pub use idempotency::{IdempotencyKey, KeyLookup, KeyTable};
+pub use latency::{LatencyCounts, LatencyHistogram};
 pub use ledger::{DropLedger, Refusal};
 pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
 pub use priority::Priority;
 pub use timestamp::Timestamp;
 pub use token::{Claims, Identity, Opened, TokenError, TokenKeys, TokenKind};
-pub use waiting_room::{RoomRules, Standing, WaitingRoom, draw_key};
+pub use waiting_room::{RoomRules, RoomTotals, Standing, WaitingRoom, draw_key};

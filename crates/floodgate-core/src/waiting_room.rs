@@ -68,6 +68,19 @@ pub enum Standing {
     Lapsed,
 }
 
+/// Running totals of a room since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomTotals {
+    /// Shoppers who took a new place.
+    pub arrivals: u64,
+    /// Places handed out in the queue (the last position).
+    pub queued: u64,
+    /// Every queue position up to here has had its turn (admitted, or skipped for silence).
+    pub head: u64,
+    /// Passes issued, at once or from the queue.
+    pub admitted: u64,
+}
+
 /// A pass's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PassState {
@@ -146,6 +159,8 @@ pub enum PassRefusal {
 #[derive(Debug)]
 pub struct WaitingRoom {
     rules: RoomRules,
+    /// Shoppers who took a new place (pre-queue, instant pass or queue), rejoiners included.
+    arrivals: u64,
     /// Positions handed out so far.
     joined: u64,
     /// Every position up to here has been admitted or skipped.
@@ -180,6 +195,7 @@ impl WaitingRoom {
     pub fn new(rules: RoomRules, starts_at: Timestamp, seed: [u8; 32], now: Timestamp) -> Self {
         Self {
             rules,
+            arrivals: 0,
             joined: 0,
             admitted_through: 0,
             waiting_ids: VecDeque::new(),
@@ -223,6 +239,17 @@ impl WaitingRoom {
         self.joined - self.admitted_through
     }
 
+    /// The room's running totals, for timelines: what grew between two readings happened in
+    /// between.
+    pub fn totals(&self) -> RoomTotals {
+        RoomTotals {
+            arrivals: self.arrivals,
+            queued: self.joined,
+            head: self.admitted_through,
+            admitted: self.issued,
+        }
+    }
+
     /// Admissions over the last minute (as of the last event).
     pub fn admitted_last_minute(&self) -> usize {
         self.recent_admissions.len()
@@ -263,6 +290,7 @@ impl WaitingRoom {
             if let std::collections::hash_map::Entry::Vacant(place) = self.places.entry(identity) {
                 place.insert(Place::Prequeue.into());
                 self.draw.entrants.push(identity);
+                self.arrivals += 1;
             }
             return Standing::Prequeue {
                 starts_at: self.draw.starts_at,
@@ -272,6 +300,7 @@ impl WaitingRoom {
             Standing::Lapsed => {}
             standing => return standing,
         }
+        self.arrivals += 1;
         if self.waiting() == 0 && self.in_force < self.cap && !self.at_ceiling() {
             let pass = self.issue(identity, now);
             return self.admitted(pass);
@@ -531,6 +560,16 @@ mod tests {
             room.poll(4, at(1)),
             Standing::Waiting { ahead: 0, .. }
         ));
+        assert_eq!(
+            room.totals(),
+            RoomTotals {
+                arrivals: 4,
+                queued: 2,
+                head: 1,
+                admitted: 3,
+            },
+            "four arrived, two queued, the first of them admitted"
+        );
     }
 
     #[test]

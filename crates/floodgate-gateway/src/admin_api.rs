@@ -1,13 +1,14 @@
 //! The admin listener: drop definitions, pause and resume, the order listing and the
-//! dead-letter redrive. Every request
-//! needs `Authorization: Bearer <admin token>`, compared in constant time.
+//! dead-letter redrive, the live dashboard and the drop reports. Every request needs the admin
+//! token, compared in constant time: as `Authorization: Bearer <token>`, or, on reads from a
+//! browser, in the dashboard's cookie.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::Gateway;
-use crate::body::{parse_json, read_limited};
+use crate::body::{parse_json, read_limited, wants_html};
 use crate::error::ApiError;
 use crate::public_api::{order_json, shopper_drop_json};
 
@@ -31,12 +32,18 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/drops", get(list_drops))
         .route("/admin/drops/{drop}", get(drop_detail).put(put_drop))
         .route("/admin/drops/{drop}/pause", post(pause))
+        .route(
+            "/admin/drops/{drop}/report",
+            get(crate::report::drop_report),
+        )
         .route("/admin/drops/{drop}/resume", post(resume))
         .route("/admin/orders", get(list_orders))
         .route("/admin/orders/{order}/redrive", post(redrive))
         .route("/admin/cache/purge", post(purge_cache))
         .route("/admin/drops/{drop}/passes/revoke", post(revoke_pass))
         .route("/metrics", get(metrics))
+        .route("/admin/dashboard", get(crate::dashboard::page))
+        .route("/admin/dashboard/events", get(crate::dashboard::events))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
@@ -56,19 +63,30 @@ async fn require_admin_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
     if gateway.metrics_public && request.uri().path() == "/metrics" {
         return Ok(next.run(request).await);
     }
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::to_vec);
+    // A browser's pages and event streams carry the token in a cookie; only reads may, so a
+    // cookie can never change anything (it is `SameSite=Strict` besides).
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let presented = bearer.or_else(|| {
+        reads
+            .then(|| crate::dashboard::cookie_token(request.headers()))
+            .flatten()
+    });
     let expected = gateway.admin_token.as_bytes();
     // `ct_eq` on slices of different lengths returns false without comparing contents; the
     // length of the token is not a secret worth hiding.
-    if bool::from(presented.ct_eq(expected)) && !expected.is_empty() {
+    let valid = presented.is_some_and(|presented| bool::from(presented.ct_eq(expected)));
+    if valid && !expected.is_empty() {
         Ok(next.run(request).await)
+    } else if reads && wants_html(request.headers()) {
+        Ok(crate::dashboard::sign_in_page())
     } else {
         Err(ApiError::Unauthorized)
     }
@@ -97,7 +115,16 @@ async fn put_drop(
     let spec: DropSpec = serde_json::from_value(fields)
         .map_err(|error| ApiError::InvalidBody(format!("invalid drop definition: {error}")))?;
     let now = gateway.clock.now();
+    let starts_at = spec.starts_at;
+    let rescheduled = gateway
+        .intake
+        .with_drop(&drop_id, |ledger| ledger.spec().starts_at != starts_at)
+        .unwrap_or(false);
     gateway.intake.put_drop(drop_id.clone(), spec, now).await?;
+    if rescheduled {
+        // A drop moved to another date is another drop as far as its report goes.
+        gateway.timeline.forget(&drop_id);
+    }
     drop_detail(State(gateway), Path(drop_id.to_string())).await
 }
 

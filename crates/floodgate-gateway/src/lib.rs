@@ -8,21 +8,25 @@
 mod admin_api;
 mod body;
 pub mod config;
+mod dashboard;
 mod error;
 pub mod front_door;
 mod intake;
 mod metrics;
+mod observe;
 mod public_api;
 mod queue_api;
+mod report;
 mod request_id;
 mod server;
+mod timeline;
+mod traffic;
 mod waiting_room;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use floodgate_core::OrderState;
 use floodgate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,6 +35,7 @@ pub use config::Config;
 pub use error::ApiError;
 pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
+pub use observe::Observed;
 pub use server::ConnectionLimits;
 
 /// How often expired idempotency keys are forgotten.
@@ -49,6 +54,10 @@ pub struct Gateway {
     max_body_bytes: usize,
     delivery: Option<DeliveryPace>,
     counters: metrics::Counters,
+    /// Latency of the public listener's answers, by lane.
+    traffic: traffic::Traffic,
+    /// The once-a-second record behind the dashboard and the drop reports.
+    timeline: timeline::Timeline,
     metrics_public: bool,
     delivery_reader: std::sync::OnceLock<DeliveryReader>,
     /// The delivery backlog last observed, in milliseconds (for `/metrics`).
@@ -118,6 +127,8 @@ impl Gateway {
             max_body_bytes: settings.max_body_bytes,
             delivery: settings.delivery,
             counters: metrics::Counters::default(),
+            traffic: traffic::Traffic::default(),
+            timeline: timeline::Timeline::default(),
             delivery_reader: std::sync::OnceLock::new(),
             delivery_backlog_ms: AtomicU64::new(0),
             metrics_public: settings.metrics_public,
@@ -133,29 +144,6 @@ impl Gateway {
     /// Lets `/metrics` read the dispatcher's figures; a second reader is ignored.
     pub fn report_delivery(&self, reader: DeliveryReader) {
         let _ = self.delivery_reader.set(reader);
-    }
-
-    /// Counts the orders waiting for delivery (accepted or being submitted, across drops) and
-    /// tells the waiting rooms whether they would take longer than the allowed backlog to
-    /// deliver; returns that time. `run` calls it every second.
-    pub async fn observe_delivery_backlog(&self) -> Result<Duration, StoreError> {
-        let Some(pace) = self.delivery else {
-            return Ok(Duration::ZERO);
-        };
-        let mut waiting = 0;
-        for drop_id in self.intake.drop_ids() {
-            let counts = self.intake.store().order_counts(drop_id).await?;
-            waiting += [OrderState::Accepted, OrderState::Submitting]
-                .iter()
-                .filter_map(|state| counts.get(state))
-                .map(|count| count.orders)
-                .sum::<u64>();
-        }
-        let backlog = Duration::from_secs_f64(waiting as f64 / pace.rate_per_second.max(1) as f64);
-        self.rooms.observe_backlog(backlog > pace.max_backlog);
-        let millis = u64::try_from(backlog.as_millis()).unwrap_or(u64::MAX);
-        self.delivery_backlog_ms.store(millis, Ordering::Relaxed);
-        Ok(backlog)
     }
 
     /// Who a request comes from, by `drops.identity`: the body's `customer` (checked against the
@@ -276,30 +264,29 @@ pub async fn run(
         stopped.clone(),
     ));
     let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));
-    let backlog = tokio::spawn(watch_delivery_backlog(Arc::clone(&gateway), stopped));
+    let observer = tokio::spawn(observe_every_second(Arc::clone(&gateway), stopped));
     shutdown.await;
     tracing::info!("shutting down: draining requests");
     gateway.draining.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
-    let _ = tokio::join!(public, admin, pruner, backlog);
+    let _ = tokio::join!(public, admin, pruner, observer);
     gateway.intake.store().close().await?;
     tracing::info!("store flushed; bye");
     Ok(())
 }
 
-/// How often the waiting rooms learn the delivery backlog.
-const BACKLOG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the gateway reads itself (see [`Gateway::observe`]): the dashboard's refresh,
+/// the drop reports' resolution, and how soon the waiting rooms learn the delivery backlog.
+const OBSERVE_INTERVAL: Duration = Duration::from_secs(1);
 
-async fn watch_delivery_backlog(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
-    if gateway.delivery.is_none() {
-        return;
-    }
-    let mut ticks = tokio::time::interval(BACKLOG_WATCH_INTERVAL);
+async fn observe_every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(OBSERVE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                if let Err(error) = gateway.observe_delivery_backlog().await {
-                    tracing::warn!(%error, "cannot count the orders waiting for delivery");
+                if let Err(error) = gateway.observe().await {
+                    tracing::warn!(%error, "cannot read the orders by state for the timeline");
                 }
             }
             () = server::stop_requested(&mut stopped) => return,

@@ -16,7 +16,8 @@ use crate::intake::Placed;
 use crate::waiting_room::Occupancy;
 
 /// Order outcomes as `floodgate_orders_total` labels them.
-const ORDER_OUTCOMES: [&str; 5] = ["accepted", "replayed", "refused", "overloaded", "invalid"];
+pub(crate) const ORDER_OUTCOMES: [&str; 5] =
+    ["accepted", "replayed", "refused", "overloaded", "invalid"];
 
 /// One figure of a room, when it has one.
 type RoomGauge = fn(&Occupancy) -> Option<f64>;
@@ -38,6 +39,14 @@ impl Counters {
             Err(_) => 4,
         };
         self.orders[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Order requests so far, in [`ORDER_OUTCOMES`] order.
+    pub(crate) fn order_totals(&self) -> Vec<u64> {
+        self.orders
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -100,11 +109,11 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         "counter",
         "Order requests that reached the intake, by outcome, since start.",
     );
-    for (outcome, count) in ORDER_OUTCOMES.iter().zip(&gateway.counters.orders) {
+    for (outcome, count) in ORDER_OUTCOMES.iter().zip(gateway.counters.order_totals()) {
         page.sample(
             "floodgate_orders_total",
             &[("outcome", outcome)],
-            count.load(Ordering::Relaxed) as f64,
+            count as f64,
         );
     }
 

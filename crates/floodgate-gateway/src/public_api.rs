@@ -11,7 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use floodgate_core::{DropId, DropLedger, Identity, KeyLookup, Order, OrderId, OrderRequest};
+use floodgate_core::{
+    DropId, DropLedger, DropState, Identity, KeyLookup, Order, OrderId, OrderRequest,
+};
 use serde_json::{Value, json};
 
 use crate::Gateway;
@@ -35,6 +37,10 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/orders/{order_id}", get(order_view))
         .merge(queue_api::routes())
         .fallback(through_front_door)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            crate::traffic::time,
+        ))
         .layer(axum::middleware::from_fn(crate::request_id::tag))
         .with_state(gateway)
 }
@@ -135,7 +141,14 @@ async fn place_order(
         // The pass is spent by an order or a business refusal; when the shop failed (or the
         // request was malformed) the shopper keeps it and can try again.
         let spent = matches!(placed, Ok(_) | Err(ApiError::Refused(_)));
-        held.settle(spent, gateway.clock.now());
+        let now = gateway.clock.now();
+        let sold_out = gateway
+            .intake
+            .with_drop(&drop_id, |ledger| {
+                ledger.state_at(now) == DropState::SoldOut
+            })
+            .unwrap_or(false);
+        held.settle(spent, sold_out, now);
     }
     let placed = placed?;
     let order_id = placed.order_id();

@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use floodgate_core::{
-    DropId, Identity, RoomRules, Standing, Timestamp, TokenKeys, TokenKind, WaitingRoom,
-    WaitingRoomSpec,
+    DropId, Identity, RoomRules, RoomTotals, Standing, Timestamp, TokenKeys, TokenKind,
+    WaitingRoom, WaitingRoomSpec,
 };
 
 use crate::Intake;
@@ -36,6 +36,8 @@ pub(crate) struct Occupancy {
     pub(crate) admitted_last_minute: usize,
     /// Seconds until the last waiter's turn, when the rate is known.
     pub(crate) eta_of_last: Option<u64>,
+    /// Running totals since the room opened.
+    pub(crate) totals: RoomTotals,
 }
 
 /// A pass held while its order is placed. Settled by [`HeldPass::settle`]; dropped unsettled
@@ -50,16 +52,20 @@ pub(crate) struct HeldPass<'a> {
 
 impl HeldPass<'_> {
     /// `spent` when the order was placed or refused for a business reason, so the slot goes to
-    /// the next waiter; otherwise the shopper can buy with it again.
-    pub(crate) fn settle(mut self, spent: bool, now: Timestamp) {
+    /// the next waiter; otherwise the shopper can buy with it again. `sold_out` is the drop's
+    /// state after the order: the slot of the order that took the last unit goes to nobody.
+    pub(crate) fn settle(mut self, spent: bool, sold_out: bool, now: Timestamp) {
         self.now = now;
-        self.end(spent);
+        self.end(spent, Some(sold_out));
     }
 
-    fn end(&mut self, spent: bool) {
+    fn end(&mut self, spent: bool, sold_out: Option<bool>) {
         if let Some(pass) = self.pass.take()
             && let Some(room) = self.rooms.rooms().get_mut(self.drop_id)
         {
+            if let Some(sold_out) = sold_out {
+                room.set_sold_out(sold_out);
+            }
             room.settle_pass(pass, spent, self.now);
         }
     }
@@ -67,7 +73,7 @@ impl HeldPass<'_> {
 
 impl Drop for HeldPass<'_> {
     fn drop(&mut self) {
-        self.end(true);
+        self.end(true, None);
     }
 }
 
@@ -155,6 +161,7 @@ impl Rooms {
             in_force: room.in_force(),
             admitted_last_minute: room.admitted_last_minute(),
             eta_of_last: room.eta_of_last(now),
+            totals: room.totals(),
         })
     }
 

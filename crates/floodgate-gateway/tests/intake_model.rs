@@ -99,6 +99,9 @@ fn spec(paused: bool) -> DropSpec {
             .collect(),
         waiting_room: WaitingRoomSpec::default(),
         paused,
+        prewarm_s: 0,
+        expected_shoppers: 0,
+        prewarm_paths: Vec::new(),
     }
 }
 

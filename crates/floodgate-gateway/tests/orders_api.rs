@@ -700,7 +700,7 @@ async fn a_delivery_backlog_makes_the_waiting_room_admit_fewer() {
         json!({ "enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 600 });
     harness.put_drop("roomy", roomy).await;
     assert_eq!(
-        harness.gateway.observe_delivery_backlog().await.unwrap(),
+        harness.gateway.observe().await.unwrap().delivery_backlog,
         Duration::ZERO
     );
     // Three orders wait for a downstream that takes one a second: 3 s behind, 2 s allowed.
@@ -713,7 +713,7 @@ async fn a_delivery_backlog_makes_the_waiting_room_admit_fewer() {
         assert_eq!(call(public(), order).await.0, StatusCode::ACCEPTED);
     }
     assert_eq!(
-        harness.gateway.observe_delivery_backlog().await.unwrap(),
+        harness.gateway.observe().await.unwrap().delivery_backlog,
         Duration::from_secs(3)
     );
     let join = |customer: &str| {

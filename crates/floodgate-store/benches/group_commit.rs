@@ -75,6 +75,9 @@ fn spec() -> DropSpec {
         }],
         waiting_room: WaitingRoomSpec::default(),
         paused: false,
+        prewarm_s: 0,
+        expected_shoppers: 0,
+        prewarm_paths: Vec::new(),
     }
 }
 

@@ -131,13 +131,8 @@ impl Browser {
     /// The page's laid-out width and the viewport's, in CSS pixels (a page that fits a phone
     /// is no wider than the phone's viewport).
     pub async fn widths(&self) -> Result<(u64, u64), String> {
-        let script = "return [document.documentElement.scrollWidth, window.innerWidth];";
         let widths = self
-            .command(
-                Method::POST,
-                "/execute/sync",
-                json!({ "script": script, "args": [] }),
-            )
+            .script("return [document.documentElement.scrollWidth, window.innerWidth];")
             .await?;
         match (widths[0].as_u64(), widths[1].as_u64()) {
             (Some(page), Some(viewport)) => Ok((page, viewport)),
@@ -147,6 +142,28 @@ impl Browser {
 }
 
 impl Browser {
+    /// Runs `script` (a function body that may `return` a value) in the page.
+    pub async fn script(&self, script: &str) -> Result<Value, String> {
+        self.command(
+            Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+        .await
+    }
+
+    /// Saves a PNG of the viewport to `path`.
+    pub async fn screenshot(&self, path: &std::path::Path) -> Result<(), String> {
+        use base64::Engine;
+        let encoded = self
+            .command(Method::GET, "/screenshot", Value::Null)
+            .await?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().unwrap_or_default())
+            .map_err(|error| format!("screenshot: {error}"))?;
+        std::fs::write(path, png).map_err(|error| format!("{}: {error}", path.display()))
+    }
+
     /// Ends the session (closing Chromium), then stops the driver.
     pub async fn close(self) {
         let _ = self

@@ -184,6 +184,9 @@ pub(crate) async fn store_with(count: u64) -> (Arc<SqliteStore>, tempfile::TempD
         }],
         waiting_room: WaitingRoomSpec::default(),
         paused: false,
+        prewarm_s: 0,
+        expected_shoppers: 0,
+        prewarm_paths: Vec::new(),
     };
     store
         .put_drop(DropId::parse("spring").unwrap(), spec, T0)

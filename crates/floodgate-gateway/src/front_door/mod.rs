@@ -30,6 +30,7 @@ use crate::body::wants_html;
 use crate::config::front_door::{
     Balance, ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteCache, RouteConfig,
 };
+use crate::traffic::ServedAs;
 use admission::{Admission, Permit};
 use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
 use pool::Pool;
@@ -305,7 +306,8 @@ impl FrontDoor {
         self.cache.as_ref().map_or(0, |cache| cache.purge(prefix))
     }
 
-    /// Answers one request that none of floodgate's own endpoints took.
+    /// Answers one request that none of floodgate's own endpoints took, marked with the class
+    /// that served it.
     pub(crate) async fn handle(&self, request: Request<Body>, client: SocketAddr) -> Response {
         let Some(route) = self.route(request.method(), request.uri().path()) else {
             self.not_found.fetch_add(1, Ordering::Relaxed);
@@ -317,6 +319,14 @@ impl FrontDoor {
                 None,
             );
         };
+        let mut response = self.answer(route, request, client).await;
+        response
+            .extensions_mut()
+            .insert(ServedAs(route.target.class));
+        response
+    }
+
+    async fn answer(&self, route: &Route, request: Request<Body>, client: SocketAddr) -> Response {
         if let Err(wait) = route.check_rate_limits(request.headers(), client) {
             route.target.counts.add(Outcome::RateLimited);
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u32;

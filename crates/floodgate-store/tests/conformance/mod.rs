@@ -80,6 +80,9 @@ fn spec(stock: u64) -> DropSpec {
         ],
         waiting_room: WaitingRoomSpec::default(),
         paused: false,
+        prewarm_s: 0,
+        expected_shoppers: 0,
+        prewarm_paths: Vec::new(),
     }
 }
 

@@ -1,0 +1,110 @@
+//! How fast the public listener answers, by lane: floodgate's own endpoints (health, orders,
+//! the waiting room, the rest of the API) and the front door's priority classes. Each request
+//! costs one relaxed increment in a lock-free histogram; the timeline reads the lanes once a
+//! second for the dashboard.
+//!
+//! The time measured is from the request's arrival at the router to its answer's head: a
+//! proxied body that streams for longer is the origin's business, not floodgate's wait.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use floodgate_core::{LatencyCounts, LatencyHistogram, Priority};
+
+use crate::Gateway;
+
+/// The lanes, in the order the dashboard lists them.
+pub(crate) const LANES: [&str; 9] = [
+    "health",
+    "orders",
+    "queue",
+    "api",
+    "critical",
+    "checkout",
+    "cart",
+    "browse",
+    "background",
+];
+/// Where the front door's classes start in [`LANES`] (in `Priority::ALL` order).
+const FIRST_CLASS_LANE: usize = 4;
+
+/// Put on a response by the front door: the class that served it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServedAs(pub(crate) Priority);
+
+/// A latency histogram per lane.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    lanes: [LatencyHistogram; LANES.len()],
+}
+
+impl Traffic {
+    /// Every lane's counts so far, in [`LANES`] order.
+    pub(crate) fn snapshot(&self) -> Vec<LatencyCounts> {
+        self.lanes.iter().map(LatencyHistogram::snapshot).collect()
+    }
+}
+
+/// The lane of one of floodgate's own endpoints, by path; `None` for the front door's.
+fn own_lane(path: &str) -> Option<usize> {
+    if path == "/healthz" || path == "/readyz" {
+        Some(0)
+    } else if path.starts_with("/api/drops/") && path.ends_with("/orders") {
+        Some(1)
+    } else if path.starts_with("/api/queue/") || path.ends_with("/queue") {
+        Some(2)
+    } else if path.starts_with("/api/") {
+        Some(3)
+    } else {
+        None
+    }
+}
+
+/// The middleware: times each request into its lane.
+pub(crate) async fn time(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let own = own_lane(request.uri().path());
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    let lane = own.or_else(|| {
+        let class = response.extensions().get::<ServedAs>()?.0;
+        Priority::ALL
+            .iter()
+            .position(|&candidate| candidate == class)
+            .map(|index| FIRST_CLASS_LANE + index)
+    });
+    if let Some(lane) = lane {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        gateway.traffic.lanes[lane].record(micros);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_endpoints_have_their_lanes() {
+        let cases = [
+            ("/healthz", Some("health")),
+            ("/readyz", Some("health")),
+            ("/api/drops/d/orders", Some("orders")),
+            ("/api/drops/d/queue", Some("queue")),
+            ("/api/queue/t/events", Some("queue")),
+            ("/api/orders/o", Some("api")),
+            ("/shop/rod", None),
+        ];
+        for (path, lane) in cases {
+            assert_eq!(own_lane(path).map(|index| LANES[index]), lane, "{path}");
+        }
+        for (index, class) in Priority::ALL.iter().enumerate() {
+            assert_eq!(LANES[FIRST_CLASS_LANE + index], class.as_str());
+        }
+    }
+}
