@@ -260,6 +260,25 @@ impl DropSpec {
             .add_millis(-i64::from(self.prewarm_s) * 1_000)
     }
 
+    /// The pre-warm stage due at `now`, if any: the rehearsal from `prewarm_s` before the
+    /// start, the final warm-up in the last [`FINAL_WARM_UP_S`] seconds (and, after a restart,
+    /// until the end).
+    pub fn prewarm_stage(&self, now: Timestamp) -> Option<PrewarmStage> {
+        let final_from = self.starts_at.add_millis(-FINAL_WARM_UP_S * 1_000);
+        if now >= self.ends_at || now < self.prewarm_starts_at() {
+            None
+        } else if now >= final_from {
+            Some(PrewarmStage::Final)
+        } else {
+            Some(PrewarmStage::Rehearsal)
+        }
+    }
+
+    /// Whether floodgate expects the drop's shoppers at `now`: from the pre-warm to the end.
+    pub fn expects_load(&self, now: Timestamp) -> bool {
+        now >= self.prewarm_starts_at() && now < self.ends_at
+    }
+
     /// The SKU with code `sku`, if the drop sells it.
     pub fn sku(&self, sku: &str) -> Option<&SkuSpec> {
         self.skus.iter().find(|candidate| candidate.sku == sku)
@@ -289,6 +308,30 @@ impl DropSpec {
             DropState::SoldOut
         } else {
             DropState::Live
+        }
+    }
+}
+
+/// Seconds before the start of the final warm-up: late enough that the connections it opens
+/// are still idle-fresh and the pages it caches still fresh when the surge comes.
+pub const FINAL_WARM_UP_S: i64 = 10;
+
+/// The two passes of the pre-warm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrewarmStage {
+    /// At `prewarm_s` before the start: sizes the tables and tries every page and connection,
+    /// so what does not work is known minutes ahead.
+    Rehearsal,
+    /// Seconds before the start: fills the cache and opens the connections again, fresh.
+    Final,
+}
+
+impl PrewarmStage {
+    /// The stage's name in the admin API and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rehearsal => "rehearsal",
+            Self::Final => "final",
         }
     }
 }
@@ -436,6 +479,26 @@ mod tests {
             read.prewarm_starts_at(),
             Timestamp::from_unix_millis(100_000 - 300_000)
         );
+    }
+
+    #[test]
+    fn the_pre_warm_rehearses_then_warms_up_just_before_the_start() {
+        let drop = spec();
+        let at = |millis| drop.prewarm_stage(Timestamp::from_unix_millis(millis));
+        let cases = [
+            (39_999, None),
+            (40_000, Some(PrewarmStage::Rehearsal)),
+            (89_999, Some(PrewarmStage::Rehearsal)),
+            (90_000, Some(PrewarmStage::Final)),
+            (150_000, Some(PrewarmStage::Final)),
+            (200_000, None),
+        ];
+        for (millis, stage) in cases {
+            assert_eq!(at(millis), stage, "at {millis}");
+        }
+        assert!(!drop.expects_load(Timestamp::from_unix_millis(39_999)));
+        assert!(drop.expects_load(Timestamp::from_unix_millis(40_000)));
+        assert!(!drop.expects_load(Timestamp::from_unix_millis(200_000)));
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct KeyTable {
 }
 
 impl KeyTable {
+    /// Makes room for `additional` more keys.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
     /// Looks `key` up and, when it is fresh, claims it for this request.
     pub fn claim(&mut self, key: &IdempotencyKey, fingerprint: RequestFingerprint) -> KeyLookup {
         let lookup = self.lookup(key, fingerprint);

@@ -86,6 +86,12 @@ impl DropLedger {
         }
     }
 
+    /// Makes room for `customers` more customers' holdings and idempotency keys.
+    pub fn presize(&mut self, customers: usize) {
+        self.held_by_customer.reserve(customers);
+        self.keys.reserve(customers);
+    }
+
     /// The drop as declared.
     pub fn spec(&self) -> &DropSpec {
         &self.spec

@@ -25,7 +25,7 @@ pub mod waiting_room;
 pub use cache_control::CacheControl;
 pub use clock::Clock;
 pub use concurrency::AdaptiveLimit;
-pub use drop::{DropId, DropSpec, DropState, SkuSpec, WaitingRoomSpec};
+pub use drop::{DropId, DropSpec, DropState, PrewarmStage, SkuSpec, WaitingRoomSpec};
 pub use gcra::Gcra;
 pub use glob::PathGlob;
 pub use idempotency::{IdempotencyKey, KeyLookup, KeyTable};

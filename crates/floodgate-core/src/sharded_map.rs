@@ -32,6 +32,15 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         }
     }
 
+    /// Makes room for `additional` more entries at once, spread over the shards, so a surge
+    /// that was announced grows nothing while it lasts.
+    pub fn reserve(&mut self, additional: usize) {
+        let per_shard = additional.div_ceil(SHARDS);
+        for shard in self.shards.iter_mut() {
+            shard.reserve(per_shard);
+        }
+    }
+
     /// The value of `key`.
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where

@@ -219,6 +219,13 @@ impl WaitingRoom {
         }
     }
 
+    /// Makes room for `shoppers` more places, so an announced surge grows nothing while it lasts.
+    pub fn presize(&mut self, shoppers: usize) {
+        self.places.reserve(shoppers);
+        self.waiting_ids.reserve(shoppers);
+        self.waiting_seen.reserve(shoppers);
+    }
+
     /// SHA-256 of the seed: published before the start, it binds the draw in advance.
     pub fn commitment(&self) -> [u8; 32] {
         Sha256::digest(self.draw.seed).into()

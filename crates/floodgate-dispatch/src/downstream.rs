@@ -126,6 +126,18 @@ pub struct HttpDownstream {
 }
 
 impl HttpDownstream {
+    /// Opens and closes a TCP connection to the downstream at `url`, sending nothing: the
+    /// pre-warm's check that it can be reached, which no legacy system can mistake for an order.
+    pub async fn check_reachable(url: &Uri, timeout: Duration) -> Result<(), String> {
+        let host = url.host().ok_or_else(|| format!("{url} names no host"))?;
+        let port = url.port_u16().unwrap_or(80);
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(_connection)) => Ok(()),
+            Ok(Err(error)) => Err(format!("cannot connect to {host}:{port}: {error}")),
+            Err(_) => Err(format!("no connection to {host}:{port} within {timeout:?}")),
+        }
+    }
+
     /// A client for `url` (`http://…`). The clock reads `Retry-After` dates.
     pub fn new(url: Uri, clock: Clock) -> Self {
         let mut connector = HttpConnector::new();

@@ -311,6 +311,12 @@ async fn admin_drop_json(gateway: &Gateway, drop_id: &DropId) -> Result<Value, A
         sku_view["held"] = json!(held);
     }
     view["paused"] = json!(spec.paused);
+    view["prewarm"] = json!({
+        "starts_at": spec.prewarm_starts_at(),
+        "expected_shoppers": spec.expected_shoppers,
+        "paths": spec.prewarm_paths,
+        "passes": gateway.prewarm.passes(drop_id),
+    });
     view["waiting_room"] = json!(spec.waiting_room);
     view["counts"] = json!({
         "reserved": units(&[OrderState::Accepted, OrderState::Submitting]),

@@ -121,6 +121,13 @@ impl Intake {
         ids
     }
 
+    /// Sizes `drop_id`'s tables for `customers` more customers ahead of its surge.
+    pub(crate) fn presize(&self, drop_id: &DropId, customers: usize) {
+        if let Some(ledger) = self.ledger(drop_id) {
+            lock(&ledger).presize(customers);
+        }
+    }
+
     /// What `key` would answer for `request` in `drop_id`, without claiming it.
     pub fn lookup_key(
         &self,

@@ -14,6 +14,7 @@ pub mod front_door;
 mod intake;
 mod metrics;
 mod observe;
+mod prewarm;
 mod public_api;
 mod queue_api;
 mod report;
@@ -36,6 +37,7 @@ pub use error::ApiError;
 pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
 pub use observe::Observed;
+pub use prewarm::DownstreamProbe;
 pub use server::ConnectionLimits;
 
 /// How often expired idempotency keys are forgotten.
@@ -58,6 +60,8 @@ pub struct Gateway {
     traffic: traffic::Traffic,
     /// The once-a-second record behind the dashboard and the drop reports.
     timeline: timeline::Timeline,
+    /// The drops' pre-warm passes.
+    prewarm: prewarm::Prewarm,
     metrics_public: bool,
     delivery_reader: std::sync::OnceLock<DeliveryReader>,
     /// The delivery backlog last observed, in milliseconds (for `/metrics`).
@@ -129,6 +133,7 @@ impl Gateway {
             counters: metrics::Counters::default(),
             traffic: traffic::Traffic::default(),
             timeline: timeline::Timeline::default(),
+            prewarm: prewarm::Prewarm::default(),
             delivery_reader: std::sync::OnceLock::new(),
             delivery_backlog_ms: AtomicU64::new(0),
             metrics_public: settings.metrics_public,

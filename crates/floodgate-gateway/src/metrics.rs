@@ -156,6 +156,27 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
     }
 
     page.family(
+        "floodgate_expected_load",
+        "gauge",
+        "Shoppers a drop expects, from its pre-warm to its end (0 otherwise): for autoscalers.",
+    );
+    let now = gateway.clock.now();
+    for drop_id in &drops {
+        let expected = gateway.intake.with_drop(drop_id, |ledger| {
+            let spec = ledger.spec();
+            if spec.expects_load(now) {
+                spec.expected_shoppers
+            } else {
+                0
+            }
+        });
+        if let Some(expected) = expected {
+            let labels = [("drop", drop_id.as_str())];
+            page.sample("floodgate_expected_load", &labels, expected as f64);
+        }
+    }
+
+    page.family(
         "floodgate_drop_orders",
         "gauge",
         "Orders per drop by state, from the store.",
@@ -169,7 +190,6 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         }
     }
 
-    let now = gateway.clock.now();
     let rooms: Vec<_> = drops
         .iter()
         .filter_map(|drop_id| Some((drop_id.as_str(), gateway.rooms.occupancy(drop_id, now)?)))

@@ -4,6 +4,7 @@
 //! whatever the number of dashboards.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -27,9 +28,11 @@ pub struct Observed {
 }
 
 impl Gateway {
-    /// Takes the reading; `run` calls it every second.
-    pub async fn observe(&self) -> Result<Observed, StoreError> {
+    /// Takes the reading and starts the pre-warm passes that are due; `run` calls it every
+    /// second.
+    pub async fn observe(self: &Arc<Self>) -> Result<Observed, StoreError> {
         let now = self.clock.now();
+        self.start_due_prewarms(now);
         let mut counts = HashMap::new();
         for drop_id in self.intake.drop_ids() {
             let drop_counts = self.intake.store().order_counts(drop_id.clone()).await?;

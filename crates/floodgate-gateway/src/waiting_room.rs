@@ -184,6 +184,12 @@ impl Rooms {
         }
     }
 
+    /// Opens `drop`'s room ahead of its surge, sized for `shoppers`.
+    pub(crate) fn presize(&self, drop: &RoomDrop, shoppers: usize, now: Timestamp) {
+        let mut rooms = self.rooms();
+        self.room(&mut rooms, drop, now).presize(shoppers);
+    }
+
     /// `drop`'s room, opened now if it has none yet, with a fresh random seed for its draw.
     fn room<'r>(
         &self,

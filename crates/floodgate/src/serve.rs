@@ -107,6 +107,13 @@ pub(crate) async fn run_gateway(
     )
     .await
     .context("cannot rebuild state from the store")?;
+    if let Some(url) = config.downstream.url.clone() {
+        let timeout = Duration::from_millis(config.downstream.timeout_ms);
+        gateway.probe_downstream_with(Box::new(move || {
+            let url = url.clone();
+            Box::pin(async move { HttpDownstream::check_reachable(&url, timeout).await })
+        }));
+    }
     let dispatcher = start_dispatcher(&config.downstream, &store, &gateway, clock);
     if let Some(dispatcher) = &dispatcher {
         gateway.report_delivery(Box::new(dispatcher.stats_reader()));

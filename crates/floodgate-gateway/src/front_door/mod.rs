@@ -301,6 +301,27 @@ impl FrontDoor {
         }
     }
 
+    /// Opens idle connections to every upstream of every pool ahead of a surge: as many as the
+    /// pool's concurrency limit could use, at most `most_per_upstream`; how many it opened.
+    pub(crate) async fn open_connections(&self, most_per_upstream: usize) -> usize {
+        let mut opened = 0;
+        for pool in &self.pools {
+            let (limit, _) = pool.admission.load();
+            let count = most_per_upstream.min(limit as usize).max(1);
+            for base in pool.bases() {
+                opened += self.proxy.open_connections(base, count).await;
+            }
+        }
+        opened
+    }
+
+    /// Whether the edge cache holds a fresh answer for `request`.
+    pub(crate) fn holds_fresh<B>(&self, request: &Request<B>) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|cache| matches!(cache.lookup(&cache.key(request)), Lookup::Fresh(_)))
+    }
+
     /// Drops cached responses under `prefix`; how many went.
     pub(crate) fn purge(&self, prefix: &str) -> usize {
         self.cache.as_ref().map_or(0, |cache| cache.purge(prefix))

@@ -72,6 +72,11 @@ impl Pool {
         }
     }
 
+    /// Every upstream's base URL.
+    pub(crate) fn bases(&self) -> impl Iterator<Item = &Uri> {
+        self.upstreams.iter().map(|upstream| &upstream.base)
+    }
+
     /// Chooses an upstream; ejected ones are skipped unless every one is ejected (then all
     /// serve: a pool that sends nothing helps nobody).
     pub(crate) fn choose(&self) -> Chosen<'_> {

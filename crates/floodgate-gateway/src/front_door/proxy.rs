@@ -50,6 +50,14 @@ pub(crate) struct Proxy {
 }
 
 impl Proxy {
+    /// Opens up to `count` idle connections to `base`; how many it opened.
+    pub(crate) async fn open_connections(&self, base: &Uri, count: usize) -> usize {
+        match base.authority() {
+            Some(authority) => self.connections.open(authority, count).await,
+            None => 0,
+        }
+    }
+
     /// Sends `request` to `base` and returns the upstream's response head with its body still
     /// streaming. A request without a body that fails on a reused connection (the upstream may
     /// have closed it while idle) is tried once more.

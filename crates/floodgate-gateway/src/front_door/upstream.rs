@@ -107,6 +107,28 @@ impl Connections {
         })
     }
 
+    /// Opens connections to `authority` until `count` are idle (bounded by the idle list's
+    /// size), for a surge that is about to come; how many it opened.
+    pub(crate) async fn open(&self, authority: &Authority, count: usize) -> usize {
+        let now = Instant::now();
+        let missing = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let links = idle.entry(authority.clone()).or_default();
+            links.retain_mut(|link| link.usable(now));
+            count.min(IDLE_PER_UPSTREAM).saturating_sub(links.len())
+        };
+        let opened = futures_util::future::join_all((0..missing).map(|_| Self::connect(authority)))
+            .await
+            .into_iter()
+            .filter_map(Result::ok);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let links = idle.entry(authority.clone()).or_default();
+        let before = links.len();
+        links.extend(opened);
+        links.truncate(IDLE_PER_UPSTREAM);
+        links.len().saturating_sub(before)
+    }
+
     /// Sends `request` to `authority` on an idle connection or a new one, and waits for the
     /// answer head while driving the connection.
     pub(crate) async fn send(
