@@ -73,6 +73,8 @@ pub enum Standing {
 pub struct RoomTotals {
     /// Shoppers who took a new place.
     pub arrivals: u64,
+    /// Joins answered "sold out".
+    pub turned_away: u64,
     /// Places handed out in the queue (the last position).
     pub queued: u64,
     /// Every queue position up to here has had its turn (admitted, or skipped for silence).
@@ -161,6 +163,8 @@ pub struct WaitingRoom {
     rules: RoomRules,
     /// Shoppers who took a new place (pre-queue, instant pass or queue), rejoiners included.
     arrivals: u64,
+    /// Joins answered "sold out" (each attempt: nobody's place is kept to tell them apart).
+    turned_away: u64,
     /// Positions handed out so far.
     joined: u64,
     /// Every position up to here has been admitted or skipped.
@@ -196,6 +200,7 @@ impl WaitingRoom {
         Self {
             rules,
             arrivals: 0,
+            turned_away: 0,
             joined: 0,
             admitted_through: 0,
             waiting_ids: VecDeque::new(),
@@ -251,6 +256,7 @@ impl WaitingRoom {
     pub fn totals(&self) -> RoomTotals {
         RoomTotals {
             arrivals: self.arrivals,
+            turned_away: self.turned_away,
             queued: self.joined,
             head: self.admitted_through,
             admitted: self.issued,
@@ -291,6 +297,7 @@ impl WaitingRoom {
     pub fn join(&mut self, identity: u64, now: Timestamp) -> Standing {
         self.advance(now);
         if self.sold_out {
+            self.turned_away += 1;
             return Standing::SoldOut;
         }
         if self.draw.drawn.is_none() {
@@ -571,6 +578,7 @@ mod tests {
             room.totals(),
             RoomTotals {
                 arrivals: 4,
+                turned_away: 0,
                 queued: 2,
                 head: 1,
                 admitted: 3,
@@ -644,6 +652,7 @@ mod tests {
         room.set_sold_out(true);
         assert_eq!(room.poll(3, at(1)), Standing::SoldOut);
         assert_eq!(room.join(9, at(1)), Standing::SoldOut);
+        assert_eq!(room.totals().turned_away, 1, "the late joiner is counted");
         room.use_pass(pass, at(2)).unwrap();
         room.set_sold_out(false);
         pass_of(room.poll(3, at(3)));

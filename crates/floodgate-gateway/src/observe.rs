@@ -171,7 +171,9 @@ impl Gateway {
                         waiting: room.waiting,
                         in_force: room.in_force,
                         eta_s: room.eta_of_last,
-                        arrivals: room.totals.arrivals - before.arrivals,
+                        arrivals: room.totals.arrivals + room.totals.turned_away
+                            - before.arrivals
+                            - before.turned_away,
                         admitted: room.totals.admitted - before.admitted,
                     }
                 });

@@ -102,6 +102,8 @@ struct FunnelStep {
 #[derive(Debug, Serialize)]
 struct QueueFigures {
     arrivals: u64,
+    /// Joins answered "sold out" (a shopper who tried twice counts twice).
+    turned_away: u64,
     /// Places handed out in the line (the rest got a pass at once).
     queued: u64,
     /// Places whose turn came (admitted, or skipped for going silent).
@@ -264,7 +266,7 @@ async fn build(gateway: &Gateway, drop_id: &DropId) -> Result<Report, ApiError> 
         .then(|| queue_figures(&series.samples));
     let mut funnel = Vec::new();
     if let Some(sample) = last_sample.filter(|_| spec.waiting_room.enabled) {
-        funnel.push(("arrived", sample.room.arrivals));
+        funnel.push(("arrived", sample.room.arrivals + sample.room.turned_away));
         funnel.push(("admitted", sample.room.admitted));
     }
     funnel.push(("ordered", customers.len() as u64));
@@ -348,6 +350,7 @@ fn queue_figures(samples: &[DropSample]) -> QueueFigures {
     let last = samples.last().copied();
     QueueFigures {
         arrivals: last.map_or(0, |sample| sample.room.arrivals),
+        turned_away: last.map_or(0, |sample| sample.room.turned_away),
         queued: last.map_or(0, |sample| sample.room.queued),
         turns,
         longest_line: samples
@@ -393,9 +396,16 @@ fn timeline(series: &DropSeries, orders: &[Scanned], starts_at: Timestamp) -> Ti
         .iter()
         .map(|sample| sample.at.unix_millis())
         .chain(orders.iter().flat_map(|o| [o.accepted_at, o.updated_at]));
-    let (first, last) = times.fold((starts_at.unix_millis(), i64::MIN), |(lo, hi), at| {
+    // From the first thing recorded (a drop defined long after its start date begins there),
+    // or from the start when nothing is.
+    let (first, last) = times.fold((i64::MAX, i64::MIN), |(lo, hi), at| {
         (lo.min(at), hi.max(at))
     });
+    let first = if first == i64::MAX {
+        starts_at.unix_millis()
+    } else {
+        first
+    };
     let last = last.max(first);
     let span_s = (last - first) / 1_000 + 1;
     let wanted = (span_s + TARGET_BUCKETS - 1) / TARGET_BUCKETS;
@@ -420,10 +430,12 @@ fn timeline(series: &DropSeries, orders: &[Scanned], starts_at: Timestamp) -> Ti
     for sample in &series.samples {
         let bucket = &mut buckets[bucket_of(sample.at.unix_millis())];
         if let Some(before) = previous {
-            bucket.arrivals += sample.room.arrivals - before.room.arrivals;
+            bucket.arrivals += sample.room.arrivals + sample.room.turned_away
+                - before.room.arrivals
+                - before.room.turned_away;
             bucket.admitted += sample.room.admitted - before.room.admitted;
         } else {
-            bucket.arrivals += sample.room.arrivals;
+            bucket.arrivals += sample.room.arrivals + sample.room.turned_away;
             bucket.admitted += sample.room.admitted;
         }
         bucket.waiting = Some(sample.waiting);
@@ -592,9 +604,9 @@ fn render_html(report: &Report) -> String {
             )
         })
         .collect();
-    let states: String = report
-        .orders_by_state
+    let states: String = OrderState::ALL
         .iter()
+        .filter_map(|state| Some((state.as_str(), report.orders_by_state.get(state.as_str())?)))
         .map(|(state, figures)| {
             format!(
                 r#"<tr data-state="{state}"><td>{state}</td><td>{}</td><td>{}</td></tr>"#,
@@ -606,10 +618,11 @@ fn render_html(report: &Report) -> String {
         let wait = |s: Option<i64>| s.map_or("–".into(), |s| format!("{s} s"));
         format!(
             "<section><h2>Queue</h2><table><tr><td>arrivals</td><td>{}</td></tr>\
-             <tr><td>places in line</td><td>{}</td></tr><tr><td>turns</td><td>{}</td></tr>\
+             <tr><td>turned away: sold out</td><td>{}</td></tr><tr><td>places in line</td><td>{}</td></tr><tr><td>turns</td><td>{}</td></tr>\
              <tr><td>longest line</td><td>{}</td></tr><tr><td>wait p50 / p90 / p99 / max</td>\
              <td>{} / {} / {} / {}</td></tr></table></section>",
             queue.arrivals,
+            queue.turned_away,
             queue.queued,
             queue.turns,
             queue.longest_line,
@@ -700,6 +713,7 @@ mod tests {
             at: Timestamp::from_unix_millis(second * 1_000),
             room: RoomTotals {
                 arrivals: queued,
+                turned_away: 0,
                 queued,
                 head,
                 admitted: head,

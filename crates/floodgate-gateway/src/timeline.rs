@@ -89,7 +89,8 @@ pub(crate) struct DropFrame {
     pub(crate) room: Option<RoomFrame>,
 }
 
-/// A drop's waiting room now, and its arrivals and admissions over the span.
+/// A drop's waiting room now, and its arrivals (turned-away joins included) and admissions
+/// over the span.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RoomFrame {
     pub(crate) waiting: u64,

@@ -126,9 +126,10 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         serde_json::to_vec_pretty(&json!({ "straight": straight, "through_floodgate": through }))?;
     std::fs::write(args.dir.join("demo.json"), json)?;
     say(&format!(
-        "reports: {} (straight) and {} (through floodgate); figures in {}",
+        "reports: {} (straight) and {} (through floodgate); the drop's own report {}; figures in {}",
         straight.report.display(),
         through.report.display(),
+        args.dir.join("drop-report.html").display(),
         args.dir.join("demo.json").display()
     ));
     Ok(())
@@ -158,9 +159,12 @@ async fn rehearse(scenario: &str, target: &str, dir: &Path) -> anyhow::Result<Fi
 /// Runs floodgate in front of `shop`, sends the drop through it, waits for delivery, stops it.
 async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<Column> {
     let store = tempfile::tempdir().context("cannot create the demo's store directory")?;
+    // The product page is cached at the edge for ten seconds, the rest of the shop passes.
     let config = Config::from_toml(&format!(
         "[origin]\nurl = \"http://{shop}\"\n[downstream]\nurl = \"{orders}\"\nrate_per_second = {LEGACY_CAPACITY}\n\
-         [store]\npath = \"{store}\"\n",
+         [store]\npath = \"{store}\"\n\
+         [[routes]]\nname = \"product\"\npath = \"/shop/sneaker\"\nclass = \"browse\"\n\
+         cache = {{ ttl_s = 10, stale_while_revalidate_s = 30 }}\n",
         shop = shop.address(),
         orders = shop.orders_url(),
         store = store.path().display(),
@@ -186,13 +190,19 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
     say(&format!(
         "   floodgate: public {public_url}, metrics {admin_url}/metrics (Authorization: Bearer {ADMIN_TOKEN})"
     ));
+    say(&format!(
+        "   live dashboard while it runs: {admin_url}/admin/dashboard#token={ADMIN_TOKEN}"
+    ));
 
     let client = HttpClient::new(Duration::from_secs(10));
+    // The drop starts now, so its report's "after the start" figures read as in a real drop.
+    let starts_at = floodgate_gateway::Clock::system().now();
     let drop = json!({
-        "name": "Demo drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+        "name": "Demo drop", "starts_at": starts_at, "ends_at": starts_at.add_millis(3_600_000),
         "limit_per_customer": 1,
         "skus": [{"sku": "sneaker", "name": "Sneaker", "price_cents": 12_000, "stock": args.stock}],
         "waiting_room": {"enabled": true, "max_active": 50, "prequeue_s": 0, "pass_ttl_s": 300},
+        "expected_shoppers": args.shoppers, "prewarm_paths": ["/shop/sneaker"],
     });
     let authorization = format!("Bearer {ADMIN_TOKEN}");
     let created = client
@@ -220,9 +230,35 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let column = column(&finished, &shop.shop().stats(), args, Through::Floodgate);
+    save_drop_report(&client, &admin_url, &authorization, &args.dir).await?;
     let _ = stop.send(());
     gateway.await.context("the demo gateway panicked")??;
     Ok(column)
+}
+
+/// Keeps the drop's report, as the shop would read it after the drop: JSON and the page.
+async fn save_drop_report(
+    client: &HttpClient,
+    admin_url: &str,
+    authorization: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    for format in ["json", "html"] {
+        let url = format!("{admin_url}/admin/drops/demo/report?format={format}");
+        let (status, _, body) = client
+            .send_bytes(
+                Method::GET,
+                &url,
+                &[("authorization", authorization)],
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot read the drop report: {error}"))?;
+        ensure!(status.is_success(), "the drop report answered {status}");
+        let path = dir.join(format!("drop-report.{format}"));
+        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -63,4 +63,15 @@ async fn the_demo_shows_the_same_drop_straight_and_through_floodgate() {
     for column in [straight, through] {
         assert!(Path::new(column["report"].as_str().unwrap()).exists());
     }
+
+    // The drop's own report, from floodgate's store, agrees with the shop.
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("drop-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["orders_by_state"]["confirmed"]["orders"], through["orders_in_legacy_shop"],
+        "{report}"
+    );
+    assert_eq!(report["stock"]["available"], 0);
+    assert!(dir.path().join("drop-report.html").exists());
 }
