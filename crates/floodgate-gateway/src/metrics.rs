@@ -125,9 +125,16 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
     page.family(
         "floodgate_stock_units",
         "gauge",
-        "Units per SKU: the stock, those held by orders, and those still on sale.",
+        "Units per SKU: the stock, those held by orders (reserved until the order system confirms), those still on sale.",
     );
     for drop_id in &drops {
+        let by_state = gateway.intake.store().sku_units(drop_id.clone()).await?;
+        let units_in = |sku: &str, states: &[OrderState]| -> u64 {
+            states
+                .iter()
+                .filter_map(|state| by_state.get(&(sku.to_owned(), *state)))
+                .sum()
+        };
         let skus = gateway.intake.with_drop(drop_id, |ledger| {
             ledger
                 .spec()
@@ -140,10 +147,14 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
                 .collect::<Vec<_>>()
         });
         for (sku, stock, held) in skus.into_iter().flatten() {
+            let reserved = units_in(&sku, &[OrderState::Accepted, OrderState::Submitting]);
+            let confirmed = units_in(&sku, &[OrderState::Confirmed]);
             for (state, units) in [
                 ("total", stock),
                 ("held", held),
                 ("available", stock.saturating_sub(held)),
+                ("reserved", reserved),
+                ("confirmed", confirmed),
             ] {
                 let labels = [
                     ("drop", drop_id.as_str()),

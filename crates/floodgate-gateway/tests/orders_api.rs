@@ -57,6 +57,12 @@ impl Store for FaultyStore {
     ) -> StoreFuture<'_, std::collections::BTreeMap<OrderState, StateCount>> {
         self.inner.order_counts(drop_id)
     }
+    fn sku_units(
+        &self,
+        drop_id: DropId,
+    ) -> StoreFuture<'_, std::collections::BTreeMap<(String, OrderState), u64>> {
+        self.inner.sku_units(drop_id)
+    }
     fn record_delivery(
         &self,
         order_id: OrderId,

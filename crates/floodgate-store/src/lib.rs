@@ -45,6 +45,9 @@ pub trait Store: Send + Sync + 'static {
     /// Orders and units per state, for one drop.
     fn order_counts(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<OrderState, StateCount>>;
 
+    /// Units per SKU and state, for one drop (pairs with no units are left out).
+    fn sku_units(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<(String, OrderState), u64>>;
+
     /// Moves an order along its delivery, durably, if it is in a state the change starts from
     /// ([`StoreError::WrongState`] otherwise). A rejected order's units go back to its SKU's
     /// stock in the same transaction.

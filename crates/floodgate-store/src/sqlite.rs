@@ -157,6 +157,29 @@ impl Store for SqliteStore {
         })
     }
 
+    fn sku_units(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<(String, OrderState), u64>> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT sku, state, SUM(quantity) FROM orders WHERE drop_id = ?1 GROUP BY sku, state",
+                )
+                .map_err(backend)?;
+            let rows = statement
+                .query_map([drop_id.as_str()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, u64>(2)?))
+                })
+                .map_err(backend)?;
+            let mut units = BTreeMap::new();
+            for row in rows {
+                let (sku, state, sum) = row.map_err(backend)?;
+                if let Some(state) = OrderState::parse(&state) {
+                    units.insert((sku, state), sum);
+                }
+            }
+            Ok(units)
+        })
+    }
+
     fn record_delivery(
         &self,
         order_id: OrderId,

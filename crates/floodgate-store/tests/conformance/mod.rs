@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
             a_rejected_order_gives_its_units_back,
             a_failed_order_keeps_its_units_until_redriven,
             deliveries_refuse_the_wrong_state_and_unknown_orders,
+            units_are_counted_per_sku_and_state,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -471,4 +472,31 @@ pub(crate) async fn deliveries_refuse_the_wrong_state_and_unknown_orders<B: Back
         (unchanged.state, unchanged.attempts),
         (OrderState::Accepted, 0)
     );
+}
+
+pub(crate) async fn units_are_counted_per_sku_and_state<B: Backend>(backend: &B) {
+    let store = with_drop(backend, 10).await;
+    let confirmed = order(1, "rod", 2);
+    store.accept_order(confirmed.clone()).await.unwrap();
+    store.accept_order(order(2, "rod", 3)).await.unwrap();
+    store.accept_order(order(3, "reel", 1)).await.unwrap();
+    store
+        .record_delivery(confirmed.order_id.clone(), Delivery::Attempt, T0)
+        .await
+        .unwrap();
+    store
+        .record_delivery(
+            confirmed.order_id,
+            Delivery::Confirmed { reference: None },
+            T0,
+        )
+        .await
+        .unwrap();
+    let units = store.sku_units(drop_id()).await.unwrap();
+    let expected = [
+        (("reel".to_owned(), OrderState::Accepted), 1),
+        (("rod".to_owned(), OrderState::Accepted), 3),
+        (("rod".to_owned(), OrderState::Confirmed), 2),
+    ];
+    assert_eq!(units, expected.into_iter().collect());
 }
