@@ -471,27 +471,117 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-/// One series of a bar chart.
-struct Bars<'a> {
-    name: &'a str,
-    colour: &'a str,
-    values: Vec<f64>,
+/// One series of a chart: its name, colour, and value in a bucket.
+struct Series {
+    name: &'static str,
+    colour: &'static str,
+    value: fn(&Bucket) -> f64,
 }
 
-/// Bars per bucket, series stacked, as inline SVG with a legend.
-fn bar_chart(title: &str, series: &[Bars<'_>]) -> String {
-    let buckets = series.first().map_or(0, |bars| bars.values.len()).max(1);
-    let top = (0..buckets)
-        .map(|index| series.iter().map(|bars| bars.values[index]).sum::<f64>())
+/// One chart of the report page.
+struct Chart {
+    title: &'static str,
+    /// Counts per bucket (the title says the bucket's width), rather than a level at its end.
+    per_bucket: bool,
+    /// Only for drops with a waiting room.
+    needs_room: bool,
+    /// Stacked, bottom first.
+    series: &'static [Series],
+}
+
+const CHARTS: [Chart; 5] = [
+    Chart {
+        title: "Arrivals and admissions",
+        per_bucket: true,
+        needs_room: true,
+        series: &[
+            Series {
+                name: "arrived",
+                colour: "#2f81f7",
+                value: |b| b.arrivals as f64,
+            },
+            Series {
+                name: "admitted",
+                colour: "#3fb950",
+                value: |b| b.admitted as f64,
+            },
+        ],
+    },
+    Chart {
+        title: "Shoppers waiting",
+        per_bucket: false,
+        needs_room: true,
+        series: &[Series {
+            name: "waiting",
+            colour: "#a371f7",
+            value: |b| b.waiting.unwrap_or(0) as f64,
+        }],
+    },
+    Chart {
+        title: "Units on sale",
+        per_bucket: false,
+        needs_room: false,
+        series: &[Series {
+            name: "available",
+            colour: "#d29922",
+            value: |b| b.available.unwrap_or(0) as f64,
+        }],
+    },
+    Chart {
+        title: "Orders accepted",
+        per_bucket: true,
+        needs_room: false,
+        series: &[Series {
+            name: "accepted",
+            colour: "#2f81f7",
+            value: |b| b.accepted as f64,
+        }],
+    },
+    Chart {
+        title: "Deliveries to the order system",
+        per_bucket: true,
+        needs_room: false,
+        series: &[
+            Series {
+                name: "confirmed",
+                colour: "#3fb950",
+                value: |b| b.confirmed as f64,
+            },
+            Series {
+                name: "rejected",
+                colour: "#d29922",
+                value: |b| b.rejected as f64,
+            },
+            Series {
+                name: "dead-lettered",
+                colour: "#f85149",
+                value: |b| b.failed as f64,
+            },
+        ],
+    },
+];
+
+/// `chart` over `buckets`: bars per bucket, series stacked, as inline SVG with a legend.
+fn bar_chart(chart: &Chart, buckets: &[Bucket], bucket_s: i64) -> String {
+    let stacked = |bucket: &Bucket| -> Vec<f64> {
+        chart
+            .series
+            .iter()
+            .map(|series| (series.value)(bucket))
+            .collect()
+    };
+    let top = buckets
+        .iter()
+        .map(|bucket| stacked(bucket).iter().sum::<f64>())
         .fold(0.0, f64::max)
         .max(1.0);
     let (width, height) = (720.0, 160.0);
-    let step = width / buckets as f64;
+    let step = width / buckets.len().max(1) as f64;
     let mut svg = String::new();
-    for index in 0..buckets {
+    for (index, bucket) in buckets.iter().enumerate() {
         let mut base = height;
-        for bars in series {
-            let bar = bars.values[index] / top * (height - 4.0);
+        for (series, value) in chart.series.iter().zip(stacked(bucket)) {
+            let bar = value / top * (height - 4.0);
             if bar > 0.0 {
                 let _ = write!(
                     svg,
@@ -499,21 +589,27 @@ fn bar_chart(title: &str, series: &[Bars<'_>]) -> String {
                     index as f64 * step,
                     base - bar,
                     (step * 0.85).max(0.5),
-                    bars.colour
+                    series.colour
                 );
                 base -= bar;
             }
         }
     }
-    let legend: String = series
+    let legend: String = chart
+        .series
         .iter()
-        .map(|bars| {
+        .map(|series| {
             format!(
                 r#"<span><i style="background:{}"></i>{}</span>"#,
-                bars.colour, bars.name
+                series.colour, series.name
             )
         })
         .collect();
+    let title = if chart.per_bucket {
+        format!("{} per {bucket_s} s", chart.title)
+    } else {
+        chart.title.to_owned()
+    };
     format!(
         r#"<section><h2>{title}</h2><div class="top">top: {top}</div><svg viewBox="0 0 {width} {height}" preserveAspectRatio="none">{svg}</svg><div class="legend">{legend}</div></section>"#
     )
@@ -524,73 +620,11 @@ fn seconds(value: Option<f64>) -> String {
 }
 
 fn render_html(report: &Report) -> String {
-    let buckets = &report.timeline.buckets;
-    let column = |read: fn(&Bucket) -> f64| buckets.iter().map(read).collect::<Vec<f64>>();
-    let mut charts = String::new();
-    if report.queue.is_some() {
-        charts += &bar_chart(
-            &format!("Arrivals and admissions per {} s", report.timeline.bucket_s),
-            &[
-                Bars {
-                    name: "arrived",
-                    colour: "#2f81f7",
-                    values: column(|b| b.arrivals as f64),
-                },
-                Bars {
-                    name: "admitted",
-                    colour: "#3fb950",
-                    values: column(|b| b.admitted as f64),
-                },
-            ],
-        );
-        charts += &bar_chart(
-            "Shoppers waiting",
-            &[Bars {
-                name: "waiting",
-                colour: "#a371f7",
-                values: column(|b| b.waiting.unwrap_or(0) as f64),
-            }],
-        );
-    }
-    charts += &bar_chart(
-        "Units on sale",
-        &[Bars {
-            name: "available",
-            colour: "#d29922",
-            values: column(|b| b.available.unwrap_or(0) as f64),
-        }],
-    );
-    charts += &bar_chart(
-        &format!("Orders accepted per {} s", report.timeline.bucket_s),
-        &[Bars {
-            name: "accepted",
-            colour: "#2f81f7",
-            values: column(|b| b.accepted as f64),
-        }],
-    );
-    charts += &bar_chart(
-        &format!(
-            "Deliveries to the order system per {} s",
-            report.timeline.bucket_s
-        ),
-        &[
-            Bars {
-                name: "confirmed",
-                colour: "#3fb950",
-                values: column(|b| b.confirmed as f64),
-            },
-            Bars {
-                name: "rejected",
-                colour: "#d29922",
-                values: column(|b| b.rejected as f64),
-            },
-            Bars {
-                name: "dead-lettered",
-                colour: "#f85149",
-                values: column(|b| b.failed as f64),
-            },
-        ],
-    );
+    let charts: String = CHARTS
+        .iter()
+        .filter(|chart| !chart.needs_room || report.queue.is_some())
+        .map(|chart| bar_chart(chart, &report.timeline.buckets, report.timeline.bucket_s))
+        .collect();
     let funnel: String = report
         .funnel
         .iter()

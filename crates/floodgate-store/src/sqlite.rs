@@ -136,22 +136,11 @@ impl Store for SqliteStore {
 
     fn order_counts(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<OrderState, StateCount>> {
         self.read(move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT state, COUNT(*), SUM(quantity) FROM orders WHERE drop_id = ?1 GROUP BY state",
-                )
-                .map_err(backend)?;
-            let rows = statement
-                .query_map([drop_id.as_str()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?, row.get::<_, u64>(2)?))
-                })
-                .map_err(backend)?;
-            let mut counts = BTreeMap::new();
-            for row in rows {
-                let (state, orders, units) = row.map_err(backend)?;
-                if let Some(state) = OrderState::parse(&state) {
-                    counts.insert(state, StateCount { orders, units });
-                }
+            let mut counts = BTreeMap::<OrderState, StateCount>::new();
+            for (_, state, orders, units) in counts_by_sku_and_state(connection, &drop_id)? {
+                let count = counts.entry(state).or_default();
+                count.orders += orders;
+                count.units += units;
             }
             Ok(counts)
         })
@@ -159,24 +148,11 @@ impl Store for SqliteStore {
 
     fn sku_units(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<(String, OrderState), u64>> {
         self.read(move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT sku, state, SUM(quantity) FROM orders WHERE drop_id = ?1 GROUP BY sku, state",
-                )
-                .map_err(backend)?;
-            let rows = statement
-                .query_map([drop_id.as_str()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, u64>(2)?))
-                })
-                .map_err(backend)?;
-            let mut units = BTreeMap::new();
-            for row in rows {
-                let (sku, state, sum) = row.map_err(backend)?;
-                if let Some(state) = OrderState::parse(&state) {
-                    units.insert((sku, state), sum);
-                }
-            }
-            Ok(units)
+            let counts = counts_by_sku_and_state(connection, &drop_id)?;
+            Ok(counts
+                .into_iter()
+                .map(|(sku, state, _, units)| ((sku, state), units))
+                .collect())
         })
     }
 
@@ -331,4 +307,34 @@ impl ReaderPool {
         tune_cache(&connection)?;
         Ok(connection)
     }
+}
+
+/// A drop's orders and units per SKU and state: `(sku, state, orders, units)`.
+fn counts_by_sku_and_state(
+    connection: &Connection,
+    drop_id: &DropId,
+) -> Result<Vec<(String, OrderState, u64, u64)>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT sku, state, COUNT(*), SUM(quantity) FROM orders WHERE drop_id = ?1 GROUP BY sku, state",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map([drop_id.as_str()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, u64>(2)?,
+                row.get::<_, u64>(3)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let (sku, state, orders, units) = row.map_err(backend)?;
+        if let Some(state) = OrderState::parse(&state) {
+            counts.push((sku, state, orders, units));
+        }
+    }
+    Ok(counts)
 }
