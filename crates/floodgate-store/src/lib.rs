@@ -5,8 +5,6 @@
 //! lookups. The crate knows nothing of HTTP. Every backend passes the same conformance suite
 //! (`tests/conformance`).
 
-mod checkpoint;
-mod schema;
 mod sqlite;
 mod writer;
 

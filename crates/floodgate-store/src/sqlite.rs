@@ -13,8 +13,14 @@ use floodgate_core::{
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::Semaphore;
 
-use crate::checkpoint::Checkpointer;
-use crate::schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
+mod checkpoint;
+mod commit;
+mod schema;
+
+use checkpoint::Checkpointer;
+use commit::SqliteCommitter;
+use schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
+
 use crate::writer::{Write, WriterHandle};
 use crate::{
     CommitFigures, Delivery, Holding, OrderFilter, Snapshot, StateCount, Store, StoreError,
@@ -61,13 +67,14 @@ impl SqliteStore {
         let mut connection = Connection::open(&path).map_err(backend)?;
         prepare_writer(&mut connection)?;
         let checkpoints = Checkpointer::open(&path)?;
-        let (writer, _thread) = WriterHandle::spawn(
-            connection,
-            checkpoints,
-            options.max_batch,
-            options.queue_capacity,
-        )
-        .map_err(|error| StoreError::Backend(format!("cannot start the writer: {error}")))?;
+        let open = move || {
+            Ok(SqliteCommitter {
+                connection,
+                _checkpointing: checkpoints.start(),
+            })
+        };
+        let (writer, _thread) =
+            WriterHandle::spawn(open, options.max_batch, options.queue_capacity)?;
         let readers = Arc::new(ReaderPool {
             path,
             idle: Mutex::new(Vec::new()),

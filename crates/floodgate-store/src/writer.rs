@@ -1,24 +1,21 @@
-//! The group-commit writer: one thread owns the only write connection, takes every write queued
-//! since its last commit, applies them in one transaction and fsyncs once, then answers each.
+//! The group-commit writer, whatever the backend: one thread owns the only write connection,
+//! takes every write queued since its last commit, hands them to the backend's [`Committer`] to
+//! apply in one transaction (one fsync), then answers each.
 //!
 //! Batches form by themselves: while one commit waits on the disk, new writes queue up, and the
 //! next commit takes them all. No timer is needed, so a lone order is not delayed, and under load
 //! the batch grows until one fsync serves hundreds of orders. A refused write (an oversell) does
 //! not undo its batch-mates.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, Timestamp};
 use tokio::sync::oneshot;
 
-use crate::checkpoint::Checkpointer;
-use crate::schema::backend;
 use crate::{CommitFigures, Delivery, StoreError};
 
 /// A write waiting for the writer thread.
@@ -39,9 +36,17 @@ pub(crate) enum Write {
     Close,
 }
 
-struct Job {
-    write: Write,
+/// A write and who waits for its outcome.
+pub(crate) struct Job {
+    pub(crate) write: Write,
     reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A backend's side of group commit: applies a batch in one transaction.
+pub(crate) trait Committer {
+    /// Applies `batch`; one result per job, in order. A failure of the whole transaction is
+    /// that error for every job.
+    fn commit(&mut self, batch: &[Job]) -> Vec<Result<(), StoreError>>;
 }
 
 /// The sending side of the writer; dropping every clone also stops the thread.
@@ -73,23 +78,36 @@ impl Figures {
 }
 
 impl WriterHandle {
-    /// Starts the writer thread on `connection`.
-    pub(crate) fn spawn(
-        connection: Connection,
-        checkpoints: Checkpointer,
+    /// Starts the writer thread, whose first act is `open`ing the backend's write connection
+    /// (on the thread, so a backend may keep thread-bound state); waits until it has.
+    pub(crate) fn spawn<C, F>(
+        open: F,
         max_batch: usize,
         queue_capacity: usize,
-    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+    ) -> Result<(Self, JoinHandle<()>), StoreError>
+    where
+        C: Committer,
+        F: FnOnce() -> Result<C, StoreError> + Send + 'static,
+    {
         let (jobs, queued) = mpsc::sync_channel(queue_capacity);
+        let (opened, open_outcome) = mpsc::channel();
         let figures = Arc::new(Figures::default());
         let counted = Arc::clone(&figures);
         let thread = std::thread::Builder::new()
             .name("floodgate-store-writer".into())
-            .spawn(move || {
-                // Runs beside the writer and stops when the writer drops its handle.
-                let _checkpointing = checkpoints.start();
-                run(connection, queued, max_batch, &counted);
-            })?;
+            .spawn(move || match open() {
+                Ok(committer) => {
+                    let _ = opened.send(Ok(()));
+                    run(committer, queued, max_batch, &counted);
+                }
+                Err(error) => {
+                    let _ = opened.send(Err(error));
+                }
+            })
+            .map_err(|error| StoreError::Backend(format!("cannot start the writer: {error}")))?;
+        open_outcome
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Backend("the writer died opening".into())))?;
         Ok((Self { jobs, figures }, thread))
     }
 
@@ -118,7 +136,7 @@ impl WriterHandle {
     }
 }
 
-fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize, figures: &Figures) {
+fn run(mut committer: impl Committer, queued: Receiver<Job>, max_batch: usize, figures: &Figures) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = queued.recv() {
         batch.push(first);
@@ -131,7 +149,7 @@ fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize, figu
         // Measures the writer's own commits for operators; no decision depends on it.
         #[allow(clippy::disallowed_types)]
         let started = std::time::Instant::now();
-        let results = commit(&mut connection, &batch);
+        let results = committer.commit(&batch);
         figures.record(batch.len(), started.elapsed());
         let closing = batch.iter().any(|job| matches!(job.write, Write::Close));
         for (job, result) in batch.drain(..).zip(results) {
@@ -143,279 +161,4 @@ fn run(mut connection: Connection, queued: Receiver<Job>, max_batch: usize, figu
         }
     }
     tracing::debug!("store writer stopped");
-}
-
-/// Applies `batch` in one transaction; one result per job. Orders go first, reserved per SKU
-/// with one guarded `UPDATE` for the whole batch; the rare other writes follow, each in a
-/// savepoint so a refused one leaves its batch-mates standing. (The jobs of one batch were
-/// concurrent, so any order among them is a valid serialisation.)
-fn commit(connection: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
-    let outcome = (|| {
-        let mut transaction = connection.transaction().map_err(backend)?;
-        let orders: Vec<(usize, &Order)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, job)| match &job.write {
-                Write::AcceptOrder(order) => Some((index, order)),
-                _ => None,
-            })
-            .collect();
-        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
-        for ((index, _), result) in orders.iter().zip(accept_orders(&transaction, &orders)?) {
-            results[*index] = result;
-        }
-        for (index, job) in batch.iter().enumerate() {
-            if matches!(job.write, Write::AcceptOrder(_)) {
-                continue;
-            }
-            let savepoint = transaction.savepoint().map_err(backend)?;
-            results[index] = apply(&savepoint, &job.write);
-            if results[index].is_ok() {
-                savepoint.commit().map_err(backend)?;
-            }
-        }
-        transaction.commit().map_err(backend)?;
-        Ok(results)
-    })();
-    outcome.unwrap_or_else(|error: StoreError| {
-        tracing::error!(%error, writes = batch.len(), "store commit failed");
-        batch.iter().map(|_| Err(error.clone())).collect()
-    })
-}
-
-fn apply(transaction: &Connection, write: &Write) -> Result<(), StoreError> {
-    match write {
-        Write::PutDrop { drop_id, spec, now } => put_drop(transaction, drop_id, spec, *now),
-        Write::Delivery {
-            order_id,
-            change,
-            now,
-        } => record_delivery(transaction, order_id, change, *now),
-        Write::Heartbeat => transaction
-            .execute("UPDATE heartbeat SET beats = beats + 1 WHERE id = 1", [])
-            .map(drop)
-            .map_err(backend),
-        Write::AcceptOrder(_) | Write::Close => Ok(()),
-    }
-}
-
-/// Reserves and inserts `orders`; one result each. An `Err` return fails the whole batch.
-///
-/// The stock of each SKU is raised once for all its orders when the whole group fits, which is
-/// the common case; only a group that would oversell is retried order by order, so exactly the
-/// orders that fit are kept.
-fn accept_orders(
-    transaction: &Connection,
-    orders: &[(usize, &Order)],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut groups: HashMap<(&str, &str), (u64, Vec<usize>)> = HashMap::new();
-    for (position, (_, order)) in orders.iter().enumerate() {
-        let group = groups
-            .entry((order.drop_id.as_str(), order.sku.as_str()))
-            .or_default();
-        group.0 += u64::from(order.quantity);
-        group.1.push(position);
-    }
-    let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); orders.len()];
-    for ((drop_id, sku), (units, members)) in groups {
-        if reserve(transaction, drop_id, sku, units)? {
-            continue;
-        }
-        for position in members {
-            let order = orders[position].1;
-            if !reserve(transaction, drop_id, sku, u64::from(order.quantity))? {
-                results[position] = Err(refusal(transaction, order)?);
-            }
-        }
-    }
-    let mut insert = transaction
-        .prepare_cached(
-            "INSERT INTO orders (order_id, drop_id, sku, quantity, customer, state, attempts,
-                 accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )
-        .map_err(backend)?;
-    for ((_, order), result) in orders.iter().zip(results.iter_mut()) {
-        if result.is_err() {
-            continue;
-        }
-        let inserted = insert.execute(params![
-            order.order_id.as_str(),
-            order.drop_id.as_str(),
-            order.sku,
-            order.quantity,
-            order.customer,
-            order.state.as_str(),
-            order.attempts,
-            order.accepted_at.unix_millis(),
-            order.updated_at.unix_millis(),
-            order.downstream_ref,
-            order.idempotency_key.as_str(),
-            &order.fingerprint.0[..],
-        ]);
-        if let Err(error) = inserted {
-            // Give the units back so the batch's other orders still commit.
-            transaction
-                .execute(
-                    "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
-                    params![order.drop_id.as_str(), order.sku, order.quantity],
-                )
-                .map_err(backend)?;
-            *result = Err(backend(error));
-        }
-    }
-    Ok(results)
-}
-
-/// Adds `units` to a SKU's held units if they fit its stock; whether they did.
-fn reserve(
-    transaction: &Connection,
-    drop_id: &str,
-    sku: &str,
-    units: u64,
-) -> Result<bool, StoreError> {
-    transaction
-        .prepare_cached(
-            "UPDATE stock SET held = held + ?3 WHERE drop_id = ?1 AND sku = ?2 AND held + ?3 <= stock",
-        )
-        .and_then(|mut statement| statement.execute(params![drop_id, sku, units]))
-        .map(|changed| changed == 1)
-        .map_err(backend)
-}
-
-/// Why an order's units did not fit: its SKU is unknown, or the stock is short.
-fn refusal(transaction: &Connection, order: &Order) -> Result<StoreError, StoreError> {
-    let known = transaction
-        .query_row(
-            "SELECT 1 FROM stock WHERE drop_id = ?1 AND sku = ?2",
-            params![order.drop_id.as_str(), order.sku],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(backend)?;
-    let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
-    Ok(match known {
-        Some(()) => StoreError::Oversell { drop_id, sku },
-        None => StoreError::UnknownSku { drop_id, sku },
-    })
-}
-
-fn record_delivery(
-    transaction: &Connection,
-    order_id: &OrderId,
-    change: &Delivery,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let (state, drop_id, sku, quantity) = transaction
-        .query_row(
-            "SELECT state, drop_id, sku, quantity FROM orders WHERE order_id = ?1",
-            [order_id.as_str()],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, u32>(3)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(backend)?
-        .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
-    let state = OrderState::parse(&state)
-        .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
-    let (from, to) = change.transition();
-    if !from.contains(&state) {
-        return Err(StoreError::WrongState {
-            order_id: order_id.clone(),
-            state,
-        });
-    }
-    let (attempts, reference, error) = match change {
-        Delivery::Attempt => ("attempts + 1", None, None),
-        Delivery::Confirmed { reference } => ("attempts", reference.as_deref(), None),
-        Delivery::Rejected { reason } | Delivery::Failed { reason } => {
-            ("attempts", None, Some(reason.as_str()))
-        }
-        Delivery::Redrive => ("0", None, None),
-    };
-    transaction
-        .prepare_cached(&format!(
-            "UPDATE orders SET state = ?2, attempts = {attempts}, updated_at = ?3,
-                 downstream_ref = COALESCE(?4, downstream_ref), last_error = COALESCE(?5, last_error)
-             WHERE order_id = ?1"
-        ))
-        .and_then(|mut statement| {
-            statement.execute(params![
-                order_id.as_str(),
-                to.as_str(),
-                now.unix_millis(),
-                reference,
-                error
-            ])
-        })
-        .map_err(backend)?;
-    if !to.holds_stock() {
-        transaction
-            .execute(
-                "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
-                params![drop_id, sku, quantity],
-            )
-            .map_err(backend)?;
-    }
-    Ok(())
-}
-
-fn put_drop(
-    transaction: &Connection,
-    drop_id: &DropId,
-    spec: &DropSpec,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let below_held = |sku: &str| StoreError::StockBelowHeld {
-        drop_id: drop_id.clone(),
-        sku: sku.to_owned(),
-    };
-    let spec_json =
-        serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
-    transaction
-        .execute(
-            "INSERT INTO drops (drop_id, spec, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (drop_id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-            params![drop_id.as_str(), spec_json, now.unix_millis()],
-        )
-        .map_err(backend)?;
-    let mut existing = transaction
-        .prepare("SELECT sku, held FROM stock WHERE drop_id = ?1")
-        .map_err(backend)?;
-    let rows = existing
-        .query_map([drop_id.as_str()], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(backend)?;
-    for (sku, held) in rows.iter().filter(|(sku, _)| spec.sku(sku).is_none()) {
-        if *held > 0 {
-            return Err(below_held(sku));
-        }
-        transaction
-            .execute(
-                "DELETE FROM stock WHERE drop_id = ?1 AND sku = ?2",
-                params![drop_id.as_str(), sku],
-            )
-            .map_err(backend)?;
-    }
-    for sku in &spec.skus {
-        transaction
-            .execute(
-                "INSERT INTO stock (drop_id, sku, stock) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (drop_id, sku) DO UPDATE SET stock = excluded.stock",
-                params![drop_id.as_str(), sku.sku, sku.stock],
-            )
-            .map_err(|error| match error.sqlite_error_code() {
-                Some(ErrorCode::ConstraintViolation) => below_held(&sku.sku),
-                _ => backend(error),
-            })?;
-    }
-    Ok(())
 }

@@ -12,25 +12,25 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::schema::backend;
 use crate::StoreError;
-use crate::schema::backend;
 
 /// How often the background checkpoint runs.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A connection ready to run checkpoints.
-pub(crate) struct Checkpointer {
+pub(super) struct Checkpointer {
     connection: Connection,
 }
 
 /// Stops the checkpoint thread when dropped.
-pub(crate) struct Running {
+pub(super) struct Running {
     _stop: Sender<()>,
 }
 
 impl Checkpointer {
     /// Opens the checkpoint connection on the database at `path`.
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path).map_err(backend)?;
         // FULL: a checkpoint fsyncs the database file before the log may be reused.
         connection
@@ -40,7 +40,7 @@ impl Checkpointer {
     }
 
     /// Starts checkpointing on its own thread until the returned guard is dropped.
-    pub(crate) fn start(self) -> Running {
+    pub(super) fn start(self) -> Running {
         let (stop, stopped) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new().name("floodgate-store-checkpoint".into()).spawn(
             move || {

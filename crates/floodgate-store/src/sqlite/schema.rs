@@ -58,11 +58,11 @@ ALTER TABLE orders ADD COLUMN last_error TEXT;
 ];
 
 /// Columns of `orders`, in the order [`order_from_row`] reads them.
-pub(crate) const ORDER_COLUMNS: &str = "order_id, drop_id, sku, quantity, customer, state, attempts, \
+pub(super) const ORDER_COLUMNS: &str = "order_id, drop_id, sku, quantity, customer, state, attempts, \
      accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint, last_error";
 
 /// Sets durability pragmas and brings the schema up to date.
-pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreError> {
+pub(super) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreError> {
     // WAL + FULL: every commit fsyncs the log, so a committed order survives power loss
     // (research/order_pipeline.md §5.1: NORMAL may roll back committed transactions).
     connection
@@ -87,7 +87,7 @@ pub(crate) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreErr
 
 /// Page cache and memory map sized for a drop's working set, so index pages are not re-read
 /// from the file on every insert or lookup.
-pub(crate) fn tune_cache(connection: &Connection) -> Result<(), StoreError> {
+pub(super) fn tune_cache(connection: &Connection) -> Result<(), StoreError> {
     const CACHE_KIB: i64 = 64 * 1024;
     const MMAP_BYTES: i64 = 256 * 1024 * 1024;
     connection
@@ -97,7 +97,7 @@ pub(crate) fn tune_cache(connection: &Connection) -> Result<(), StoreError> {
 }
 
 /// Reads one order from a row selected with [`ORDER_COLUMNS`].
-pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+pub(super) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
     let text = |index: usize| row.get::<_, String>(index);
     let corrupt = |index: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -129,6 +129,6 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
 }
 
 /// Wraps a SQLite error as a backend failure.
-pub(crate) fn backend(error: rusqlite::Error) -> StoreError {
+pub(super) fn backend(error: rusqlite::Error) -> StoreError {
     StoreError::Backend(error.to_string())
 }

@@ -1,0 +1,299 @@
+//! SQLite's side of group commit: a batch of writes in one transaction on the writer's
+//! connection, with the background checkpointer running beside it.
+
+use std::collections::HashMap;
+
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::checkpoint::Running;
+use super::schema::backend;
+use crate::writer::{Committer, Job, Write};
+use crate::{Delivery, StoreError};
+
+/// The writer's connection, and the checkpoints that run beside it until it is dropped.
+pub(super) struct SqliteCommitter {
+    pub(super) connection: Connection,
+    pub(super) _checkpointing: Running,
+}
+
+impl Committer for SqliteCommitter {
+    fn commit(&mut self, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+        commit(&mut self.connection, batch)
+    }
+}
+
+/// Applies `batch` in one transaction; one result per job. Orders go first, reserved per SKU
+/// with one guarded `UPDATE` for the whole batch; the rare other writes follow, each in a
+/// savepoint so a refused one leaves its batch-mates standing. (The jobs of one batch were
+/// concurrent, so any order among them is a valid serialisation.)
+fn commit(connection: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+    let outcome = (|| {
+        let mut transaction = connection.transaction().map_err(backend)?;
+        let orders: Vec<(usize, &Order)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, job)| match &job.write {
+                Write::AcceptOrder(order) => Some((index, order)),
+                _ => None,
+            })
+            .collect();
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
+        for ((index, _), result) in orders.iter().zip(accept_orders(&transaction, &orders)?) {
+            results[*index] = result;
+        }
+        for (index, job) in batch.iter().enumerate() {
+            if matches!(job.write, Write::AcceptOrder(_)) {
+                continue;
+            }
+            let savepoint = transaction.savepoint().map_err(backend)?;
+            results[index] = apply(&savepoint, &job.write);
+            if results[index].is_ok() {
+                savepoint.commit().map_err(backend)?;
+            }
+        }
+        transaction.commit().map_err(backend)?;
+        Ok(results)
+    })();
+    outcome.unwrap_or_else(|error: StoreError| {
+        tracing::error!(%error, writes = batch.len(), "store commit failed");
+        batch.iter().map(|_| Err(error.clone())).collect()
+    })
+}
+
+fn apply(transaction: &Connection, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::PutDrop { drop_id, spec, now } => put_drop(transaction, drop_id, spec, *now),
+        Write::Delivery {
+            order_id,
+            change,
+            now,
+        } => record_delivery(transaction, order_id, change, *now),
+        Write::Heartbeat => transaction
+            .execute("UPDATE heartbeat SET beats = beats + 1 WHERE id = 1", [])
+            .map(drop)
+            .map_err(backend),
+        Write::AcceptOrder(_) | Write::Close => Ok(()),
+    }
+}
+
+/// Reserves and inserts `orders`; one result each. An `Err` return fails the whole batch.
+///
+/// The stock of each SKU is raised once for all its orders when the whole group fits, which is
+/// the common case; only a group that would oversell is retried order by order, so exactly the
+/// orders that fit are kept.
+fn accept_orders(
+    transaction: &Connection,
+    orders: &[(usize, &Order)],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut groups: HashMap<(&str, &str), (u64, Vec<usize>)> = HashMap::new();
+    for (position, (_, order)) in orders.iter().enumerate() {
+        let group = groups
+            .entry((order.drop_id.as_str(), order.sku.as_str()))
+            .or_default();
+        group.0 += u64::from(order.quantity);
+        group.1.push(position);
+    }
+    let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); orders.len()];
+    for ((drop_id, sku), (units, members)) in groups {
+        if reserve(transaction, drop_id, sku, units)? {
+            continue;
+        }
+        for position in members {
+            let order = orders[position].1;
+            if !reserve(transaction, drop_id, sku, u64::from(order.quantity))? {
+                results[position] = Err(refusal(transaction, order)?);
+            }
+        }
+    }
+    let mut insert = transaction
+        .prepare_cached(
+            "INSERT INTO orders (order_id, drop_id, sku, quantity, customer, state, attempts,
+                 accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .map_err(backend)?;
+    for ((_, order), result) in orders.iter().zip(results.iter_mut()) {
+        if result.is_err() {
+            continue;
+        }
+        let inserted = insert.execute(params![
+            order.order_id.as_str(),
+            order.drop_id.as_str(),
+            order.sku,
+            order.quantity,
+            order.customer,
+            order.state.as_str(),
+            order.attempts,
+            order.accepted_at.unix_millis(),
+            order.updated_at.unix_millis(),
+            order.downstream_ref,
+            order.idempotency_key.as_str(),
+            &order.fingerprint.0[..],
+        ]);
+        if let Err(error) = inserted {
+            // Give the units back so the batch's other orders still commit.
+            transaction
+                .execute(
+                    "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
+                    params![order.drop_id.as_str(), order.sku, order.quantity],
+                )
+                .map_err(backend)?;
+            *result = Err(backend(error));
+        }
+    }
+    Ok(results)
+}
+
+/// Adds `units` to a SKU's held units if they fit its stock; whether they did.
+fn reserve(
+    transaction: &Connection,
+    drop_id: &str,
+    sku: &str,
+    units: u64,
+) -> Result<bool, StoreError> {
+    transaction
+        .prepare_cached(
+            "UPDATE stock SET held = held + ?3 WHERE drop_id = ?1 AND sku = ?2 AND held + ?3 <= stock",
+        )
+        .and_then(|mut statement| statement.execute(params![drop_id, sku, units]))
+        .map(|changed| changed == 1)
+        .map_err(backend)
+}
+
+/// Why an order's units did not fit: its SKU is unknown, or the stock is short.
+fn refusal(transaction: &Connection, order: &Order) -> Result<StoreError, StoreError> {
+    let known = transaction
+        .query_row(
+            "SELECT 1 FROM stock WHERE drop_id = ?1 AND sku = ?2",
+            params![order.drop_id.as_str(), order.sku],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(backend)?;
+    let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
+    Ok(match known {
+        Some(()) => StoreError::Oversell { drop_id, sku },
+        None => StoreError::UnknownSku { drop_id, sku },
+    })
+}
+
+fn record_delivery(
+    transaction: &Connection,
+    order_id: &OrderId,
+    change: &Delivery,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let (state, drop_id, sku, quantity) = transaction
+        .query_row(
+            "SELECT state, drop_id, sku, quantity FROM orders WHERE order_id = ?1",
+            [order_id.as_str()],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, u32>(3)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
+    let state = OrderState::parse(&state)
+        .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
+    let (from, to) = change.transition();
+    if !from.contains(&state) {
+        return Err(StoreError::WrongState {
+            order_id: order_id.clone(),
+            state,
+        });
+    }
+    let (attempts, reference, error) = match change {
+        Delivery::Attempt => ("attempts + 1", None, None),
+        Delivery::Confirmed { reference } => ("attempts", reference.as_deref(), None),
+        Delivery::Rejected { reason } | Delivery::Failed { reason } => {
+            ("attempts", None, Some(reason.as_str()))
+        }
+        Delivery::Redrive => ("0", None, None),
+    };
+    transaction
+        .prepare_cached(&format!(
+            "UPDATE orders SET state = ?2, attempts = {attempts}, updated_at = ?3,
+                 downstream_ref = COALESCE(?4, downstream_ref), last_error = COALESCE(?5, last_error)
+             WHERE order_id = ?1"
+        ))
+        .and_then(|mut statement| {
+            statement.execute(params![
+                order_id.as_str(),
+                to.as_str(),
+                now.unix_millis(),
+                reference,
+                error
+            ])
+        })
+        .map_err(backend)?;
+    if !to.holds_stock() {
+        transaction
+            .execute(
+                "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
+                params![drop_id, sku, quantity],
+            )
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn put_drop(
+    transaction: &Connection,
+    drop_id: &DropId,
+    spec: &DropSpec,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let below_held = |sku: &str| StoreError::StockBelowHeld {
+        drop_id: drop_id.clone(),
+        sku: sku.to_owned(),
+    };
+    let spec_json =
+        serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
+    transaction
+        .execute(
+            "INSERT INTO drops (drop_id, spec, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (drop_id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            params![drop_id.as_str(), spec_json, now.unix_millis()],
+        )
+        .map_err(backend)?;
+    let mut existing = transaction
+        .prepare("SELECT sku, held FROM stock WHERE drop_id = ?1")
+        .map_err(backend)?;
+    let rows = existing
+        .query_map([drop_id.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(backend)?;
+    for (sku, held) in rows.iter().filter(|(sku, _)| spec.sku(sku).is_none()) {
+        if *held > 0 {
+            return Err(below_held(sku));
+        }
+        transaction
+            .execute(
+                "DELETE FROM stock WHERE drop_id = ?1 AND sku = ?2",
+                params![drop_id.as_str(), sku],
+            )
+            .map_err(backend)?;
+    }
+    for sku in &spec.skus {
+        transaction
+            .execute(
+                "INSERT INTO stock (drop_id, sku, stock) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (drop_id, sku) DO UPDATE SET stock = excluded.stock",
+                params![drop_id.as_str(), sku.sku, sku.stock],
+            )
+            .map_err(|error| match error.sqlite_error_code() {
+                Some(ErrorCode::ConstraintViolation) => below_held(&sku.sku),
+                _ => backend(error),
+            })?;
+    }
+    Ok(())
+}
