@@ -1,10 +1,11 @@
 //! floodgate's durable store: the only link between order intake and delivery.
 //!
-//! [`Store`] is what the gateway and the dispatcher see. [`SqliteStore`] is the embedded default:
-//! one writer thread commits many orders per fsync (group commit), reader connections serve
-//! lookups. The crate knows nothing of HTTP. Every backend passes the same conformance suite
+//! [`Store`] is what the gateway and the dispatcher see. [`SqliteStore`] is the embedded default,
+//! [`PostgresStore`] the one several nodes share: in both, one writer thread commits many orders
+//! per transaction (group commit) and reader connections serve lookups. The crate knows nothing of HTTP. Every backend passes the same conformance suite
 //! (`tests/conformance`).
 
+mod postgres;
 mod sqlite;
 mod writer;
 
@@ -16,6 +17,7 @@ use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderState, RequestFingerprint, Timestamp,
 };
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// The future every store method returns; boxed so `dyn Store` works.

@@ -7,6 +7,7 @@
 //! the batch grows until one fsync serves hundreds of orders. A refused write (an oversell) does
 //! not undo its batch-mates.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -161,4 +162,25 @@ fn run(mut committer: impl Committer, queued: Receiver<Job>, max_batch: usize, f
         }
     }
     tracing::debug!("store writer stopped");
+}
+
+/// A batch's orders grouped for reservation: per drop and SKU, the units of all its orders and
+/// their positions in `orders`. Each group's stock is raised once when the whole group fits —
+/// the common case — and only a group that would oversell is retried order by order, so exactly
+/// the orders that fit are kept.
+pub(crate) fn reservations<'o>(
+    orders: &[(usize, &'o Order)],
+) -> Vec<((&'o str, &'o str), u64, Vec<usize>)> {
+    let mut groups: HashMap<(&str, &str), (u64, Vec<usize>)> = HashMap::new();
+    for (position, (_, order)) in orders.iter().enumerate() {
+        let group = groups
+            .entry((order.drop_id.as_str(), order.sku.as_str()))
+            .or_default();
+        group.0 += u64::from(order.quantity);
+        group.1.push(position);
+    }
+    groups
+        .into_iter()
+        .map(|(key, (units, members))| (key, units, members))
+        .collect()
 }

@@ -8,7 +8,7 @@ struct Sqlite(tempfile::TempDir);
 
 impl conformance::Backend for Sqlite {
     type Store = SqliteStore;
-    fn open(&self) -> SqliteStore {
+    async fn open(&self) -> SqliteStore {
         SqliteStore::open(self.0.path(), SqliteOptions::default()).expect("open sqlite store")
     }
 }

@@ -7,6 +7,7 @@ pub mod browser;
 mod client;
 pub mod legacy;
 pub mod origin;
+pub mod postgres;
 mod process;
 
 pub use client::{HttpClient, JsonResponse};

@@ -1,14 +1,12 @@
 //! SQLite's side of group commit: a batch of writes in one transaction on the writer's
 //! connection, with the background checkpointer running beside it.
 
-use std::collections::HashMap;
-
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::checkpoint::Running;
 use super::schema::backend;
-use crate::writer::{Committer, Job, Write};
+use crate::writer::{Committer, Job, Write, reservations};
 use crate::{Delivery, StoreError};
 
 /// The writer's connection, and the checkpoints that run beside it until it is dropped.
@@ -78,24 +76,12 @@ fn apply(transaction: &Connection, write: &Write) -> Result<(), StoreError> {
 }
 
 /// Reserves and inserts `orders`; one result each. An `Err` return fails the whole batch.
-///
-/// The stock of each SKU is raised once for all its orders when the whole group fits, which is
-/// the common case; only a group that would oversell is retried order by order, so exactly the
-/// orders that fit are kept.
 fn accept_orders(
     transaction: &Connection,
     orders: &[(usize, &Order)],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut groups: HashMap<(&str, &str), (u64, Vec<usize>)> = HashMap::new();
-    for (position, (_, order)) in orders.iter().enumerate() {
-        let group = groups
-            .entry((order.drop_id.as_str(), order.sku.as_str()))
-            .or_default();
-        group.0 += u64::from(order.quantity);
-        group.1.push(position);
-    }
     let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); orders.len()];
-    for ((drop_id, sku), (units, members)) in groups {
+    for ((drop_id, sku), units, members) in reservations(orders) {
         if reserve(transaction, drop_id, sku, units)? {
             continue;
         }

@@ -16,7 +16,7 @@ pub(crate) trait Backend {
     /// The store type under test.
     type Store: Store;
     /// Opens the store on this backend's data.
-    fn open(&self) -> Self::Store;
+    async fn open(&self) -> Self::Store;
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, for `$backend` (an expression that
@@ -111,13 +111,13 @@ fn order(serial: u64, sku: &str, quantity: u32) -> Order {
 }
 
 async fn with_drop<B: Backend>(backend: &B, stock: u64) -> B::Store {
-    let store = backend.open();
+    let store = backend.open().await;
     store.put_drop(drop_id(), spec(stock), T0).await.unwrap();
     store
 }
 
 pub(crate) async fn a_new_store_is_empty<B: Backend>(backend: &B) {
-    let store = backend.open();
+    let store = backend.open().await;
     let snapshot = store.load(Timestamp::from_unix_millis(0)).await.unwrap();
     assert!(snapshot.drops.is_empty() && snapshot.holdings.is_empty() && snapshot.keys.is_empty());
     assert_eq!(
@@ -182,7 +182,7 @@ pub(crate) async fn accepted_orders_survive_a_restart<B: Backend>(backend: &B) {
         store.accept_order(accepted.clone()).await.unwrap();
         store.close().await.unwrap();
     }
-    let reopened = backend.open();
+    let reopened = backend.open().await;
     assert_eq!(
         reopened.order(accepted.order_id.clone()).await.unwrap(),
         Some(accepted)
@@ -328,7 +328,7 @@ pub(crate) async fn close_flushes_and_then_refuses<B: Backend>(backend: &B) {
         store.accept_order(order(99, "rod", 1)).await,
         Err(StoreError::Closed)
     );
-    let reopened = backend.open();
+    let reopened = backend.open().await;
     assert_eq!(
         reopened.order_counts(drop_id()).await.unwrap()[&OrderState::Accepted].orders,
         50
@@ -365,7 +365,7 @@ pub(crate) async fn a_delivery_runs_to_confirmed_and_survives_a_restart<B: Backe
         .await
         .unwrap();
     drop(store);
-    let reopened = backend.open();
+    let reopened = backend.open().await;
     let confirmed = reopened.order(id).await.unwrap().unwrap();
     assert_eq!(confirmed.state, OrderState::Confirmed);
     assert_eq!(confirmed.attempts, 2);

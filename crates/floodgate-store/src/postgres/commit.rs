@@ -1,0 +1,364 @@
+//! PostgreSQL's side of group commit: a batch of writes in one transaction on the writer's own
+//! connection, driven by a runtime of the writer thread's own.
+//!
+//! A batch's orders cost a few round trips whatever their number: one guarded `UPDATE` per SKU
+//! for the stock, one `INSERT … SELECT FROM UNNEST(…)` for the rows. A failed statement would
+//! abort a PostgreSQL transaction, so the order insert skips a clashing id (`ON CONFLICT DO
+//! NOTHING`) instead of failing, and the rare other writes each run in a savepoint.
+
+use std::collections::HashSet;
+
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
+use tokio_postgres::{Client, Statement, Transaction};
+
+use super::schema::{backend, bigint, integer, is_check_violation};
+use crate::writer::{Committer, Job, Write, reservations};
+use crate::{Delivery, StoreError};
+
+/// The writer's connection, its runtime and its prepared statements.
+pub(super) struct PostgresCommitter {
+    pub(super) runtime: tokio::runtime::Runtime,
+    pub(super) client: Client,
+    pub(super) statements: Statements,
+}
+
+/// The statements every batch runs, prepared once.
+pub(super) struct Statements {
+    reserve: Statement,
+    release: Statement,
+    insert: Statement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(client: &Client) -> Result<Self, StoreError> {
+        let prepare = |sql: &'static str| async move { client.prepare(sql).await.map_err(backend) };
+        Ok(Self {
+            reserve: prepare(
+                "UPDATE stock SET held = held + $3 WHERE drop_id = $1 AND sku = $2 AND held + $3 <= stock",
+            )
+            .await?,
+            release: prepare("UPDATE stock SET held = held - $3 WHERE drop_id = $1 AND sku = $2")
+                .await?,
+            insert: prepare(
+                "INSERT INTO orders (order_id, drop_id, sku, quantity, customer, state, attempts,
+                     accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                     $6::text[], $7::int4[], $8::int8[], $9::int8[], $10::text[], $11::text[],
+                     $12::bytea[])
+                 ON CONFLICT (order_id) DO NOTHING
+                 RETURNING order_id",
+            )
+            .await?,
+        })
+    }
+}
+
+impl Committer for PostgresCommitter {
+    fn commit(&mut self, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+        let Self {
+            runtime,
+            client,
+            statements,
+        } = self;
+        runtime.block_on(async {
+            commit(client, statements, batch)
+                .await
+                .unwrap_or_else(|error: StoreError| {
+                    tracing::error!(%error, writes = batch.len(), "store commit failed");
+                    batch.iter().map(|_| Err(error.clone())).collect()
+                })
+        })
+    }
+}
+
+/// Applies `batch` in one transaction; one result per job. Orders first, then the other writes
+/// each in a savepoint, so a refused one leaves its batch-mates standing.
+async fn commit(
+    client: &mut Client,
+    statements: &Statements,
+    batch: &[Job],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut transaction = client.transaction().await.map_err(backend)?;
+    let orders: Vec<(usize, &Order)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(index, job)| match &job.write {
+            Write::AcceptOrder(order) => Some((index, order)),
+            _ => None,
+        })
+        .collect();
+    let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
+    let accepted = accept_orders(&transaction, statements, &orders).await?;
+    for ((index, _), result) in orders.iter().zip(accepted) {
+        results[*index] = result;
+    }
+    for (index, job) in batch.iter().enumerate() {
+        if matches!(job.write, Write::AcceptOrder(_) | Write::Close) {
+            continue;
+        }
+        let savepoint = transaction.savepoint("write").await.map_err(backend)?;
+        results[index] = apply(&savepoint, &job.write).await;
+        if results[index].is_ok() {
+            savepoint.commit().await.map_err(backend)?;
+        } else {
+            savepoint.rollback().await.map_err(backend)?;
+        }
+    }
+    transaction.commit().await.map_err(backend)?;
+    Ok(results)
+}
+
+async fn apply(transaction: &Transaction<'_>, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::PutDrop { drop_id, spec, now } => put_drop(transaction, drop_id, spec, *now).await,
+        Write::Delivery {
+            order_id,
+            change,
+            now,
+        } => record_delivery(transaction, order_id, change, *now).await,
+        Write::Heartbeat => transaction
+            .execute("UPDATE heartbeat SET beats = beats + 1 WHERE id = 1", &[])
+            .await
+            .map(drop)
+            .map_err(backend),
+        Write::AcceptOrder(_) | Write::Close => Ok(()),
+    }
+}
+
+/// Reserves and inserts `orders`; one result each. An `Err` return fails the whole batch.
+async fn accept_orders(
+    transaction: &Transaction<'_>,
+    statements: &Statements,
+    orders: &[(usize, &Order)],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); orders.len()];
+    for ((drop_id, sku), units, members) in reservations(orders) {
+        if reserve(transaction, statements, drop_id, sku, units).await? {
+            continue;
+        }
+        for position in members {
+            let order = orders[position].1;
+            let units = u64::from(order.quantity);
+            if !reserve(transaction, statements, drop_id, sku, units).await? {
+                results[position] = Err(refusal(transaction, order).await?);
+            }
+        }
+    }
+    let kept: Vec<&Order> = orders
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .map(|((_, order), _)| *order)
+        .collect();
+    if kept.is_empty() {
+        return Ok(results);
+    }
+    let column =
+        |read: fn(&Order) -> String| kept.iter().map(|order| read(order)).collect::<Vec<_>>();
+    let inserted = transaction
+        .query(
+            &statements.insert,
+            &[
+                &column(|o| o.order_id.to_string()),
+                &column(|o| o.drop_id.to_string()),
+                &column(|o| o.sku.clone()),
+                &kept.iter().map(|o| integer(o.quantity)).collect::<Vec<_>>(),
+                &column(|o| o.customer.clone()),
+                &column(|o| o.state.as_str().to_owned()),
+                &kept.iter().map(|o| integer(o.attempts)).collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|o| o.accepted_at.unix_millis())
+                    .collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|o| o.updated_at.unix_millis())
+                    .collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|o| o.downstream_ref.clone())
+                    .collect::<Vec<_>>(),
+                &column(|o| o.idempotency_key.as_str().to_owned()),
+                &kept
+                    .iter()
+                    .map(|o| o.fingerprint.0.to_vec())
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    let inserted: HashSet<String> = inserted.iter().map(|row| row.get(0)).collect();
+    for ((_, order), result) in orders.iter().zip(results.iter_mut()) {
+        if result.is_ok() && !inserted.contains(order.order_id.as_str()) {
+            // An id already taken: give the units back so the batch's other orders commit.
+            let units = bigint(u64::from(order.quantity));
+            transaction
+                .execute(
+                    &statements.release,
+                    &[&order.drop_id.as_str(), &order.sku, &units],
+                )
+                .await
+                .map_err(backend)?;
+            *result = Err(StoreError::Backend(format!(
+                "order id {} is taken",
+                order.order_id
+            )));
+        }
+    }
+    Ok(results)
+}
+
+/// Adds `units` to a SKU's held units if they fit its stock; whether they did.
+async fn reserve(
+    transaction: &Transaction<'_>,
+    statements: &Statements,
+    drop_id: &str,
+    sku: &str,
+    units: u64,
+) -> Result<bool, StoreError> {
+    transaction
+        .execute(&statements.reserve, &[&drop_id, &sku, &bigint(units)])
+        .await
+        .map(|changed| changed == 1)
+        .map_err(backend)
+}
+
+/// Why an order's units did not fit: its SKU is unknown, or the stock is short.
+async fn refusal(transaction: &Transaction<'_>, order: &Order) -> Result<StoreError, StoreError> {
+    let known = transaction
+        .query_opt(
+            "SELECT 1 FROM stock WHERE drop_id = $1 AND sku = $2",
+            &[&order.drop_id.as_str(), &order.sku],
+        )
+        .await
+        .map_err(backend)?;
+    let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
+    Ok(match known {
+        Some(_) => StoreError::Oversell { drop_id, sku },
+        None => StoreError::UnknownSku { drop_id, sku },
+    })
+}
+
+async fn record_delivery(
+    transaction: &Transaction<'_>,
+    order_id: &OrderId,
+    change: &Delivery,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let row = transaction
+        .query_opt(
+            "SELECT state, drop_id, sku, quantity FROM orders WHERE order_id = $1 FOR UPDATE",
+            &[&order_id.as_str()],
+        )
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
+    let (state, drop_id, sku, quantity): (String, String, String, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let state = OrderState::parse(&state)
+        .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
+    let (from, to) = change.transition();
+    if !from.contains(&state) {
+        return Err(StoreError::WrongState {
+            order_id: order_id.clone(),
+            state,
+        });
+    }
+    let (attempts, reference, error) = match change {
+        Delivery::Attempt => ("attempts + 1", None, None),
+        Delivery::Confirmed { reference } => ("attempts", reference.as_deref(), None),
+        Delivery::Rejected { reason } | Delivery::Failed { reason } => {
+            ("attempts", None, Some(reason.as_str()))
+        }
+        Delivery::Redrive => ("0", None, None),
+    };
+    transaction
+        .execute(
+            &format!(
+                "UPDATE orders SET state = $2, attempts = {attempts}, updated_at = $3,
+                     downstream_ref = COALESCE($4, downstream_ref), last_error = COALESCE($5, last_error)
+                 WHERE order_id = $1"
+            ),
+            &[
+                &order_id.as_str(),
+                &to.as_str(),
+                &now.unix_millis(),
+                &reference,
+                &error,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if !to.holds_stock() {
+        transaction
+            .execute(
+                "UPDATE stock SET held = held - $3 WHERE drop_id = $1 AND sku = $2",
+                &[&drop_id, &sku, &i64::from(quantity)],
+            )
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn put_drop(
+    transaction: &Transaction<'_>,
+    drop_id: &DropId,
+    spec: &DropSpec,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let below_held = |sku: &str| StoreError::StockBelowHeld {
+        drop_id: drop_id.clone(),
+        sku: sku.to_owned(),
+    };
+    let spec_json =
+        serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
+    transaction
+        .execute(
+            "INSERT INTO drops (drop_id, spec, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (drop_id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            &[&drop_id.as_str(), &spec_json, &now.unix_millis()],
+        )
+        .await
+        .map_err(backend)?;
+    let rows = transaction
+        .query(
+            "SELECT sku, held FROM stock WHERE drop_id = $1 FOR UPDATE",
+            &[&drop_id.as_str()],
+        )
+        .await
+        .map_err(backend)?;
+    for row in &rows {
+        let (sku, held): (String, i64) = (row.get(0), row.get(1));
+        if spec.sku(&sku).is_some() {
+            continue;
+        }
+        if held > 0 {
+            return Err(below_held(&sku));
+        }
+        transaction
+            .execute(
+                "DELETE FROM stock WHERE drop_id = $1 AND sku = $2",
+                &[&drop_id.as_str(), &sku],
+            )
+            .await
+            .map_err(backend)?;
+    }
+    for sku in &spec.skus {
+        transaction
+            .execute(
+                "INSERT INTO stock (drop_id, sku, stock) VALUES ($1, $2, $3)
+                 ON CONFLICT (drop_id, sku) DO UPDATE SET stock = excluded.stock",
+                &[&drop_id.as_str(), &sku.sku, &bigint(sku.stock)],
+            )
+            .await
+            .map_err(|error| {
+                if is_check_violation(&error) {
+                    below_held(&sku.sku)
+                } else {
+                    backend(error)
+                }
+            })?;
+    }
+    Ok(())
+}
