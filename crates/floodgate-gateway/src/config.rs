@@ -98,6 +98,9 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     /// Directory of the embedded store.
     pub path: PathBuf,
+    /// A PostgreSQL database shared by several nodes (`postgres://…`) instead of the embedded
+    /// store; `FLOODGATE_STORE_URL` overrides it, so its password need not sit in the file.
+    pub url: Option<String>,
     /// Most writes in one group commit.
     pub max_batch: u64,
     /// Writes that may queue for the disk before intake answers `503 overloaded`.
@@ -167,6 +170,7 @@ impl Default for Config {
             },
             store: StoreConfig {
                 path: PathBuf::from("./floodgate-data"),
+                url: None,
                 max_batch: 2_048,
                 queue_capacity: 65_536,
             },
@@ -255,6 +259,9 @@ impl Config {
         let store_config = StoreConfig {
             path: store.get("path", defaults.store.path, |value| {
                 text_value(value).map(PathBuf::from)
+            }),
+            url: store.get("url", defaults.store.url, |value| {
+                postgres_url(value).map(Some)
             }),
             max_batch: store.get("max_batch", defaults.store.max_batch, integer(1, 100_000)),
             queue_capacity: store.get(
@@ -389,13 +396,17 @@ impl Config {
         }
     }
 
-    /// Applies environment overrides (`FLOODGATE_ADMIN_TOKEN`); `var` reads one variable.
+    /// Applies environment overrides (`FLOODGATE_ADMIN_TOKEN`, `FLOODGATE_SECRET`,
+    /// `FLOODGATE_STORE_URL`); `var` reads one variable.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         if let Some(token) = var("FLOODGATE_ADMIN_TOKEN").filter(|token| !token.is_empty()) {
             self.server.admin_token = token;
         }
         if let Some(secret) = var("FLOODGATE_SECRET").filter(|secret| !secret.is_empty()) {
             self.waiting_room.secret = secret;
+        }
+        if let Some(url) = var("FLOODGATE_STORE_URL").filter(|url| !url.is_empty()) {
+            self.store.url = Some(url);
         }
     }
 
@@ -583,6 +594,18 @@ fn http_url(value: &Value) -> Result<Uri, String> {
     }
 }
 
+fn postgres_url(value: &Value) -> Result<String, String> {
+    let text = text_value(value)?;
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text)
+    } else {
+        Err(
+            "must be a postgres:// URL such as \"postgres://floodgate@db.internal/floodgate\""
+                .into(),
+        )
+    }
+}
+
 fn text_value(value: &Value) -> Result<String, String> {
     value
         .as_str()
@@ -758,6 +781,7 @@ mod tests {
             lisen = "x"
             [store]
             max_batch = "many"
+            url = "mysql://nope"
             [intake]
             idempotency_retention_h = 1
             [downstream]
@@ -781,6 +805,7 @@ mod tests {
                 "server.listen",
                 "server.max_body_bytes",
                 "server.lisen",
+                "store.url",
                 "store.max_batch",
                 "intake.idempotency_retention_h",
                 "downstream.url",
@@ -799,9 +824,17 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_overrides_the_token() {
+    fn the_environment_overrides_the_token_and_the_store() {
         let mut config = Config::default();
-        config.apply_env(|name| (name == "FLOODGATE_ADMIN_TOKEN").then(|| "from-env".to_owned()));
+        config.apply_env(|name| match name {
+            "FLOODGATE_ADMIN_TOKEN" => Some("from-env".to_owned()),
+            "FLOODGATE_STORE_URL" => Some("postgres://db.internal/floodgate".to_owned()),
+            _ => None,
+        });
         assert_eq!(config.server.admin_token, "from-env");
+        assert_eq!(
+            config.store.url.as_deref(),
+            Some("postgres://db.internal/floodgate")
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! The cluster backend: PostgreSQL, so several floodgate nodes can share one store
-//! (`store.url = "postgres://…"`).
+//! The PostgreSQL backend (`store.url = "postgres://…"`): the store a highly available database
+//! gives, and the base for several nodes sharing one store. Until nodes coordinate (stock
+//! leases, a shared waiting room, one dispatcher), one node at a time may use a database: the
+//! store claims it with an advisory lock held by its write connection.
 //!
 //! Writes go through the same group-commit [`writer`](crate::writer) as SQLite's: its thread owns
 //! the one write connection, driven by a small runtime of its own, and commits each batch in one
@@ -24,7 +26,7 @@ use crate::{
     StoreFuture, StoredKey,
 };
 use commit::{PostgresCommitter, Statements};
-use schema::{ORDER_COLUMNS, backend, migrate, order_from_row};
+use schema::{ORDER_COLUMNS, backend, claim_for_this_node, migrate, order_from_row};
 
 /// Tuning of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -70,6 +72,7 @@ impl PostgresStore {
             let (client, statements) = runtime.block_on(async {
                 let mut client = connect(&writer_config).await?;
                 migrate(&mut client).await?;
+                claim_for_this_node(&client).await?;
                 let statements = Statements::prepare(&client).await?;
                 Ok::<_, StoreError>((client, statements))
             })?;

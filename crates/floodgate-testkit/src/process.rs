@@ -25,6 +25,16 @@ impl GatewayProcess {
     /// Starts `binary serve` on `data_dir` with both listeners on port 0, and waits until it
     /// announces its addresses. `extra_config` is appended to the generated config file.
     pub fn spawn(binary: &Path, data_dir: &Path, extra_config: &str) -> std::io::Result<Self> {
+        Self::spawn_with_env(binary, data_dir, extra_config, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables (such as `FLOODGATE_STORE_URL`).
+    pub fn spawn_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let admin_token = "test-admin-token".to_owned();
         let config_path: PathBuf = data_dir.join("floodgate.toml");
         std::fs::create_dir_all(data_dir)?;
@@ -40,6 +50,7 @@ impl GatewayProcess {
             .arg(&config_path)
             .env("FLOODGATE_ADMIN_TOKEN", &admin_token)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

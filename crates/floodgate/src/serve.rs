@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use floodgate_dispatch::{DispatchSettings, Dispatcher, HttpDownstream};
-use floodgate_gateway::config::DownstreamConfig;
+use floodgate_gateway::config::{DownstreamConfig, StoreConfig};
 use floodgate_gateway::{Clock, Config, Gateway, Listeners};
-use floodgate_store::{SqliteOptions, SqliteStore, Store};
+use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
 /// How log lines are written.
@@ -91,14 +91,7 @@ pub(crate) async fn run_gateway(
     secret: String,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let options = SqliteOptions {
-        max_batch: usize::try_from(config.store.max_batch)?,
-        queue_capacity: usize::try_from(config.store.queue_capacity)?,
-        ..SqliteOptions::default()
-    };
-    let store = SqliteStore::open(&config.store.path, options)
-        .with_context(|| format!("cannot open the store in {}", config.store.path.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&config.store).await?;
     let clock = Clock::system();
     let gateway = Gateway::start(
         Arc::clone(&store),
@@ -129,6 +122,32 @@ pub(crate) async fn run_gateway(
     floodgate_gateway::run(listeners, gateway, config.connection_limits(), shutdown)
         .await
         .context("shutdown did not complete cleanly")
+}
+
+/// The store the config names: PostgreSQL at `store.url`, else the embedded SQLite store.
+async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    let max_batch = usize::try_from(config.max_batch)?;
+    let queue_capacity = usize::try_from(config.queue_capacity)?;
+    if let Some(url) = &config.url {
+        let options = PostgresOptions {
+            max_batch,
+            queue_capacity,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::open(url, options)
+            .await
+            .context("cannot open the PostgreSQL store (store.url)")?;
+        tracing::info!("store: PostgreSQL");
+        return Ok(Arc::new(store));
+    }
+    let options = SqliteOptions {
+        max_batch,
+        queue_capacity,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&config.path, options)
+        .with_context(|| format!("cannot open the store in {}", config.path.display()))?;
+    Ok(Arc::new(store))
 }
 
 /// Starts delivering accepted orders, if a downstream is configured.

@@ -1,6 +1,7 @@
 //! Crash safety of order intake, against the real binary: SIGKILL in the middle of a drop loses
 //! no accepted order, oversells nothing, leaves no half-written order, and every key still
-//! replays its first answer after the restart. A SIGTERM drains instead: admitted orders finish.
+//! replays its first answer after the restart — on the embedded store, and on PostgreSQL (a
+//! throwaway cluster). A SIGTERM drains instead: admitted orders finish.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use floodgate_testkit::postgres::PostgresCluster;
 use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -26,6 +28,15 @@ enum Outcome {
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_floodgate"))
+}
+
+/// The real binary on `data`, on the embedded store or on the PostgreSQL database at `store_url`.
+fn spawn(data: &Path, store_url: Option<&str>) -> GatewayProcess {
+    let env: Vec<(&str, &str)> = store_url
+        .map(|url| ("FLOODGATE_STORE_URL", url))
+        .into_iter()
+        .collect();
+    GatewayProcess::spawn_with_env(binary(), data, "", &env).unwrap()
 }
 
 fn request_body(serial: usize) -> Value {
@@ -125,10 +136,10 @@ async fn all_orders(client: &HttpClient, gateway: &GatewayProcess) -> Vec<Value>
     }
 }
 
-async fn crash_and_recover(kill_after: usize) {
+async fn crash_and_recover(kill_after: usize, store_url: Option<&str>) {
     let data = tempfile::tempdir().unwrap();
     let client = HttpClient::new(Duration::from_secs(20));
-    let gateway = GatewayProcess::spawn(binary(), data.path(), "").unwrap();
+    let gateway = spawn(data.path(), store_url);
     create_drop(&client, &gateway).await;
     let outcomes = fire_orders(&client, gateway, Some(kill_after)).await;
     let accepted: HashMap<usize, &String> = outcomes
@@ -149,7 +160,7 @@ async fn crash_and_recover(kill_after: usize) {
         accepted.len()
     );
 
-    let gateway = GatewayProcess::spawn(binary(), data.path(), "").unwrap();
+    let gateway = spawn(data.path(), store_url);
     let stored = all_orders(&client, &gateway).await;
     let by_key: HashMap<&str, &Value> = stored
         .iter()
@@ -224,17 +235,23 @@ async fn crash_and_recover(kill_after: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_early_in_the_drop_loses_nothing() {
-    crash_and_recover(300).await;
+    crash_and_recover(300, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_selling_out_loses_nothing() {
-    crash_and_recover(700).await;
+    crash_and_recover(700, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_sell_out_loses_nothing() {
-    crash_and_recover(9_000).await;
+    crash_and_recover(9_000, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_selling_out_on_postgres_loses_nothing() {
+    let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
+    crash_and_recover(700, Some(&cluster.url("postgres"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,42 @@ use crate::StoreError;
 /// The advisory lock migrations hold (an arbitrary constant: "floodgat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x666c_6f6f_6467_6174;
 
+/// How long a starting node waits for the database to be free: a node restarted right after
+/// its predecessor stopped finds the lock released within moments, once the server has seen the
+/// old connection close.
+const NODE_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+const NODE_LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The advisory lock a node holds on its write connection for as long as it runs ("fgnode").
+const NODE_LOCK: i64 = 0x6667_6e6f_6465;
+
+/// Claims the database for this node: until nodes coordinate their stock, waiting rooms and
+/// delivery through it, a second node on the same database would sell from a ledger that does
+/// not see the first one's orders and double the downstream's rate. The lock goes with the
+/// connection, so a node that dies (even by SIGKILL) frees it.
+pub(super) async fn claim_for_this_node(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + NODE_LOCK_PATIENCE;
+    loop {
+        let claimed: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
+            .await
+            .map_err(backend)?
+            .get(0);
+        if claimed {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(NODE_LOCK_RETRY).await;
+    }
+    Err(StoreError::Backend(
+        "another floodgate node is using this database; several nodes on one database \
+         are not supported yet"
+            .into(),
+    ))
+}
+
 /// Versioned migrations; `floodgate_migrations` records which have run.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE drops (
