@@ -12,10 +12,23 @@ bench_setup() {
   root=$(cd "$here/.." && pwd)
   work=$(mktemp -d)
   pids=()
-  trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+  trap bench_cleanup EXIT
   need_nginx_and_wrk
   cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
   FLOODGATE="$root/target/release/floodgate"
+}
+
+# Stops what the script started (a PostgreSQL server at once, and waits for it to go, so its
+# files can be removed), then removes the work directory.
+bench_cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # floodgate drains into its store on SIGTERM: the database must outlive it.
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${pg_pid:-}" ]; then
+    kill -QUIT "$pg_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pg_pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -rf "$work"
 }
 
 # Installs nginx and wrk from Debian if either is missing; sets NGINX to nginx's path.
@@ -94,6 +107,22 @@ path = "$work/store"
 ${1:-}
 CONF
   launch_floodgate "$work/floodgate.toml" "$work/floodgate.out"
+}
+
+# Starts a throwaway PostgreSQL cluster in $work/pg on a free loopback port (initdb and pg_ctl
+# from Debian's postgresql package; as the postgres user when run as root, since PostgreSQL
+# refuses root); sets pg_url, and pg_pid for bench_cleanup to stop it.
+start_postgres() {
+  local bin as=()
+  bin=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -n 1)")")
+  pg_port=$(free_port)
+  mkdir -p "$work/pg"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$work/pg"; chmod o+rx "$work"; as=(runuser -u postgres --); fi
+  "${as[@]}" "$bin/initdb" -D "$work/pg/data" --auth=trust --username=postgres --encoding=UTF8 >/dev/null
+  "${as[@]}" "$bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w \
+    -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1" start >/dev/null
+  pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
+  pg_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
 }
 
 # Creates or replaces drop $1 with the JSON definition $2 through the admin API.

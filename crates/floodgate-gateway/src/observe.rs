@@ -155,16 +155,22 @@ impl Gateway {
         let drops = counts
             .iter()
             .filter_map(|(drop_id, by_state)| {
-                let (name, state, stock, available) = self.intake.with_drop(drop_id, |ledger| {
-                    let spec = ledger.spec();
-                    let stock = spec.skus.iter().map(|sku| sku.stock).sum::<u64>();
-                    (
-                        spec.name.clone(),
-                        ledger.state_at(now).as_str(),
-                        stock,
-                        ledger.available_total(),
-                    )
-                })?;
+                let (on, name, state, stock, available) =
+                    self.intake.with_drop(drop_id, |ledger| {
+                        let spec = ledger.spec();
+                        let stock = spec.skus.iter().map(|sku| sku.stock).sum::<u64>();
+                        (
+                            drop_is_on(spec, now),
+                            spec.name.clone(),
+                            ledger.state_at(now).as_str(),
+                            stock,
+                            ledger.available_total(),
+                        )
+                    })?;
+                // The dashboard shows the drops that are on, not every drop ever defined.
+                if !on {
+                    return None;
+                }
                 let room = self.rooms.occupancy(drop_id, now).map(|room| {
                     let before = base.rooms.get(drop_id).copied().unwrap_or_default();
                     RoomFrame {
