@@ -14,6 +14,7 @@ mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderState, RequestFingerprint, Timestamp,
@@ -25,8 +26,12 @@ use crate::{
     CommitFigures, Delivery, Holding, OrderFilter, Snapshot, StateCount, Store, StoreError,
     StoreFuture, StoredKey,
 };
-use commit::{PostgresCommitter, Statements};
-use schema::{ORDER_COLUMNS, backend, claim_for_this_node, migrate, order_from_row};
+use commit::{PostgresCommitter, WriterConnection};
+use schema::{ORDER_COLUMNS, backend, order_from_row};
+
+/// How long a connection attempt may take unless the URL says (`connect_timeout`): the writer
+/// holds its batch while it reconnects.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Tuning of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -52,7 +57,9 @@ impl Default for PostgresOptions {
 /// The PostgreSQL store, cheap to share behind an `Arc`.
 pub struct PostgresStore {
     writer: WriterHandle,
-    readers: Vec<Client>,
+    config: tokio_postgres::Config,
+    /// Each replaced by a new connection once it is found closed (the database restarted).
+    readers: Vec<RwLock<Arc<Client>>>,
     next_reader: AtomicUsize,
 }
 
@@ -60,26 +67,28 @@ impl PostgresStore {
     /// Connects to the database at `url` (a `postgres://` URL or a libpq key=value string),
     /// bringing its schema up to date; the read connections run on the calling runtime.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| StoreError::Backend(format!("invalid store.url: {error}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let writer_config = config.clone();
         let open = move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|error| StoreError::Backend(format!("no writer runtime: {error}")))?;
-            let (client, statements) = runtime.block_on(async {
-                let mut client = connect(&writer_config).await?;
-                migrate(&mut client).await?;
-                claim_for_this_node(&client).await?;
-                let statements = Statements::prepare(&client).await?;
-                Ok::<_, StoreError>((client, statements))
-            })?;
+            let (client, statements) =
+                runtime.block_on(WriterConnection::open(writer_config.clone()))?;
             Ok(PostgresCommitter {
                 runtime,
-                client,
-                statements,
+                connection: WriterConnection {
+                    config: writer_config,
+                    client,
+                    statements,
+                    poisoned: None,
+                },
             })
         };
         let (max_batch, queue_capacity) = (options.max_batch, options.queue_capacity);
@@ -90,23 +99,32 @@ impl PostgresStore {
         .map_err(|error| StoreError::Backend(format!("writer start failed: {error}")))??;
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
-            readers.push(connect(&config).await?);
+            readers.push(RwLock::new(Arc::new(connect(&config).await?)));
         }
         Ok(Self {
             writer,
+            config,
             readers,
             next_reader: AtomicUsize::new(0),
         })
     }
 
-    fn reader(&self) -> &Client {
+    /// A read connection, reconnected first if the database closed it.
+    async fn reader(&self) -> Result<Arc<Client>, StoreError> {
         let next = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        &self.readers[next % self.readers.len()]
+        let slot = &self.readers[next % self.readers.len()];
+        let client = Arc::clone(&slot.read().unwrap_or_else(PoisonError::into_inner));
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        let fresh = Arc::new(connect(&self.config).await?);
+        *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&fresh);
+        Ok(fresh)
     }
 }
 
 /// Opens a connection, driven by a task on the current runtime until the client is dropped.
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+pub(crate) async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
     let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -118,7 +136,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> 
 
 impl Store for PostgresStore {
     fn load(&self, keys_since: Timestamp) -> StoreFuture<'_, Snapshot> {
-        Box::pin(load(self.reader(), keys_since))
+        Box::pin(async move { load(&*self.reader().await?, keys_since).await })
     }
 
     fn put_drop(&self, drop_id: DropId, spec: DropSpec, now: Timestamp) -> StoreFuture<'_, ()> {
@@ -134,6 +152,7 @@ impl Store for PostgresStore {
             let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1");
             let row = self
                 .reader()
+                .await?
                 .query_opt(&sql, &[&order_id.as_str()])
                 .await
                 .map_err(backend)?;
@@ -151,6 +170,7 @@ impl Store for PostgresStore {
             );
             let rows = self
                 .reader()
+                .await?
                 .query(
                     &sql,
                     &[
@@ -170,7 +190,7 @@ impl Store for PostgresStore {
         Box::pin(async move {
             let mut counts = BTreeMap::<OrderState, StateCount>::new();
             for (_, state, orders, units) in
-                counts_by_sku_and_state(self.reader(), &drop_id).await?
+                counts_by_sku_and_state(&*self.reader().await?, &drop_id).await?
             {
                 let count = counts.entry(state).or_default();
                 count.orders += orders;
@@ -182,7 +202,7 @@ impl Store for PostgresStore {
 
     fn sku_units(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<(String, OrderState), u64>> {
         Box::pin(async move {
-            let counts = counts_by_sku_and_state(self.reader(), &drop_id).await?;
+            let counts = counts_by_sku_and_state(&*self.reader().await?, &drop_id).await?;
             Ok(counts
                 .into_iter()
                 .map(|(sku, state, _, units)| ((sku, state), units))

@@ -74,3 +74,60 @@ async fn two_nodes_starting_at_once_migrate_once_and_only_one_runs() {
         }
     }
 }
+
+/// The database restarts (a failover looks the same from here): writes fail while it is down,
+/// and the store reconnects by itself once it is back, for writes and reads alike, and the node
+/// reclaims the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reconnects_after_the_database_restarts() {
+    use floodgate_core::{DropId, DropSpec, OrderState, SkuSpec, Timestamp};
+    use floodgate_store::{OrderFilter, Store};
+
+    let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
+    let store = PostgresStore::open(&cluster.url("postgres"), PostgresOptions::default())
+        .await
+        .unwrap();
+    let drop_id = DropId::parse("spring").unwrap();
+    let spec = DropSpec {
+        name: "Spring".into(),
+        starts_at: Timestamp::from_unix_millis(0),
+        ends_at: Timestamp::from_unix_millis(10_000_000),
+        limit_per_customer: 5,
+        skus: vec![SkuSpec {
+            sku: "rod".into(),
+            name: "Rod".into(),
+            price_cents: 1,
+            stock: 10,
+        }],
+        waiting_room: Default::default(),
+        paused: false,
+        prewarm_s: 0,
+        expected_shoppers: 0,
+        prewarm_paths: Vec::new(),
+    };
+    let now = Timestamp::from_unix_millis(1_000);
+    store.put_drop(drop_id.clone(), spec, now).await.unwrap();
+    store.check_writable().await.unwrap();
+
+    cluster.pause().unwrap();
+    assert!(
+        store.check_writable().await.is_err(),
+        "no database, no commit"
+    );
+    cluster.resume().unwrap();
+    store
+        .check_writable()
+        .await
+        .expect("the writer reconnects by itself");
+    let counts = store.order_counts(drop_id.clone()).await.unwrap();
+    assert!(!counts.contains_key(&OrderState::Accepted));
+    let listed = store
+        .orders(OrderFilter {
+            drop_id: Some(drop_id),
+            limit: 10,
+            ..OrderFilter::default()
+        })
+        .await
+        .expect("the readers reconnect by themselves");
+    assert!(listed.is_empty());
+}

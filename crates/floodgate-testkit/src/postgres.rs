@@ -51,21 +51,38 @@ impl PostgresCluster {
                 .args(["--auth=trust", "--username", SUPERUSER, "--encoding=UTF8"])
                 .arg("--no-sync");
         })?;
+        cluster.resume()?;
+        Ok(cluster)
+    }
+
+    /// Stops the server (fast shutdown: connections are closed), keeping its data.
+    pub fn pause(&self) -> Result<(), String> {
+        let data = self.data_dir();
+        self.server_command("pg_ctl", |command| {
+            command
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "fast", "-w", "stop"]);
+        })
+    }
+
+    /// Starts the server on its data and port (again, after [`Self::pause`]).
+    pub fn resume(&self) -> Result<(), String> {
+        let data = self.data_dir();
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
-            cluster.port,
-            cluster.dir.path().display()
+            self.port,
+            self.dir.path().display()
         );
-        let log = cluster.dir.path().join("server.log");
-        cluster.server_command("pg_ctl", |command| {
+        let log = self.dir.path().join("server.log");
+        self.server_command("pg_ctl", |command| {
             command
                 .arg("-D")
                 .arg(&data)
                 .arg("-l")
                 .arg(&log)
                 .args(["-o", &options, "-w", "start"]);
-        })?;
-        Ok(cluster)
+        })
     }
 
     /// A URL for `database` (the cluster starts with `postgres`).

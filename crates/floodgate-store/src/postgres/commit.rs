@@ -7,19 +7,111 @@
 //! NOTHING`) instead of failing, and the rare other writes each run in a savepoint.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::schema::{backend, bigint, integer, is_check_violation};
+use super::connect;
+use super::schema::{backend, bigint, claim_for_this_node, integer, is_check_violation, migrate};
 use crate::writer::{Committer, Job, Write, reservations};
 use crate::{Delivery, StoreError};
 
-/// The writer's connection, its runtime and its prepared statements.
+/// The writer's runtime and connection.
 pub(super) struct PostgresCommitter {
+    /// Drives the writer's connection; only `Runtime::block_on` drives a current-thread
+    /// runtime's I/O, so the connection lives beside it, not behind a handle.
     pub(super) runtime: tokio::runtime::Runtime,
+    pub(super) connection: WriterConnection,
+}
+
+/// The writer's connection and its prepared statements.
+pub(super) struct WriterConnection {
+    pub(super) config: tokio_postgres::Config,
     pub(super) client: Client,
     pub(super) statements: Statements,
+    /// Set when a commit's outcome could not be learned: from then on every write fails (and
+    /// `/readyz` with them), so memory never drifts from the store; a restart rebuilds it.
+    pub(super) poisoned: Option<StoreError>,
+}
+
+/// How long the writer keeps trying to learn whether a commit cut off by a lost connection
+/// went through: a database failover takes seconds, and every order of the batch waits.
+const RESOLVE_PATIENCE: Duration = Duration::from_secs(30);
+const RESOLVE_RETRY: Duration = Duration::from_millis(250);
+
+impl WriterConnection {
+    /// Connects, claims the database for this node and prepares the statements.
+    pub(super) async fn open(
+        config: tokio_postgres::Config,
+    ) -> Result<(Client, Statements), StoreError> {
+        let mut client = connect(&config).await?;
+        migrate(&mut client).await?;
+        claim_for_this_node(&client).await?;
+        let statements = Statements::prepare(&client).await?;
+        Ok((client, statements))
+    }
+
+    async fn reconnect(&mut self) -> Result<(), StoreError> {
+        let (client, statements) = Self::open(self.config.clone()).await?;
+        tracing::warn!("store connection re-established");
+        (self.client, self.statements) = (client, statements);
+        Ok(())
+    }
+
+    /// The batch's results after its connection broke during the transaction: the orders that
+    /// made it into the database were committed, the rest were not. Other writes report the
+    /// failure (their callers retry them).
+    async fn resolve(&mut self, batch: &[Job], error: StoreError) -> Vec<Result<(), StoreError>> {
+        let deadline = tokio::time::Instant::now() + RESOLVE_PATIENCE;
+        let ids: Vec<String> = batch
+            .iter()
+            .filter_map(|job| match &job.write {
+                Write::AcceptOrder(order) => Some(order.order_id.to_string()),
+                _ => None,
+            })
+            .collect();
+        loop {
+            let found = match self.reconnect().await {
+                Ok(()) => self
+                    .client
+                    .query(
+                        "SELECT order_id FROM orders WHERE order_id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(backend),
+                Err(reconnecting) => Err(reconnecting),
+            };
+            match found {
+                Ok(rows) => {
+                    let stored: HashSet<String> = rows.iter().map(|row| row.get(0)).collect();
+                    return batch
+                        .iter()
+                        .map(|job| match &job.write {
+                            Write::AcceptOrder(order)
+                                if stored.contains(order.order_id.as_str()) =>
+                            {
+                                Ok(())
+                            }
+                            _ => Err(error.clone()),
+                        })
+                        .collect();
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RESOLVE_RETRY).await;
+                }
+                Err(unresolved) => {
+                    tracing::error!(%error, %unresolved, "cannot learn whether a commit went through; refusing every write until restarted");
+                    let poison = StoreError::Backend(format!(
+                        "the outcome of a commit is unknown ({error}); restart floodgate"
+                    ));
+                    self.poisoned = Some(poison.clone());
+                    return batch.iter().map(|_| Err(poison.clone())).collect();
+                }
+            }
+        }
+    }
 }
 
 /// The statements every batch runs, prepared once.
@@ -55,19 +147,48 @@ impl Statements {
 
 impl Committer for PostgresCommitter {
     fn commit(&mut self, batch: &[Job]) -> Vec<Result<(), StoreError>> {
-        let Self {
-            runtime,
-            client,
-            statements,
-        } = self;
-        runtime.block_on(async {
-            commit(client, statements, batch)
-                .await
-                .unwrap_or_else(|error: StoreError| {
+        self.runtime.block_on(self.connection.commit(batch))
+    }
+}
+
+impl WriterConnection {
+    async fn commit(&mut self, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+        {
+            let fail_all = |error: &StoreError| batch.iter().map(|_| Err(error.clone())).collect();
+            if let Some(poison) = &self.poisoned {
+                return fail_all(poison);
+            }
+            // A connection lost between batches: nothing of this batch was sent yet.
+            if self.client.is_closed()
+                && let Err(error) = self.reconnect().await
+            {
+                tracing::error!(%error, "store unreachable");
+                return fail_all(&error);
+            }
+            match commit(&mut self.client, &self.statements, batch).await {
+                Ok(results) => results,
+                // The COMMIT was sent and no answer came: it may or may not have gone through.
+                Err(Failed::AtCommit(error)) => self.resolve(batch, error).await,
+                Err(Failed::Before(error)) => {
                     tracing::error!(%error, writes = batch.len(), "store commit failed");
-                    batch.iter().map(|_| Err(error.clone())).collect()
-                })
-        })
+                    fail_all(&error)
+                }
+            }
+        }
+    }
+}
+
+/// How a batch's transaction failed.
+enum Failed {
+    /// Before the `COMMIT`: nothing of the batch was committed.
+    Before(StoreError),
+    /// At the `COMMIT`, without an answer: the outcome is unknown.
+    AtCommit(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(error: StoreError) -> Self {
+        Self::Before(error)
     }
 }
 
@@ -77,7 +198,7 @@ async fn commit(
     client: &mut Client,
     statements: &Statements,
     batch: &[Job],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+) -> Result<Vec<Result<(), StoreError>>, Failed> {
     let mut transaction = client.transaction().await.map_err(backend)?;
     let orders: Vec<(usize, &Order)> = batch
         .iter()
@@ -104,8 +225,12 @@ async fn commit(
             savepoint.rollback().await.map_err(backend)?;
         }
     }
-    transaction.commit().await.map_err(backend)?;
-    Ok(results)
+    match transaction.commit().await {
+        Ok(()) => Ok(results),
+        // The server answered the COMMIT with an error: it did not commit.
+        Err(error) if error.as_db_error().is_some() => Err(Failed::Before(backend(error))),
+        Err(error) => Err(Failed::AtCommit(backend(error))),
+    }
 }
 
 async fn apply(transaction: &Transaction<'_>, write: &Write) -> Result<(), StoreError> {
