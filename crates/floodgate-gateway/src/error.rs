@@ -147,6 +147,9 @@ impl From<StoreError> for ApiError {
                 path: "skus".into(),
                 problem: format!("units of {sku} are held by orders; stock may not go lower"),
             }]),
+            // The intake answers a taken key itself (a replay, or a reuse); anywhere else the
+            // key was used for another request.
+            StoreError::KeyTaken { .. } => Self::IdempotencyKeyReused,
             StoreError::UnknownOrder(_) => Self::UnknownOrder,
             StoreError::WrongState { state, .. } => Self::NotRedrivable(state),
             StoreError::Overloaded | StoreError::Closed => Self::Overloaded,

@@ -182,6 +182,22 @@ impl Intake {
                         .finish(order.idempotency_key, order.order_id.clone(), now);
                     Ok(Placed::Accepted(order.order_id))
                 }
+                // The store knew the key (another node took it, or memory had forgotten it):
+                // remember its order, and answer as the key's first request was answered.
+                Err(StoreError::KeyTaken {
+                    order_id,
+                    fingerprint,
+                    ..
+                }) => {
+                    drop.release(&order.customer, &order.sku, order.quantity);
+                    drop.keys
+                        .restore(order.idempotency_key, fingerprint, order_id.clone(), now);
+                    if fingerprint == order.fingerprint {
+                        Ok(Placed::Replayed(order_id))
+                    } else {
+                        Err(ApiError::IdempotencyKeyReused)
+                    }
+                }
                 Err(error) => {
                     if error == StoreError::Overloaded {
                         last_overload.store(now.unix_millis(), Ordering::Relaxed);

@@ -774,3 +774,41 @@ async fn a_saturated_intake_makes_the_waiting_room_admit_fewer() {
         (StatusCode::ACCEPTED, Some("waiting"))
     );
 }
+
+#[tokio::test]
+async fn a_key_memory_has_forgotten_still_answers_from_the_store() {
+    let harness = Harness::new().await;
+    let public = || floodgate_gateway::public_router(Arc::clone(&harness.gateway));
+    let place = |customer: &str, quantity: u32| {
+        Request::post("/api/drops/spring/orders")
+            .header("idempotency-key", "kept-by-the-store")
+            .body(Body::from(order_body(customer, json!(quantity))))
+            .unwrap()
+    };
+    let (status, first) = call(public(), place("gil", 1)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Past the retention, memory forgets the key (as a node that never saw it would not know it).
+    let later = NOW.add_millis(100 * 24 * 3_600 * 1_000);
+    harness.gateway.intake().prune_keys(later);
+    let (status, replayed) = call(public(), place("gil", 1)).await;
+    assert_eq!(
+        (status, &replayed["order_id"]),
+        (StatusCode::ACCEPTED, &first["order_id"]),
+        "the same order again, not a second one"
+    );
+    let (status, reused) = call(public(), place("gil", 2)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reused}");
+    let orders = harness
+        .store
+        .orders(OrderFilter {
+            limit: 10,
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(orders.len(), 1);
+    let (_, drop) = harness
+        .admin("GET", "/admin/drops/spring", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(drop["skus"][0]["held"], 1, "the replay holds nothing more");
+}

@@ -33,7 +33,8 @@ pub trait Store: Send + Sync + 'static {
     fn put_drop(&self, drop_id: DropId, spec: DropSpec, now: Timestamp) -> StoreFuture<'_, ()>;
 
     /// Stores an order and its reservation in one transaction. When this returns `Ok` both are on
-    /// disk. Refuses with [`StoreError::Oversell`] rather than hold more units than the stock.
+    /// disk. Refuses with [`StoreError::Oversell`] rather than hold more units than the stock, and
+    /// with [`StoreError::KeyTaken`] when the drop has an order under the same idempotency key.
     fn accept_order(&self, order: Order) -> StoreFuture<'_, ()>;
 
     /// One order.
@@ -222,6 +223,17 @@ pub enum StoreError {
         order_id: OrderId,
         /// Where it stands.
         state: OrderState,
+    },
+    /// The drop already has an order under this idempotency key (placed through another node,
+    /// or before the key left memory): nothing was written.
+    #[error("{drop_id}: the idempotency key already has order {order_id}")]
+    KeyTaken {
+        /// The drop.
+        drop_id: DropId,
+        /// The order stored under the key.
+        order_id: OrderId,
+        /// The digest of the request that placed it, to tell a replay from a reuse.
+        fingerprint: RequestFingerprint,
     },
     /// The writer's queue is full: the disk is not keeping up.
     #[error("the store's write queue is full")]

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, RequestFingerprint, Timestamp};
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::connect;
@@ -137,7 +137,7 @@ impl Statements {
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
                      $6::text[], $7::int4[], $8::int8[], $9::int8[], $10::text[], $11::text[],
                      $12::bytea[])
-                 ON CONFLICT (order_id) DO NOTHING
+                 ON CONFLICT DO NOTHING
                  RETURNING order_id",
             )
             .await?,
@@ -315,7 +315,8 @@ async fn accept_orders(
     let inserted: HashSet<String> = inserted.iter().map(|row| row.get(0)).collect();
     for ((_, order), result) in orders.iter().zip(results.iter_mut()) {
         if result.is_ok() && !inserted.contains(order.order_id.as_str()) {
-            // An id already taken: give the units back so the batch's other orders commit.
+            // Its key (or, never in practice, its id) is taken: give the units back so the
+            // batch's other orders commit.
             let units = bigint(u64::from(order.quantity));
             transaction
                 .execute(
@@ -324,13 +325,34 @@ async fn accept_orders(
                 )
                 .await
                 .map_err(backend)?;
-            *result = Err(StoreError::Backend(format!(
-                "order id {} is taken",
-                order.order_id
-            )));
+            *result = Err(taken(transaction, order).await?);
         }
     }
     Ok(results)
+}
+
+/// Why `order` was not inserted: the order already stored under its key, else its id's clash.
+async fn taken(transaction: &Transaction<'_>, order: &Order) -> Result<StoreError, StoreError> {
+    let holder = transaction
+        .query_opt(
+            "SELECT order_id, fingerprint FROM orders WHERE drop_id = $1 AND idempotency_key = $2",
+            &[&order.drop_id.as_str(), &order.idempotency_key.as_str()],
+        )
+        .await
+        .map_err(backend)?;
+    let stored = holder.and_then(|row| {
+        let order_id = OrderId::parse(row.get(0))?;
+        let fingerprint = <[u8; 32]>::try_from(row.get::<_, Vec<u8>>(1)).ok()?;
+        Some((order_id, RequestFingerprint(fingerprint)))
+    });
+    Ok(match stored {
+        Some((order_id, fingerprint)) if order_id != order.order_id => StoreError::KeyTaken {
+            drop_id: order.drop_id.clone(),
+            order_id,
+            fingerprint,
+        },
+        _ => StoreError::Backend(format!("order id {} is taken", order.order_id)),
+    })
 }
 
 /// Adds `units` to a SKU's held units if they fit its stock; whether they did.

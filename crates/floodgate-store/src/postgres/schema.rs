@@ -92,6 +92,8 @@ CREATE TABLE orders (
 CREATE INDEX orders_by_state ON orders (state, seq);
 CREATE INDEX orders_by_drop ON orders (drop_id, seq);
 CREATE INDEX orders_by_acceptance ON orders (accepted_at);
+-- Same key, same order, whichever node it reaches and however long ago: the database's guard.
+CREATE UNIQUE INDEX orders_by_key ON orders (drop_id, idempotency_key);
 
 -- One row that `/readyz` rewrites to prove a commit still goes through.
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), beats BIGINT NOT NULL);

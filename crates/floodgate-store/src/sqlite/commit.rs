@@ -1,7 +1,7 @@
 //! SQLite's side of group commit: a batch of writes in one transaction on the writer's
 //! connection, with the background checkpointer running beside it.
 
-use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, RequestFingerprint, Timestamp};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::checkpoint::Running;
@@ -125,10 +125,32 @@ fn accept_orders(
                     params![order.drop_id.as_str(), order.sku, order.quantity],
                 )
                 .map_err(backend)?;
-            *result = Err(backend(error));
+            *result = Err(match key_holder(transaction, order)? {
+                Some(taken) => taken,
+                None => backend(error),
+            });
         }
     }
     Ok(results)
+}
+
+/// The order already stored under `order`'s key, as the refusal of `order`.
+fn key_holder(transaction: &Connection, order: &Order) -> Result<Option<StoreError>, StoreError> {
+    let holder = transaction
+        .query_row(
+            "SELECT order_id, fingerprint FROM orders WHERE drop_id = ?1 AND idempotency_key = ?2",
+            params![order.drop_id.as_str(), order.idempotency_key.as_str()],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    Ok(holder.and_then(|(order_id, fingerprint)| {
+        Some(StoreError::KeyTaken {
+            drop_id: order.drop_id.clone(),
+            order_id: OrderId::parse(&order_id)?,
+            fingerprint: RequestFingerprint(fingerprint.try_into().ok()?),
+        })
+    }))
 }
 
 /// Adds `units` to a SKU's held units if they fit its stock; whether they did.

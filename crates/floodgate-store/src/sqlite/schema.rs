@@ -55,7 +55,18 @@ INSERT INTO heartbeat VALUES (1, 0);
     r#"
 ALTER TABLE orders ADD COLUMN last_error TEXT;
 "#,
+    // Same key, same order, however long ago: the database's guard behind the ledger's.
+    r#"
+CREATE UNIQUE INDEX orders_by_key ON orders (drop_id, idempotency_key);
+"#,
 ];
+
+/// What a migration turns into when existing data refuses it: a store that reused keys after
+/// they left memory (before the unique index) keeps a plain index and the old behaviour.
+const FALLBACKS: &[(usize, &str)] = &[(
+    2,
+    "CREATE INDEX orders_by_key ON orders (drop_id, idempotency_key);",
+)];
 
 /// Columns of `orders`, in the order [`order_from_row`] reads them.
 pub(super) const ORDER_COLUMNS: &str = "order_id, drop_id, sku, quantity, customer, state, attempts, \
@@ -76,7 +87,19 @@ pub(super) fn prepare_writer(connection: &mut Connection) -> Result<(), StoreErr
     let applied = usize::try_from(applied).unwrap_or(0);
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
         let transaction = connection.transaction().map_err(backend)?;
-        transaction.execute_batch(migration).map_err(backend)?;
+        if let Err(error) = transaction.execute_batch(migration) {
+            let fallback = FALLBACKS.iter().find(|(version, _)| *version == index);
+            match (error.sqlite_error_code(), fallback) {
+                (Some(rusqlite::ErrorCode::ConstraintViolation), Some((_, fallback))) => {
+                    tracing::warn!(
+                        migration = index + 1,
+                        "existing orders repeat an idempotency key; keys are guarded in memory only"
+                    );
+                    transaction.execute_batch(fallback).map_err(backend)?;
+                }
+                _ => return Err(backend(error)),
+            }
+        }
         transaction
             .pragma_update(None, "user_version", index as i64 + 1)
             .map_err(backend)?;

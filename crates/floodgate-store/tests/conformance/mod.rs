@@ -41,6 +41,7 @@ macro_rules! conformance_suite {
             a_failed_order_keeps_its_units_until_redriven,
             deliveries_refuse_the_wrong_state_and_unknown_orders,
             units_are_counted_per_sku_and_state,
+            an_idempotency_key_holds_one_order,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -499,4 +500,43 @@ pub(crate) async fn units_are_counted_per_sku_and_state<B: Backend>(backend: &B)
         (("rod".to_owned(), OrderState::Confirmed), 2),
     ];
     assert_eq!(units, expected.into_iter().collect());
+}
+
+pub(crate) async fn an_idempotency_key_holds_one_order<B: Backend>(backend: &B) {
+    let store = with_drop(backend, 10).await;
+    let first = order(1, "rod", 2);
+    store.accept_order(first.clone()).await.unwrap();
+    // Another order under the same key, in a batch of its own and in a batch with a stranger.
+    let mut again = order(2, "rod", 3);
+    again.idempotency_key = first.idempotency_key.clone();
+    let stranger = order(3, "rod", 1);
+    let (refused, accepted) = tokio::join!(
+        store.accept_order(again.clone()),
+        store.accept_order(stranger.clone())
+    );
+    assert_eq!(
+        refused,
+        Err(StoreError::KeyTaken {
+            drop_id: drop_id(),
+            order_id: first.order_id.clone(),
+            fingerprint: first.fingerprint,
+        })
+    );
+    accepted.unwrap();
+    assert_eq!(store.order(again.order_id).await.unwrap(), None);
+    let counts = store.order_counts(drop_id()).await.unwrap();
+    assert_eq!(
+        counts[&OrderState::Accepted],
+        StateCount {
+            orders: 2,
+            units: 3
+        },
+        "the refused order holds nothing"
+    );
+    // Nor does it hold stock: three units are held, so the stock may go down to three.
+    store.put_drop(drop_id(), spec(3), T0).await.unwrap();
+    assert!(matches!(
+        store.put_drop(drop_id(), spec(2), T0).await,
+        Err(StoreError::StockBelowHeld { .. })
+    ));
 }
