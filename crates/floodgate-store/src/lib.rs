@@ -186,6 +186,49 @@ impl Delivery {
     }
 }
 
+/// What a [`Delivery`] writes to an order found in `state`: the columns both backends set.
+pub(crate) struct DeliveryUpdate<'a> {
+    /// The state it leads to.
+    pub(crate) to: OrderState,
+    /// The new `attempts`, as an SQL expression over the old.
+    pub(crate) attempts: &'static str,
+    /// The downstream's reference, when it gave one.
+    pub(crate) reference: Option<&'a str>,
+    /// Why the attempt did not go through.
+    pub(crate) error: Option<&'a str>,
+}
+
+impl Delivery {
+    /// The update for `order_id`, found in `state`, or why it does not apply.
+    pub(crate) fn update(
+        &self,
+        order_id: &OrderId,
+        state: OrderState,
+    ) -> Result<DeliveryUpdate<'_>, StoreError> {
+        let (from, to) = self.transition();
+        if !from.contains(&state) {
+            return Err(StoreError::WrongState {
+                order_id: order_id.clone(),
+                state,
+            });
+        }
+        let (attempts, reference, error) = match self {
+            Self::Attempt => ("attempts + 1", None, None),
+            Self::Confirmed { reference } => ("attempts", reference.as_deref(), None),
+            Self::Rejected { reason } | Self::Failed { reason } => {
+                ("attempts", None, Some(reason.as_str()))
+            }
+            Self::Redrive => ("0", None, None),
+        };
+        Ok(DeliveryUpdate {
+            to,
+            attempts,
+            reference,
+            error,
+        })
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Statement, Transaction};
 use super::connect;
 use super::schema::{backend, bigint, claim_for_this_node, integer, is_check_violation, migrate};
 use crate::writer::{Committer, Job, Write, reservations};
-use crate::{Delivery, StoreError};
+use crate::{Delivery, DeliveryUpdate, StoreError};
 
 /// The writer's runtime and connection.
 pub(super) struct PostgresCommitter {
@@ -404,21 +404,12 @@ async fn record_delivery(
         (row.get(0), row.get(1), row.get(2), row.get(3));
     let state = OrderState::parse(&state)
         .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
-    let (from, to) = change.transition();
-    if !from.contains(&state) {
-        return Err(StoreError::WrongState {
-            order_id: order_id.clone(),
-            state,
-        });
-    }
-    let (attempts, reference, error) = match change {
-        Delivery::Attempt => ("attempts + 1", None, None),
-        Delivery::Confirmed { reference } => ("attempts", reference.as_deref(), None),
-        Delivery::Rejected { reason } | Delivery::Failed { reason } => {
-            ("attempts", None, Some(reason.as_str()))
-        }
-        Delivery::Redrive => ("0", None, None),
-    };
+    let DeliveryUpdate {
+        to,
+        attempts,
+        reference,
+        error,
+    } = change.update(order_id, state)?;
     transaction
         .execute(
             &format!(

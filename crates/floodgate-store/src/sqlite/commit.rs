@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use super::checkpoint::Running;
 use super::schema::backend;
 use crate::writer::{Committer, Job, Write, reservations};
-use crate::{Delivery, StoreError};
+use crate::{Delivery, DeliveryUpdate, StoreError};
 
 /// The writer's connection, and the checkpoints that run beside it until it is dropped.
 pub(super) struct SqliteCommitter {
@@ -210,21 +210,12 @@ fn record_delivery(
         .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
     let state = OrderState::parse(&state)
         .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
-    let (from, to) = change.transition();
-    if !from.contains(&state) {
-        return Err(StoreError::WrongState {
-            order_id: order_id.clone(),
-            state,
-        });
-    }
-    let (attempts, reference, error) = match change {
-        Delivery::Attempt => ("attempts + 1", None, None),
-        Delivery::Confirmed { reference } => ("attempts", reference.as_deref(), None),
-        Delivery::Rejected { reason } | Delivery::Failed { reason } => {
-            ("attempts", None, Some(reason.as_str()))
-        }
-        Delivery::Redrive => ("0", None, None),
-    };
+    let DeliveryUpdate {
+        to,
+        attempts,
+        reference,
+        error,
+    } = change.update(order_id, state)?;
     transaction
         .prepare_cached(&format!(
             "UPDATE orders SET state = ?2, attempts = {attempts}, updated_at = ?3,
