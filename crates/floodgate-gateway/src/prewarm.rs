@@ -143,16 +143,19 @@ impl Gateway {
     /// second.
     pub(crate) fn start_due_prewarms(self: &Arc<Self>, now: Timestamp) {
         for drop_id in self.intake.drop_ids() {
-            let Some(spec) = self
-                .intake
-                .with_drop(&drop_id, |ledger| ledger.spec().clone())
-            else {
+            let due = self.intake.with_drop(&drop_id, |ledger| {
+                let spec = ledger.spec();
+                Some((spec.prewarm_stage(now)?, spec.starts_at))
+            });
+            let Some((stage, starts_at)) = due.flatten() else {
                 continue;
             };
-            let Some(stage) = spec.prewarm_stage(now) else {
-                continue;
-            };
-            if self.prewarm.claim(&drop_id, spec.starts_at, stage, now) {
+            // The definition is copied only for a pass that starts, not every drop every second.
+            if self.prewarm.claim(&drop_id, starts_at, stage, now)
+                && let Some(spec) = self
+                    .intake
+                    .with_drop(&drop_id, |ledger| ledger.spec().clone())
+            {
                 let gateway = Arc::clone(self);
                 tokio::spawn(async move { gateway.warm_up(drop_id, spec, stage, now).await });
             }
