@@ -4,6 +4,10 @@
 //! The ledger answers `sold_out` and `limit_reached` from memory. A winning order takes its units
 //! here first and gives them back if its durable write fails, so memory never promises more than
 //! the store holds. The store repeats the stock check in the same transaction (the last guard).
+//!
+//! On a store several nodes share, a ledger is *leased*: each SKU's stock here is only the units
+//! this node has leased (and sold), topped up by the gateway's lease keeper; the units no node
+//! has leased yet are known only as last seen (`unleased`). A shopper still sees both as on sale.
 
 use std::collections::HashMap;
 
@@ -29,6 +33,10 @@ pub enum Refusal {
         /// Units still available.
         available: u64,
     },
+    /// This node's lease of the SKU is short but the shared pool has units: lease more, then
+    /// ask again (a leased ledger only; never shown to a shopper).
+    #[error("the node's lease of the sku is short")]
+    LeaseShort,
     /// The customer would exceed the per-customer limit.
     #[error("the limit is {limit} units per customer and {held} are already held")]
     LimitReached {
@@ -41,14 +49,23 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SkuUnits {
+    /// Units this ledger may sell: the SKU's stock, or (leased) the units leased to this node.
     stock: u64,
     held: u64,
+    /// Leased ledger: units in the shared pool, leased to no node, as last seen. Always 0 else.
+    unleased: u64,
 }
 
 impl SkuUnits {
+    /// Units this ledger can sell at once.
     fn available(&self) -> u64 {
         // Saturating: after an operator lowers the stock, in-flight orders may briefly hold more.
         self.stock.saturating_sub(self.held)
+    }
+
+    /// Units a shopper may still get: this ledger's, and the pool's.
+    fn on_sale(&self) -> u64 {
+        self.available() + self.unleased
     }
 }
 
@@ -58,6 +75,8 @@ pub struct DropLedger {
     spec: DropSpec,
     skus: HashMap<String, SkuUnits>,
     held_by_customer: ShardedMap<String, u64>,
+    /// Sells from leases of a shared stock rather than from the whole stock.
+    leased: bool,
     /// The drop's idempotency keys, decided under the same lock as the stock.
     pub keys: KeyTable,
 }
@@ -65,25 +84,48 @@ pub struct DropLedger {
 impl DropLedger {
     /// A ledger with every unit available.
     pub fn new(spec: DropSpec) -> Self {
+        Self::with_supply(spec, false)
+    }
+
+    /// A ledger of a stock several nodes share: nothing to sell until leases are granted, with
+    /// every unit presumed in the pool.
+    pub fn leased(spec: DropSpec) -> Self {
+        Self::with_supply(spec, true)
+    }
+
+    fn with_supply(spec: DropSpec, leased: bool) -> Self {
         let skus = spec
             .skus
             .iter()
             .map(|sku| {
-                (
-                    sku.sku.clone(),
+                let units = if leased {
+                    SkuUnits {
+                        stock: 0,
+                        held: 0,
+                        unleased: sku.stock,
+                    }
+                } else {
                     SkuUnits {
                         stock: sku.stock,
                         held: 0,
-                    },
-                )
+                        unleased: 0,
+                    }
+                };
+                (sku.sku.clone(), units)
             })
             .collect();
         Self {
             spec,
             skus,
             held_by_customer: ShardedMap::new(),
+            leased,
             keys: KeyTable::default(),
         }
+    }
+
+    /// Whether this ledger sells from leases.
+    pub fn is_leased(&self) -> bool {
+        self.leased
     }
 
     /// Makes room for `customers` more customers' holdings and idempotency keys.
@@ -97,9 +139,45 @@ impl DropLedger {
         &self.spec
     }
 
-    /// Units of `sku` still on sale (`None` for an unknown SKU).
+    /// Units of `sku` still on sale (`None` for an unknown SKU); for a leased ledger, this
+    /// node's and the pool's.
     pub fn available(&self, sku: &str) -> Option<u64> {
-        self.skus.get(sku).map(SkuUnits::available)
+        self.skus.get(sku).map(SkuUnits::on_sale)
+    }
+
+    /// Each SKU with the units this ledger can sell at once and those it has sold, for the
+    /// lease keeper.
+    pub fn supply(&self) -> Vec<(String, u64, u64)> {
+        self.skus
+            .iter()
+            .map(|(sku, units)| (sku.clone(), units.available(), units.held))
+            .collect()
+    }
+
+    /// Adds `granted` leased units of `sku`; `unleased` is what the pool has left.
+    pub fn grant(&mut self, sku: &str, granted: u64, unleased: u64) {
+        if let Some(units) = self.skus.get_mut(sku) {
+            units.stock += granted;
+            units.unleased = unleased;
+        }
+    }
+
+    /// Takes back every unit of `sku` this ledger could still sell, to return them to the
+    /// pool; how many.
+    pub fn surrender(&mut self, sku: &str) -> u64 {
+        let Some(units) = self.skus.get_mut(sku) else {
+            return 0;
+        };
+        let surrendered = units.available();
+        units.stock -= surrendered;
+        surrendered
+    }
+
+    /// The lease of `sku` lapsed in the store: nothing more to sell from it.
+    pub fn lease_lapsed(&mut self, sku: &str) {
+        if let Some(units) = self.skus.get_mut(sku) {
+            units.stock = units.stock.min(units.held);
+        }
     }
 
     /// Units of `sku` held by orders (`None` for an unknown SKU).
@@ -109,7 +187,7 @@ impl DropLedger {
 
     /// Units on sale across all SKUs.
     pub fn available_total(&self) -> u64 {
-        self.skus.values().map(SkuUnits::available).sum()
+        self.skus.values().map(SkuUnits::on_sale).sum()
     }
 
     /// The drop's state at `now`.
@@ -134,6 +212,9 @@ impl DropLedger {
         }
         let available = units.available();
         let wanted = u64::from(quantity);
+        if available < wanted && units.unleased > 0 {
+            return Err(Refusal::LeaseShort);
+        }
         if available == 0 {
             return Err(Refusal::SoldOut);
         }
@@ -163,8 +244,27 @@ impl DropLedger {
         }
     }
 
+    /// Gives back the units of an order the downstream rejected: the store has put them back
+    /// on sale (for a leased ledger, into the pool, not into this node's lease).
+    pub fn return_rejected(&mut self, customer: &str, sku: &str, quantity: u32) {
+        self.release(customer, sku, quantity);
+        if self.leased
+            && let Some(units) = self.skus.get_mut(sku)
+        {
+            units.stock = units.stock.saturating_sub(u64::from(quantity));
+            units.unleased += u64::from(quantity);
+        }
+    }
+
     /// Counts units that a stored order holds, while rebuilding the ledger at start-up.
     pub fn restore_holding(&mut self, customer: &str, sku: &str, quantity: u64) {
+        if self.leased
+            && let Some(units) = self.skus.get_mut(sku)
+        {
+            // Sold through some node's lease, and no longer in the pool.
+            units.stock += quantity;
+            units.unleased = units.unleased.saturating_sub(quantity);
+        }
         self.hold(customer, sku, quantity);
     }
 
@@ -196,19 +296,30 @@ impl DropLedger {
     /// Replaces the spec, keeping every hold. The store has accepted `spec`, so it stands even if
     /// orders still in flight now hold more than the new stock: those orders will be refused by
     /// the store and give their units back, and until then nothing is available.
+    /// A leased ledger keeps its leases; the pool is presumed to hold the rest of the new
+    /// stock until the next lease says how much it has.
     pub fn apply_spec(&mut self, spec: DropSpec) {
         self.skus = spec
             .skus
             .iter()
             .map(|declared| {
-                let held = self.skus.get(&declared.sku).map_or(0, |units| units.held);
-                (
-                    declared.sku.clone(),
+                let old = self.skus.get(&declared.sku);
+                let held = old.map_or(0, |units| units.held);
+                let units = if self.leased {
+                    let leased = old.map_or(0, |units| units.stock);
+                    SkuUnits {
+                        stock: leased,
+                        held,
+                        unleased: declared.stock.saturating_sub(leased),
+                    }
+                } else {
                     SkuUnits {
                         stock: declared.stock,
                         held,
-                    },
-                )
+                        unleased: 0,
+                    }
+                };
+                (declared.sku.clone(), units)
             })
             .collect();
         self.spec = spec;
@@ -299,6 +410,37 @@ mod tests {
             Err(Refusal::UnknownSku("zz".into()))
         );
         assert_eq!(drop.available("a"), Some(5));
+    }
+
+    #[test]
+    fn a_leased_ledger_sells_only_what_it_leased_and_shows_the_pool_too() {
+        let mut drop = DropLedger::leased(ledger(10, 10).spec().clone());
+        assert_eq!(drop.available("a"), Some(10));
+        assert_eq!(drop.reserve("c1", "a", 1, LIVE), Err(Refusal::LeaseShort));
+        drop.grant("a", 3, 7);
+        assert_eq!(drop.reserve("c1", "a", 2, LIVE), Ok(()));
+        assert_eq!(drop.reserve("c2", "a", 2, LIVE), Err(Refusal::LeaseShort));
+        assert_eq!(drop.available("a"), Some(8));
+        assert_eq!(drop.surrender("a"), 1);
+        assert_eq!(drop.supply(), vec![("a".to_owned(), 0, 2)]);
+        drop.grant("a", 0, 0);
+        assert_eq!(drop.reserve("c2", "a", 1, LIVE), Err(Refusal::SoldOut));
+        assert_eq!(drop.state_at(LIVE), DropState::SoldOut);
+        drop.return_rejected("c1", "a", 2);
+        assert_eq!(drop.supply(), vec![("a".to_owned(), 0, 0)]);
+        assert_eq!(drop.available("a"), Some(2));
+        assert_eq!(drop.reserve("c2", "a", 1, LIVE), Err(Refusal::LeaseShort));
+    }
+
+    #[test]
+    fn a_lapsed_lease_leaves_nothing_to_sell_but_what_is_held() {
+        let mut drop = DropLedger::leased(ledger(10, 10).spec().clone());
+        drop.grant("a", 5, 5);
+        drop.reserve("c1", "a", 2, LIVE).unwrap();
+        drop.lease_lapsed("a");
+        assert_eq!(drop.supply(), vec![("a".to_owned(), 0, 2)]);
+        drop.release("c1", "a", 2);
+        assert_eq!(drop.supply(), vec![("a".to_owned(), 2, 0)]);
     }
 
     #[test]

@@ -105,6 +105,12 @@ pub struct StoreConfig {
     pub max_batch: u64,
     /// Writes that may queue for the disk before intake answers `503 overloaded`.
     pub queue_capacity: u64,
+    /// Several nodes on `url`: how long a node's lease of stock lasts unrenewed, so how long a
+    /// node that died strands its unsold units.
+    pub lease_ttl_ms: u64,
+    /// Several nodes on `url`: how long the delivery leader's term lasts unrenewed, so how soon
+    /// a follower takes over from a leader that died.
+    pub leader_ttl_ms: u64,
 }
 
 /// `[intake]`.
@@ -173,6 +179,8 @@ impl Default for Config {
                 url: None,
                 max_batch: 2_048,
                 queue_capacity: 65_536,
+                lease_ttl_ms: 15_000,
+                leader_ttl_ms: 5_000,
             },
             intake: IntakeConfig {
                 max_quantity_per_order: 100,
@@ -268,6 +276,16 @@ impl Config {
                 "queue_capacity",
                 defaults.store.queue_capacity,
                 integer(1, 10_000_000),
+            ),
+            lease_ttl_ms: store.get(
+                "lease_ttl_ms",
+                defaults.store.lease_ttl_ms,
+                integer(1_000, 3_600_000),
+            ),
+            leader_ttl_ms: store.get(
+                "leader_ttl_ms",
+                defaults.store.leader_ttl_ms,
+                integer(1_000, 600_000),
             ),
         };
         store.finish();
@@ -439,6 +457,7 @@ impl Config {
                 idempotency_retention: Duration::from_secs(
                     self.intake.idempotency_retention_h * 3_600,
                 ),
+                lease_ttl: Duration::from_millis(self.store.lease_ttl_ms),
             },
         }
     }

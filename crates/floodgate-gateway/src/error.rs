@@ -115,6 +115,8 @@ impl ApiError {
                 (StatusCode::CONFLICT, "insufficient_stock")
             }
             Self::Refused(Refusal::LimitReached { .. }) => (StatusCode::CONFLICT, "limit_reached"),
+            // The intake leases more and asks again; it never answers with this.
+            Self::Refused(Refusal::LeaseShort) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::RequestInProgress => (StatusCode::CONFLICT, "request_in_progress"),
             Self::IdempotencyKeyReused => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
@@ -143,6 +145,11 @@ impl From<StoreError> for ApiError {
             // change (an operator lowering stock) won the race. Say what the shopper would see.
             StoreError::Oversell { .. } => Self::Refused(Refusal::SoldOut),
             StoreError::UnknownSku { sku, .. } => Self::Refused(Refusal::UnknownSku(sku)),
+            // Orders through other nodes hold the limit (this node's memory could not see them).
+            StoreError::LimitReached { limit, .. } => Self::Refused(Refusal::LimitReached {
+                limit,
+                held: u64::from(limit),
+            }),
             StoreError::StockBelowHeld { sku, .. } => Self::StockInUse(vec![SpecProblem {
                 path: "skus".into(),
                 problem: format!("units of {sku} are held by orders; stock may not go lower"),

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use floodgate_core::{
     DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, Order, OrderId, OrderRequest,
-    OrderState, Timestamp,
+    OrderState, Refusal, Timestamp,
 };
 use floodgate_store::{Store, StoreError};
 
 use crate::error::ApiError;
+use crate::stock_leases::StockLeases;
 
 /// Limits of the intake, from the `[intake]` config section.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct IntakeLimits {
     pub max_quantity_per_order: u32,
     /// How long an idempotency key is remembered after its order was accepted.
     pub idempotency_retention: Duration,
+    /// How long a lease of stock lasts unrenewed (a store several nodes share).
+    pub lease_ttl: Duration,
 }
 
 /// The answer to an order that went through.
@@ -45,7 +48,11 @@ impl Placed {
     }
 }
 
-type SharedLedger = Arc<Mutex<DropLedger>>;
+pub(crate) type SharedLedger = Arc<Mutex<DropLedger>>;
+
+/// How many times one order waits for a lease refill before it is answered `503`: the pool
+/// changes under other nodes' leases, but not forever.
+const REFILLS_PER_ORDER: u32 = 3;
 
 /// Every drop's ledger, and the store behind them.
 pub struct Intake {
@@ -56,6 +63,8 @@ pub struct Intake {
     limits: IntakeLimits,
     /// When the store last refused a write for want of capacity (ms since the epoch; 0: never).
     last_overload: Arc<AtomicI64>,
+    /// Leases of stock, when the store is shared with other nodes.
+    leases: Option<StockLeases>,
 }
 
 impl Intake {
@@ -68,10 +77,12 @@ impl Intake {
         let snapshot = store
             .load(keys_since(now, limits.idempotency_retention))
             .await?;
+        let leases = store.cluster().map(|_| StockLeases::new(limits.lease_ttl));
+        let leased = leases.is_some();
         let mut ledgers: HashMap<DropId, DropLedger> = snapshot
             .drops
             .into_iter()
-            .map(|(drop_id, spec)| (drop_id, DropLedger::new(spec)))
+            .map(|(drop_id, spec)| (drop_id, new_ledger(spec, leased)))
             .collect();
         for holding in snapshot.holdings {
             if let Some(ledger) = ledgers.get_mut(&holding.drop_id) {
@@ -95,6 +106,7 @@ impl Intake {
             definitions: tokio::sync::Mutex::new(()),
             limits,
             last_overload: Arc::new(AtomicI64::new(0)),
+            leases,
         })
     }
 
@@ -153,7 +165,7 @@ impl Intake {
             .validate(self.limits.max_quantity_per_order)
             .map_err(|invalid| ApiError::InvalidBody(invalid.to_string()))?;
         let ledger = self.ledger(drop_id).ok_or(ApiError::UnknownDrop)?;
-        let order = {
+        {
             let mut drop = lock(&ledger);
             match drop.keys.claim(&key, request.fingerprint()) {
                 KeyLookup::Fresh => {}
@@ -161,14 +173,37 @@ impl Intake {
                 KeyLookup::InProgress => return Err(ApiError::RequestInProgress),
                 KeyLookup::Reused => return Err(ApiError::IdempotencyKeyReused),
             }
-            if let Err(refusal) =
-                drop.reserve(&request.customer, &request.sku, request.quantity, now)
-            {
-                drop.keys.forget(&key);
-                return Err(refusal.into());
+        }
+        let mut refills = 0;
+        loop {
+            let refused = {
+                let mut drop = lock(&ledger);
+                match drop.reserve(&request.customer, &request.sku, request.quantity, now) {
+                    Ok(()) => break,
+                    Err(Refusal::LeaseShort) if refills < REFILLS_PER_ORDER => None,
+                    Err(refusal) => {
+                        drop.keys.forget(&key);
+                        Some(refusal)
+                    }
+                }
+            };
+            if let Some(refusal) = refused {
+                return Err(match refusal {
+                    // The pool kept moving under other nodes' leases: try again shortly.
+                    Refusal::LeaseShort => ApiError::Overloaded,
+                    refusal => refusal.into(),
+                });
             }
-            new_order(drop_id.clone(), key, request, now)
-        };
+            refills += 1;
+            if let Err(error) = self
+                .refill(&ledger, drop_id, &request.sku, request.quantity)
+                .await
+            {
+                lock(&ledger).keys.forget(&key);
+                return Err(error.into());
+            }
+        }
+        let order = new_order(drop_id.clone(), key, request, now);
         let store = Arc::clone(&self.store);
         let last_overload = Arc::clone(&self.last_overload);
         // Detached: once units are taken, the commit and its bookkeeping finish even if the
@@ -223,8 +258,54 @@ impl Intake {
     /// the store has already returned them.
     pub fn return_units(&self, order: &Order) {
         if let Some(ledger) = self.ledger(&order.drop_id) {
-            lock(&ledger).release(&order.customer, &order.sku, order.quantity);
+            lock(&ledger).return_rejected(&order.customer, &order.sku, order.quantity);
         }
+    }
+
+    /// Leases more of a SKU for an order that found this node's lease short.
+    async fn refill(
+        &self,
+        ledger: &SharedLedger,
+        drop_id: &DropId,
+        sku: &str,
+        quantity: u32,
+    ) -> Result<(), StoreError> {
+        match (&self.leases, self.store.cluster()) {
+            (Some(leases), Some(cluster)) => {
+                leases
+                    .refill(cluster, ledger, drop_id, sku, u64::from(quantity))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps this node's leases of stock topped up, renewed, and reclaims lapsed ones (a store
+    /// shared with other nodes; nothing otherwise).
+    pub(crate) async fn tend_leases(&self, now: Timestamp) -> Result<(), StoreError> {
+        match (&self.leases, self.store.cluster()) {
+            (Some(leases), Some(cluster)) => leases.tend(cluster, &self.all_ledgers(), now).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back the stock this node leased and did not sell (a graceful shutdown, once no
+    /// order is being placed).
+    pub(crate) async fn return_leases(&self) -> Result<(), StoreError> {
+        if let (Some(leases), Some(cluster)) = (&self.leases, self.store.cluster()) {
+            let units = leases.return_all(cluster, &self.all_ledgers()).await?;
+            tracing::info!(units, "unsold leased stock returned to the pool");
+        }
+        Ok(())
+    }
+
+    fn all_ledgers(&self) -> Vec<(DropId, SharedLedger)> {
+        self.ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(drop_id, ledger)| (drop_id.clone(), Arc::clone(ledger)))
+            .collect()
     }
 
     /// Creates or replaces a drop's definition, keeping the units its orders hold.
@@ -251,7 +332,7 @@ impl Intake {
         match existing {
             Some(ledger) => lock(&ledger).apply_spec(spec),
             None => {
-                let ledger = Arc::new(Mutex::new(DropLedger::new(spec)));
+                let ledger = Arc::new(Mutex::new(new_ledger(spec, self.leases.is_some())));
                 self.ledgers
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -278,14 +359,7 @@ impl Intake {
     /// Forgets idempotency keys older than the retention.
     pub fn prune_keys(&self, now: Timestamp) {
         let answered_before = keys_since(now, self.limits.idempotency_retention);
-        let ledgers: Vec<SharedLedger> = self
-            .ledgers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for ledger in ledgers {
+        for (_, ledger) in self.all_ledgers() {
             lock(&ledger).keys.prune(answered_before);
         }
     }
@@ -296,6 +370,15 @@ impl Intake {
             .unwrap_or_else(PoisonError::into_inner)
             .get(drop_id)
             .cloned()
+    }
+}
+
+/// A drop's ledger: selling from leases when the store is shared with other nodes.
+fn new_ledger(spec: DropSpec, leased: bool) -> DropLedger {
+    if leased {
+        DropLedger::leased(spec)
+    } else {
+        DropLedger::new(spec)
     }
 }
 
@@ -325,6 +408,6 @@ fn keys_since(now: Timestamp, retention: Duration) -> Timestamp {
 
 /// Locks a ledger. A panic while holding it cannot leave it half-updated (every change is a
 /// few plain assignments), so a poisoned lock is still safe to use.
-fn lock(ledger: &Mutex<DropLedger>) -> MutexGuard<'_, DropLedger> {
+pub(crate) fn lock(ledger: &Mutex<DropLedger>) -> MutexGuard<'_, DropLedger> {
     ledger.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -20,6 +20,7 @@ mod queue_api;
 mod report;
 mod request_id;
 mod server;
+mod stock_leases;
 mod timeline;
 mod traffic;
 mod waiting_room;
@@ -269,15 +270,40 @@ pub async fn run(
         stopped.clone(),
     ));
     let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));
+    let lease_keeper = tokio::spawn(tend_leases(Arc::clone(&gateway), stopped.clone()));
     let observer = tokio::spawn(observe_every_second(Arc::clone(&gateway), stopped));
     shutdown.await;
     tracing::info!("shutting down: draining requests");
     gateway.draining.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
-    let _ = tokio::join!(public, admin, pruner, observer);
+    let _ = tokio::join!(public, admin, pruner, lease_keeper, observer);
+    if let Err(error) = gateway.intake.return_leases().await {
+        tracing::warn!(%error, "cannot return leased stock; it goes back once the leases lapse");
+    }
     gateway.intake.store().close().await?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// How often a node sharing its store tends its leases of stock.
+const LEASE_TEND_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn tend_leases(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    if gateway.intake.store().cluster().is_none() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(LEASE_TEND_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(error) = gateway.intake.tend_leases(gateway.clock.now()).await {
+                    tracing::warn!(%error, "cannot tend the stock leases; trying again shortly");
+                }
+            }
+            () = server::stop_requested(&mut stopped) => return,
+        }
+    }
 }
 
 /// How often the gateway reads itself (see [`Gateway::observe`]): the dashboard's refresh,

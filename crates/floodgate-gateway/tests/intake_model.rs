@@ -121,6 +121,7 @@ async fn open(dir: &std::path::Path) -> (Arc<dyn Store>, Intake) {
     let limits = IntakeLimits {
         max_quantity_per_order: 10,
         idempotency_retention: Duration::from_secs(86_400),
+        lease_ttl: Duration::from_secs(15),
     };
     let intake = Intake::restore(Arc::clone(&store), limits, NOW)
         .await

@@ -109,6 +109,7 @@ impl Harness {
             intake: IntakeLimits {
                 max_quantity_per_order: 100,
                 idempotency_retention: Duration::from_secs(86_400),
+                lease_ttl: Duration::from_secs(15),
             },
         };
         let gateway = Gateway::start(

@@ -5,6 +5,7 @@
 //! per transaction (group commit) and reader connections serve lookups. The crate knows nothing of HTTP. Every backend passes the same conformance suite
 //! (`tests/conformance`).
 
+mod cluster;
 mod postgres;
 mod sqlite;
 mod writer;
@@ -17,6 +18,7 @@ use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderState, RequestFingerprint, Timestamp,
 };
 
+pub use cluster::{Cluster, LeaseGrant, LeaseHeld, Term};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -33,8 +35,10 @@ pub trait Store: Send + Sync + 'static {
     fn put_drop(&self, drop_id: DropId, spec: DropSpec, now: Timestamp) -> StoreFuture<'_, ()>;
 
     /// Stores an order and its reservation in one transaction. When this returns `Ok` both are on
-    /// disk. Refuses with [`StoreError::Oversell`] rather than hold more units than the stock, and
-    /// with [`StoreError::KeyTaken`] when the drop has an order under the same idempotency key.
+    /// disk. Refuses with [`StoreError::Oversell`] rather than hold more units than the stock,
+    /// with [`StoreError::KeyTaken`] when the drop has an order under the same idempotency key,
+    /// and (a shared store) with [`StoreError::LimitReached`] when the customer's orders through
+    /// every node would pass the drop's limit.
     fn accept_order(&self, order: Order) -> StoreFuture<'_, ()>;
 
     /// One order.
@@ -68,6 +72,11 @@ pub trait Store: Send + Sync + 'static {
     /// How the store's commits have gone since it opened, for `/metrics`; `None` for a store
     /// that does not count them.
     fn commit_figures(&self) -> Option<CommitFigures> {
+        None
+    }
+
+    /// How nodes sharing this store coordinate; `None` for a store only one node uses.
+    fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }
 }
@@ -247,6 +256,16 @@ pub enum StoreError {
         drop_id: DropId,
         /// The SKU.
         sku: String,
+    },
+    /// The customer's orders through other nodes already hold the drop's per-customer limit.
+    #[error("{drop_id}: the customer's orders already hold the per-customer limit")]
+    LimitReached {
+        /// The drop.
+        drop_id: DropId,
+        /// The customer.
+        customer: String,
+        /// The drop's limit.
+        limit: u32,
     },
     /// The order names a drop or SKU the store does not know.
     #[error("{drop_id}/{sku}: no such drop or sku")]

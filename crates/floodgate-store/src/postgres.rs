@@ -1,7 +1,6 @@
 //! The PostgreSQL backend (`store.url = "postgres://…"`): the store a highly available database
-//! gives, and the base for several nodes sharing one store. Until nodes coordinate (stock
-//! leases, a shared waiting room, one dispatcher), one node at a time may use a database: the
-//! store claims it with an advisory lock held by its write connection.
+//! gives, and the one several nodes share. Besides the [`Store`] it is the nodes' [`Cluster`]:
+//! stock leases per node and the leadership of cluster-wide roles (`cluster`).
 //!
 //! Writes go through the same group-commit [`writer`](crate::writer) as SQLite's: its thread owns
 //! the one write connection, driven by a small runtime of its own, and commits each batch in one
@@ -9,6 +8,7 @@
 //! default). Reads share a few connections on the caller's runtime; each pipelines the queries
 //! sent to it at once.
 
+mod cluster;
 mod commit;
 mod schema;
 
@@ -23,8 +23,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::writer::{Write, WriterHandle};
 use crate::{
-    CommitFigures, Delivery, Holding, OrderFilter, Snapshot, StateCount, Store, StoreError,
-    StoreFuture, StoredKey,
+    Cluster, CommitFigures, Delivery, Holding, OrderFilter, Snapshot, StateCount, Store,
+    StoreError, StoreFuture, StoredKey,
 };
 use commit::{PostgresCommitter, WriterConnection};
 use schema::{ORDER_COLUMNS, backend, order_from_row};
@@ -42,6 +42,8 @@ pub struct PostgresOptions {
     pub queue_capacity: usize,
     /// Read connections.
     pub readers: usize,
+    /// This node's name among the nodes sharing the database; unique per running process.
+    pub node: String,
 }
 
 impl Default for PostgresOptions {
@@ -50,12 +52,25 @@ impl Default for PostgresOptions {
             max_batch: 2_048,
             queue_capacity: 65_536,
             readers: 2,
+            node: default_node_name(),
         }
     }
 }
 
+/// A name no other running process has: leases and leadership belong to a process, not to a
+/// machine, so a restarted node never mistakes its predecessor's lease for its own.
+fn default_node_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // Randomly keyed per process: enough to tell apart processes that reuse a pid.
+    let salt = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("node-{}-{:08x}", std::process::id(), salt as u32)
+}
+
 /// The PostgreSQL store, cheap to share behind an `Arc`.
 pub struct PostgresStore {
+    node: String,
     writer: WriterHandle,
     config: tokio_postgres::Config,
     /// Each replaced by a new connection once it is found closed (the database restarted).
@@ -74,6 +89,7 @@ impl PostgresStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let writer_config = config.clone();
+        let node = options.node.clone();
         let open = move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -85,6 +101,7 @@ impl PostgresStore {
                 runtime,
                 connection: WriterConnection {
                     config: writer_config,
+                    node: node.clone(),
                     client,
                     statements,
                     poisoned: None,
@@ -102,6 +119,7 @@ impl PostgresStore {
             readers.push(RwLock::new(Arc::new(connect(&config).await?)));
         }
         Ok(Self {
+            node: options.node,
             writer,
             config,
             readers,
@@ -233,6 +251,10 @@ impl Store for PostgresStore {
 
     fn commit_figures(&self) -> Option<CommitFigures> {
         Some(self.writer.figures())
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
     }
 }
 

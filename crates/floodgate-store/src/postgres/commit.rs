@@ -2,18 +2,20 @@
 //! connection, driven by a runtime of the writer thread's own.
 //!
 //! A batch's orders cost a few round trips whatever their number: one guarded `UPDATE` per SKU
-//! for the stock, one `INSERT … SELECT FROM UNNEST(…)` for the rows. A failed statement would
+//! for the stock (of this node's lease, so the SKU's shared row stays cold), one upsert from
+//! `UNNEST(…)` for the customers' holdings, one `INSERT … SELECT FROM UNNEST(…)` for the rows. A failed statement would
 //! abort a PostgreSQL transaction, so the order insert skips a clashing id (`ON CONFLICT DO
 //! NOTHING`) instead of failing, and the rare other writes each run in a savepoint.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, RequestFingerprint, Timestamp};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::connect;
-use super::schema::{backend, bigint, claim_for_this_node, integer, is_check_violation, migrate};
+use super::schema::{backend, bigint, integer, is_check_violation, migrate};
 use crate::writer::{Committer, Job, Write, reservations};
 use crate::{Delivery, DeliveryUpdate, StoreError};
 
@@ -28,6 +30,8 @@ pub(super) struct PostgresCommitter {
 /// The writer's connection and its prepared statements.
 pub(super) struct WriterConnection {
     pub(super) config: tokio_postgres::Config,
+    /// The node this writer commits for (whose leases its orders draw on).
+    pub(super) node: String,
     pub(super) client: Client,
     pub(super) statements: Statements,
     /// Set when a commit's outcome could not be learned: from then on every write fails (and
@@ -41,13 +45,12 @@ const RESOLVE_PATIENCE: Duration = Duration::from_secs(30);
 const RESOLVE_RETRY: Duration = Duration::from_millis(250);
 
 impl WriterConnection {
-    /// Connects, claims the database for this node and prepares the statements.
+    /// Connects, brings the schema up to date and prepares the statements.
     pub(super) async fn open(
         config: tokio_postgres::Config,
     ) -> Result<(Client, Statements), StoreError> {
         let mut client = connect(&config).await?;
         migrate(&mut client).await?;
-        claim_for_this_node(&client).await?;
         let statements = Statements::prepare(&client).await?;
         Ok((client, statements))
     }
@@ -116,8 +119,12 @@ impl WriterConnection {
 
 /// The statements every batch runs, prepared once.
 pub(super) struct Statements {
-    reserve: Statement,
-    release: Statement,
+    take_from_lease: Statement,
+    return_to_lease: Statement,
+    take_from_pool: Statement,
+    return_to_pool: Statement,
+    hold_for_customers: Statement,
+    release_for_customer: Statement,
     insert: Statement,
 }
 
@@ -125,12 +132,44 @@ impl Statements {
     pub(super) async fn prepare(client: &Client) -> Result<Self, StoreError> {
         let prepare = |sql: &'static str| async move { client.prepare(sql).await.map_err(backend) };
         Ok(Self {
-            reserve: prepare(
-                "UPDATE stock SET held = held + $3 WHERE drop_id = $1 AND sku = $2 AND held + $3 <= stock",
+            take_from_lease: prepare(
+                "UPDATE stock_leases SET remaining = remaining - $4
+                 WHERE drop_id = $1 AND sku = $2 AND node = $3 AND remaining >= $4
+                   AND expires_at > now()",
             )
             .await?,
-            release: prepare("UPDATE stock SET held = held - $3 WHERE drop_id = $1 AND sku = $2")
-                .await?,
+            return_to_lease: prepare(
+                "UPDATE stock_leases SET remaining = remaining + $4
+                 WHERE drop_id = $1 AND sku = $2 AND node = $3",
+            )
+            .await?,
+            take_from_pool: prepare(
+                "UPDATE stock SET allocated = allocated + $3
+                 WHERE drop_id = $1 AND sku = $2 AND allocated + $3 <= stock",
+            )
+            .await?,
+            return_to_pool: prepare(
+                "UPDATE stock SET allocated = allocated - $3 WHERE drop_id = $1 AND sku = $2",
+            )
+            .await?,
+            // A customer's row is theirs alone, so it is no hot row; the limit is read from the
+            // drop in the same statement.
+            hold_for_customers: prepare(
+                "INSERT INTO customer_holdings AS held (drop_id, customer, units)
+                 SELECT wanted.drop_id, wanted.customer, wanted.units
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS wanted (drop_id, customer, units)
+                 JOIN drops ON drops.drop_id = wanted.drop_id
+                 WHERE wanted.units <= drops.customer_limit
+                 ON CONFLICT (drop_id, customer) DO UPDATE SET units = held.units + excluded.units
+                 WHERE held.units + excluded.units
+                     <= (SELECT customer_limit FROM drops WHERE drops.drop_id = held.drop_id)
+                 RETURNING drop_id, customer",
+            )
+            .await?,
+            release_for_customer: prepare(
+                "UPDATE customer_holdings SET units = units - $3 WHERE drop_id = $1 AND customer = $2",
+            )
+            .await?,
             insert: prepare(
                 "INSERT INTO orders (order_id, drop_id, sku, quantity, customer, state, attempts,
                      accepted_at, updated_at, downstream_ref, idempotency_key, fingerprint)
@@ -165,7 +204,7 @@ impl WriterConnection {
                 tracing::error!(%error, "store unreachable");
                 return fail_all(&error);
             }
-            match commit(&mut self.client, &self.statements, batch).await {
+            match commit(&mut self.client, &self.statements, &self.node, batch).await {
                 Ok(results) => results,
                 // The COMMIT was sent and no answer came: it may or may not have gone through.
                 Err(Failed::AtCommit(error)) => self.resolve(batch, error).await,
@@ -197,6 +236,7 @@ impl From<StoreError> for Failed {
 async fn commit(
     client: &mut Client,
     statements: &Statements,
+    node: &str,
     batch: &[Job],
 ) -> Result<Vec<Result<(), StoreError>>, Failed> {
     let mut transaction = client.transaction().await.map_err(backend)?;
@@ -209,7 +249,12 @@ async fn commit(
         })
         .collect();
     let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
-    let accepted = accept_orders(&transaction, statements, &orders).await?;
+    let writer = Batch {
+        transaction: &transaction,
+        statements,
+        node,
+    };
+    let accepted = accept_orders(&writer, &orders).await?;
     for ((index, _), result) in orders.iter().zip(accepted) {
         results[*index] = result;
     }
@@ -250,24 +295,47 @@ async fn apply(transaction: &Transaction<'_>, write: &Write) -> Result<(), Store
     }
 }
 
+/// Where an order's units came from, so a refusal later in the batch puts them back there.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// This node's lease of the SKU.
+    Lease,
+    /// The SKU's unleased units (the lease was short or had lapsed).
+    Pool,
+}
+
+/// The writer's view of a batch: its statements and the node it writes for.
+struct Batch<'a> {
+    transaction: &'a Transaction<'a>,
+    statements: &'a Statements,
+    node: &'a str,
+}
+
 /// Reserves and inserts `orders`; one result each. An `Err` return fails the whole batch.
 async fn accept_orders(
-    transaction: &Transaction<'_>,
-    statements: &Statements,
+    batch: &Batch<'_>,
     orders: &[(usize, &Order)],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); orders.len()];
+    let mut sources = vec![Source::Pool; orders.len()];
     for ((drop_id, sku), units, members) in reservations(orders) {
-        if reserve(transaction, statements, drop_id, sku, units).await? {
+        if let Some(source) = batch.take(drop_id, sku, units).await? {
+            for &position in &members {
+                sources[position] = source;
+            }
             continue;
         }
         for position in members {
             let order = orders[position].1;
-            let units = u64::from(order.quantity);
-            if !reserve(transaction, statements, drop_id, sku, units).await? {
-                results[position] = Err(refusal(transaction, order).await?);
+            match batch.take(drop_id, sku, u64::from(order.quantity)).await? {
+                Some(source) => sources[position] = source,
+                None => results[position] = Err(refusal(batch.transaction, order).await?),
             }
         }
+    }
+    for (position, refused) in batch.hold_for_customers(orders, &results).await? {
+        batch.untake(orders[position].1, sources[position]).await?;
+        results[position] = Err(refused);
     }
     let kept: Vec<&Order> = orders
         .iter()
@@ -278,57 +346,205 @@ async fn accept_orders(
     if kept.is_empty() {
         return Ok(results);
     }
-    let column =
-        |read: fn(&Order) -> String| kept.iter().map(|order| read(order)).collect::<Vec<_>>();
-    let inserted = transaction
-        .query(
-            &statements.insert,
-            &[
-                &column(|o| o.order_id.to_string()),
-                &column(|o| o.drop_id.to_string()),
-                &column(|o| o.sku.clone()),
-                &kept.iter().map(|o| integer(o.quantity)).collect::<Vec<_>>(),
-                &column(|o| o.customer.clone()),
-                &column(|o| o.state.as_str().to_owned()),
-                &kept.iter().map(|o| integer(o.attempts)).collect::<Vec<_>>(),
-                &kept
-                    .iter()
-                    .map(|o| o.accepted_at.unix_millis())
-                    .collect::<Vec<_>>(),
-                &kept
-                    .iter()
-                    .map(|o| o.updated_at.unix_millis())
-                    .collect::<Vec<_>>(),
-                &kept
-                    .iter()
-                    .map(|o| o.downstream_ref.clone())
-                    .collect::<Vec<_>>(),
-                &column(|o| o.idempotency_key.as_str().to_owned()),
-                &kept
-                    .iter()
-                    .map(|o| o.fingerprint.0.to_vec())
-                    .collect::<Vec<_>>(),
-            ],
-        )
-        .await
-        .map_err(backend)?;
-    let inserted: HashSet<String> = inserted.iter().map(|row| row.get(0)).collect();
-    for ((_, order), result) in orders.iter().zip(results.iter_mut()) {
+    let inserted = batch.insert(&kept).await?;
+    for (position, ((_, order), result)) in orders.iter().zip(results.iter_mut()).enumerate() {
         if result.is_ok() && !inserted.contains(order.order_id.as_str()) {
-            // Its key (or, never in practice, its id) is taken: give the units back so the
+            // Its key (or, never in practice, its id) is taken: give its units back so the
             // batch's other orders commit.
-            let units = bigint(u64::from(order.quantity));
-            transaction
-                .execute(
-                    &statements.release,
-                    &[&order.drop_id.as_str(), &order.sku, &units],
-                )
-                .await
-                .map_err(backend)?;
-            *result = Err(taken(transaction, order).await?);
+            batch.untake(order, sources[position]).await?;
+            batch.release_for_customer(order).await?;
+            *result = Err(taken(batch.transaction, order).await?);
         }
     }
     Ok(results)
+}
+
+impl Batch<'_> {
+    /// Takes `units` of a SKU from this node's lease, else from the pool; `None` if neither
+    /// has them.
+    async fn take(
+        &self,
+        drop_id: &str,
+        sku: &str,
+        units: u64,
+    ) -> Result<Option<Source>, StoreError> {
+        let units = bigint(units);
+        let (statements, transaction) = (self.statements, self.transaction);
+        if changed_one(
+            transaction,
+            &statements.take_from_lease,
+            &[&drop_id, &sku, &self.node, &units],
+        )
+        .await?
+        {
+            return Ok(Some(Source::Lease));
+        }
+        if changed_one(
+            transaction,
+            &statements.take_from_pool,
+            &[&drop_id, &sku, &units],
+        )
+        .await?
+        {
+            return Ok(Some(Source::Pool));
+        }
+        Ok(None)
+    }
+
+    /// Puts an order's units back where [`Self::take`] found them.
+    async fn untake(&self, order: &Order, source: Source) -> Result<(), StoreError> {
+        let units = bigint(u64::from(order.quantity));
+        let (drop_id, sku) = (order.drop_id.as_str(), order.sku.as_str());
+        let done = match source {
+            Source::Lease => {
+                self.transaction
+                    .execute(
+                        &self.statements.return_to_lease,
+                        &[&drop_id, &sku, &self.node, &units],
+                    )
+                    .await
+            }
+            Source::Pool => {
+                self.transaction
+                    .execute(&self.statements.return_to_pool, &[&drop_id, &sku, &units])
+                    .await
+            }
+        };
+        done.map(drop).map_err(backend)
+    }
+
+    /// Adds the units of every order still standing to its customer's holding, where the
+    /// drop's limit allows; the positions of the orders refused, with why.
+    async fn hold_for_customers(
+        &self,
+        orders: &[(usize, &Order)],
+        results: &[Result<(), StoreError>],
+    ) -> Result<Vec<(usize, StoreError)>, StoreError> {
+        let mut wanted: HashMap<(&str, &str), (u64, Vec<usize>)> = HashMap::new();
+        for (position, ((_, order), result)) in orders.iter().zip(results).enumerate() {
+            if result.is_ok() {
+                let entry = wanted
+                    .entry((order.drop_id.as_str(), order.customer.as_str()))
+                    .or_default();
+                entry.0 += u64::from(order.quantity);
+                entry.1.push(position);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut drops, mut customers, mut units) = (Vec::new(), Vec::new(), Vec::new());
+        for ((drop_id, customer), (sum, _)) in &wanted {
+            drops.push(*drop_id);
+            customers.push(*customer);
+            units.push(bigint(*sum));
+        }
+        let held: HashSet<(String, String)> = self
+            .transaction
+            .query(
+                &self.statements.hold_for_customers,
+                &[&drops, &customers, &units],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let mut refused = Vec::new();
+        for ((drop_id, customer), (_, members)) in wanted {
+            if held.contains(&(drop_id.to_owned(), customer.to_owned())) {
+                continue;
+            }
+            // Orders through other nodes got there first (rare: each node's memory keeps its
+            // own shoppers within the limit).
+            let limit: i64 = self
+                .transaction
+                .query_one(
+                    "SELECT customer_limit FROM drops WHERE drop_id = $1",
+                    &[&drop_id],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            for position in members {
+                let order = orders[position].1;
+                refused.push((
+                    position,
+                    StoreError::LimitReached {
+                        drop_id: order.drop_id.clone(),
+                        customer: order.customer.clone(),
+                        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                    },
+                ));
+            }
+        }
+        Ok(refused)
+    }
+
+    async fn release_for_customer(&self, order: &Order) -> Result<(), StoreError> {
+        let units = bigint(u64::from(order.quantity));
+        self.transaction
+            .execute(
+                &self.statements.release_for_customer,
+                &[&order.drop_id.as_str(), &order.customer, &units],
+            )
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
+    /// Inserts `kept`; the ids of those inserted (a taken key or id skips its order).
+    async fn insert(&self, kept: &[&Order]) -> Result<HashSet<String>, StoreError> {
+        let column =
+            |read: fn(&Order) -> String| kept.iter().map(|order| read(order)).collect::<Vec<_>>();
+        let inserted = self
+            .transaction
+            .query(
+                &self.statements.insert,
+                &[
+                    &column(|o| o.order_id.to_string()),
+                    &column(|o| o.drop_id.to_string()),
+                    &column(|o| o.sku.clone()),
+                    &kept.iter().map(|o| integer(o.quantity)).collect::<Vec<_>>(),
+                    &column(|o| o.customer.clone()),
+                    &column(|o| o.state.as_str().to_owned()),
+                    &kept.iter().map(|o| integer(o.attempts)).collect::<Vec<_>>(),
+                    &kept
+                        .iter()
+                        .map(|o| o.accepted_at.unix_millis())
+                        .collect::<Vec<_>>(),
+                    &kept
+                        .iter()
+                        .map(|o| o.updated_at.unix_millis())
+                        .collect::<Vec<_>>(),
+                    &kept
+                        .iter()
+                        .map(|o| o.downstream_ref.clone())
+                        .collect::<Vec<_>>(),
+                    &column(|o| o.idempotency_key.as_str().to_owned()),
+                    &kept
+                        .iter()
+                        .map(|o| o.fingerprint.0.to_vec())
+                        .collect::<Vec<_>>(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(inserted.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+/// Runs `statement`; whether it changed exactly one row.
+async fn changed_one(
+    transaction: &Transaction<'_>,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<bool, StoreError> {
+    transaction
+        .execute(statement, params)
+        .await
+        .map(|changed| changed == 1)
+        .map_err(backend)
 }
 
 /// Why `order` was not inserted: the order already stored under its key, else its id's clash.
@@ -353,21 +569,6 @@ async fn taken(transaction: &Transaction<'_>, order: &Order) -> Result<StoreErro
         },
         _ => StoreError::Backend(format!("order id {} is taken", order.order_id)),
     })
-}
-
-/// Adds `units` to a SKU's held units if they fit its stock; whether they did.
-async fn reserve(
-    transaction: &Transaction<'_>,
-    statements: &Statements,
-    drop_id: &str,
-    sku: &str,
-    units: u64,
-) -> Result<bool, StoreError> {
-    transaction
-        .execute(&statements.reserve, &[&drop_id, &sku, &bigint(units)])
-        .await
-        .map(|changed| changed == 1)
-        .map_err(backend)
 }
 
 /// Why an order's units did not fit: its SKU is unknown, or the stock is short.
@@ -428,10 +629,19 @@ async fn record_delivery(
         .await
         .map_err(backend)?;
     if !to.holds_stock() {
+        // Back to the pool, whichever node's lease the units came from.
         transaction
             .execute(
-                "UPDATE stock SET held = held - $3 WHERE drop_id = $1 AND sku = $2",
+                "UPDATE stock SET allocated = allocated - $3 WHERE drop_id = $1 AND sku = $2",
                 &[&drop_id, &sku, &i64::from(quantity)],
+            )
+            .await
+            .map_err(backend)?;
+        transaction
+            .execute(
+                "UPDATE customer_holdings SET units = units - $3
+                 WHERE drop_id = $1 AND customer = (SELECT customer FROM orders WHERE order_id = $2)",
+                &[&drop_id, &order_id.as_str(), &i64::from(quantity)],
             )
             .await
             .map_err(backend)?;
@@ -453,25 +663,31 @@ async fn put_drop(
         serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
     transaction
         .execute(
-            "INSERT INTO drops (drop_id, spec, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (drop_id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-            &[&drop_id.as_str(), &spec_json, &now.unix_millis()],
+            "INSERT INTO drops (drop_id, spec, updated_at, customer_limit) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (drop_id) DO UPDATE SET spec = excluded.spec,
+                 updated_at = excluded.updated_at, customer_limit = excluded.customer_limit",
+            &[
+                &drop_id.as_str(),
+                &spec_json,
+                &now.unix_millis(),
+                &i64::from(spec.limit_per_customer),
+            ],
         )
         .await
         .map_err(backend)?;
     let rows = transaction
         .query(
-            "SELECT sku, held FROM stock WHERE drop_id = $1 FOR UPDATE",
+            "SELECT sku, allocated FROM stock WHERE drop_id = $1 FOR UPDATE",
             &[&drop_id.as_str()],
         )
         .await
         .map_err(backend)?;
     for row in &rows {
-        let (sku, held): (String, i64) = (row.get(0), row.get(1));
+        let (sku, allocated): (String, i64) = (row.get(0), row.get(1));
         if spec.sku(&sku).is_some() {
             continue;
         }
-        if held > 0 {
+        if allocated > 0 {
             return Err(below_held(&sku));
         }
         transaction

@@ -1,8 +1,11 @@
 //! The PostgreSQL schema, its migrations and the mapping between rows and domain types.
 //!
-//! The tables mirror SQLite's: stock in its own table with `CHECK (held <= stock)`, so the
-//! database refuses an oversell whatever a node's memory believed, and an order's reservation is
-//! its row plus its units in `stock.held`, changed in one transaction.
+//! The tables mirror SQLite's, plus what several nodes share: stock in its own table with
+//! `CHECK (allocated <= stock)`, so the database refuses an oversell whatever a node's memory
+//! believed; leases of stock per node; each customer's units per drop (the per-customer limit's
+//! guard); and the leadership of cluster-wide roles. An order's reservation is its row, its
+//! units taken from its node's lease (or from `stock.allocated` when the lease is short) and its
+//! customer's units, changed in one transaction.
 //!
 //! Migrations run at start-up in one transaction under an advisory lock, so nodes that start
 //! together against an empty database take turns: the first applies them, the rest find them
@@ -19,44 +22,9 @@ use crate::StoreError;
 /// The advisory lock migrations hold (an arbitrary constant: "floodgat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x666c_6f6f_6467_6174;
 
-/// How long a starting node waits for the database to be free: a node restarted right after
-/// its predecessor stopped finds the lock released within moments, once the server has seen the
-/// old connection close.
-const NODE_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
-const NODE_LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The advisory lock a node holds on its write connection for as long as it runs ("fgnode").
-const NODE_LOCK: i64 = 0x6667_6e6f_6465;
-
-/// Claims the database for this node: until nodes coordinate their stock, waiting rooms and
-/// delivery through it, a second node on the same database would sell from a ledger that does
-/// not see the first one's orders and double the downstream's rate. The lock goes with the
-/// connection, so a node that dies (even by SIGKILL) frees it.
-pub(super) async fn claim_for_this_node(client: &tokio_postgres::Client) -> Result<(), StoreError> {
-    let deadline = tokio::time::Instant::now() + NODE_LOCK_PATIENCE;
-    loop {
-        let claimed: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
-            .await
-            .map_err(backend)?
-            .get(0);
-        if claimed {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(NODE_LOCK_RETRY).await;
-    }
-    Err(StoreError::Backend(
-        "another floodgate node is using this database; several nodes on one database \
-         are not supported yet"
-            .into(),
-    ))
-}
-
 /// Versioned migrations; `floodgate_migrations` records which have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE drops (
     drop_id    TEXT PRIMARY KEY,
     spec       TEXT NOT NULL,
@@ -98,7 +66,46 @@ CREATE UNIQUE INDEX orders_by_key ON orders (drop_id, idempotency_key);
 -- One row that `/readyz` rewrites to prove a commit still goes through.
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), beats BIGINT NOT NULL);
 INSERT INTO heartbeat VALUES (1, 0);
-"#];
+"#,
+    r#"
+-- Several nodes on one database. `stock.allocated` counts the units held by orders or leased to
+-- a node; a lease's `remaining` units are the ones of its node's still unsold, so the units
+-- orders hold are `allocated - SUM(remaining)` and `allocated <= stock` is the no-oversell guard.
+ALTER TABLE stock RENAME COLUMN held TO allocated;
+
+CREATE TABLE stock_leases (
+    drop_id    TEXT NOT NULL,
+    sku        TEXT NOT NULL,
+    node       TEXT NOT NULL,
+    remaining  BIGINT NOT NULL CHECK (remaining >= 0),
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (drop_id, sku, node)
+);
+CREATE INDEX stock_leases_by_expiry ON stock_leases (expires_at);
+CREATE INDEX stock_leases_by_node ON stock_leases (node);
+
+-- The per-customer limit, guarded by the database across nodes.
+ALTER TABLE drops ADD COLUMN customer_limit BIGINT;
+UPDATE drops SET customer_limit = (spec::json ->> 'limit_per_customer')::bigint;
+CREATE TABLE customer_holdings (
+    drop_id  TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    units    BIGINT NOT NULL CHECK (units >= 0),
+    PRIMARY KEY (drop_id, customer)
+);
+INSERT INTO customer_holdings
+    SELECT drop_id, customer, SUM(quantity) FROM orders
+    WHERE state NOT IN ('rejected', 'released') GROUP BY drop_id, customer;
+
+-- Who leads a cluster-wide role, until when (by the database's clock).
+CREATE TABLE leadership (
+    role       TEXT PRIMARY KEY,
+    node       TEXT NOT NULL,
+    term       BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+"#,
+];
 
 /// Columns of `orders`, in the order [`order_from_row`] reads them.
 pub(super) const ORDER_COLUMNS: &str = "order_id, drop_id, sku, quantity, customer, state, attempts, \
@@ -179,7 +186,7 @@ pub(super) fn integer(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-/// Whether `error` is a violated `CHECK` constraint (such as `held <= stock`).
+/// Whether `error` is a violated `CHECK` constraint (such as `allocated <= stock`).
 pub(super) fn is_check_violation(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&SqlState::CHECK_VIOLATION)
 }

@@ -1,0 +1,202 @@
+//! PostgreSQL as the nodes' [`Cluster`]: each call is one statement (data-modifying CTEs keep
+//! a lease's row and its SKU's row in step), on the read connections, so the writer's batches
+//! never wait for it.
+
+use std::time::Duration;
+
+use floodgate_core::DropId;
+
+use super::PostgresStore;
+use super::schema::{backend, bigint};
+use crate::{Cluster, LeaseGrant, LeaseHeld, StoreError, StoreFuture, Term};
+
+/// A duration as seconds, for `$n * interval '1 second'` (a `double precision`).
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl Cluster for PostgresStore {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn lease_stock(
+        &self,
+        drop_id: DropId,
+        sku: String,
+        wanted: u64,
+        ttl: Duration,
+    ) -> StoreFuture<'_, LeaseGrant> {
+        Box::pin(async move {
+            // The SKU's row is locked for the grant: the one write to it per lease.
+            let row = self
+                .reader()
+                .await?
+                .query_opt(
+                    "WITH free AS (
+                         SELECT LEAST($3, stock - allocated) AS units, stock - allocated AS before
+                         FROM stock WHERE drop_id = $1 AND sku = $2 FOR UPDATE
+                     ), granted AS (
+                         UPDATE stock SET allocated = allocated + free.units FROM free
+                         WHERE drop_id = $1 AND sku = $2
+                         RETURNING free.units, free.before - free.units AS unleased
+                     ), leased AS (
+                         INSERT INTO stock_leases (drop_id, sku, node, remaining, expires_at)
+                         SELECT $1, $2, $4, units, now() + $5 * interval '1 second'
+                         FROM granted WHERE units > 0
+                         ON CONFLICT (drop_id, sku, node) DO UPDATE
+                         SET remaining = stock_leases.remaining + excluded.remaining,
+                             expires_at = excluded.expires_at
+                     )
+                     SELECT units, unleased FROM granted",
+                    &[
+                        &drop_id.as_str(),
+                        &sku,
+                        &bigint(wanted),
+                        &self.node,
+                        &seconds(ttl),
+                    ],
+                )
+                .await
+                .map_err(backend)?
+                .ok_or(StoreError::UnknownSku { drop_id, sku })?;
+            Ok(LeaseGrant {
+                granted: unsigned(row.get(0)),
+                unleased: unsigned(row.get(1)),
+            })
+        })
+    }
+
+    fn renew_leases(&self, ttl: Duration) -> StoreFuture<'_, Vec<LeaseHeld>> {
+        Box::pin(async move {
+            let rows = self
+                .reader()
+                .await?
+                .query(
+                    "UPDATE stock_leases SET expires_at = now() + $2 * interval '1 second'
+                     WHERE node = $1 AND expires_at > now()
+                     RETURNING drop_id, sku, remaining",
+                    &[&self.node, &seconds(ttl)],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    Some(LeaseHeld {
+                        drop_id: DropId::parse(row.get(0)).ok()?,
+                        sku: row.get(1),
+                        remaining: unsigned(row.get(2)),
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn return_stock(&self, drop_id: DropId, sku: String, units: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.reader()
+                .await?
+                .execute(
+                    "WITH returned AS (
+                         UPDATE stock_leases SET remaining = remaining - $4
+                         WHERE drop_id = $1 AND sku = $2 AND node = $3 AND remaining >= $4
+                         RETURNING 1
+                     )
+                     UPDATE stock SET allocated = allocated - $4
+                     WHERE drop_id = $1 AND sku = $2 AND EXISTS (SELECT 1 FROM returned)",
+                    &[&drop_id.as_str(), &sku, &self.node, &bigint(units)],
+                )
+                .await
+                .map(drop)
+                .map_err(backend)
+        })
+    }
+
+    fn return_all_stock(&self) -> StoreFuture<'_, u64> {
+        Box::pin(release_leases(self, "node = $1", Some(&self.node)))
+    }
+
+    fn reclaim_lapsed_leases(&self) -> StoreFuture<'_, u64> {
+        Box::pin(release_leases(self, "expires_at < now()", None))
+    }
+
+    fn lead(&self, role: &str, ttl: Duration) -> StoreFuture<'_, Option<Term>> {
+        let role = role.to_owned();
+        Box::pin(async move {
+            // Kept by its holder, taken over only once expired: the database's clock decides,
+            // so two nodes never both believe they hold an unexpired term.
+            let row = self
+                .reader()
+                .await?
+                .query_opt(
+                    "INSERT INTO leadership AS lead (role, node, term, expires_at)
+                     VALUES ($1, $2, 1, now() + $3 * interval '1 second')
+                     ON CONFLICT (role) DO UPDATE
+                     SET term = CASE WHEN lead.node = excluded.node THEN lead.term
+                                     ELSE lead.term + 1 END,
+                         node = excluded.node,
+                         expires_at = excluded.expires_at
+                     WHERE lead.node = excluded.node OR lead.expires_at < now()
+                     RETURNING term, term <> COALESCE(
+                         (SELECT term FROM leadership WHERE role = $1 AND node = $2), -1)",
+                    &[&role, &self.node, &seconds(ttl)],
+                )
+                .await
+                .map_err(backend)?;
+            // The sub-select reads the table as it was before the statement: a term this node
+            // did not already hold is a takeover.
+            Ok(row.map(|row| Term {
+                number: unsigned(row.get(0)),
+                taken_over: row.get(1),
+            }))
+        })
+    }
+
+    fn resign(&self, role: &str) -> StoreFuture<'_, ()> {
+        let role = role.to_owned();
+        Box::pin(async move {
+            self.reader()
+                .await?
+                .execute(
+                    "UPDATE leadership SET expires_at = now() WHERE role = $1 AND node = $2",
+                    &[&role, &self.node],
+                )
+                .await
+                .map(drop)
+                .map_err(backend)
+        })
+    }
+}
+
+/// Deletes the leases `condition` picks and puts their unsold units back in the pool; how
+/// many units came back.
+async fn release_leases(
+    store: &PostgresStore,
+    condition: &'static str,
+    node: Option<&str>,
+) -> Result<u64, StoreError> {
+    let sql = format!(
+        "WITH gone AS (
+             DELETE FROM stock_leases WHERE {condition} RETURNING drop_id, sku, remaining
+         ), units AS (
+             SELECT drop_id, sku, SUM(remaining) AS units FROM gone GROUP BY drop_id, sku
+         ), returned AS (
+             UPDATE stock SET allocated = allocated - units.units FROM units
+             WHERE stock.drop_id = units.drop_id AND stock.sku = units.sku
+             RETURNING units.units
+         )
+         SELECT COALESCE(SUM(units), 0)::int8 FROM returned"
+    );
+    let client = store.reader().await?;
+    let row = match node {
+        Some(node) => client.query_one(&sql, &[&node]).await,
+        None => client.query_one(&sql, &[]).await,
+    }
+    .map_err(backend)?;
+    Ok(unsigned(row.get(0)))
+}
