@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::{Clock, Order};
-use floodgate_dispatch::{Dispatcher, Downstream, HttpDownstream, Outbox};
+use floodgate_dispatch::{Dispatcher, Downstream, Fence, HttpDownstream, Outbox};
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer, LegacyShop};
 use support::{MemoryOutbox, T0, orders, settings, store_with};
 
@@ -93,6 +93,7 @@ async fn drain<O: Outbox, D: Downstream>(
         settings,
         Clock::manual(T0).0,
         Arc::new(|_: &Order| {}),
+        Fence::solo(),
     );
     while shop.stats().received < ORDERS {
         tokio::time::sleep(Duration::from_millis(10)).await;

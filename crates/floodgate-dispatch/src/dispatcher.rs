@@ -22,6 +22,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::downstream::{Downstream, Verdict, verdict};
+use crate::leadership::Fence;
 use crate::outbox::Outbox;
 use crate::pacer::Pacer;
 
@@ -33,6 +34,10 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Orders read from the store per page at start-up.
 const RESUME_PAGE: u32 = 1_000;
+
+/// How often `submitting` orders nobody holds are looked for: left by a leader that lost its
+/// term between recording an attempt and sending it.
+const ORPHAN_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `[downstream]` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,8 @@ pub struct DispatchStats {
     pub limit_per_second: u32,
     /// The breaker.
     pub breaker: BreakerState,
+    /// This node delivers now (the only node, or the leader of several).
+    pub leading: bool,
 }
 
 /// Called once a rejected order's units are back in the store, so the intake can sell them.
@@ -91,13 +98,14 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts delivering the orders in `outbox` to `downstream`.
+    /// Starts delivering the orders in `outbox` to `downstream` whenever `fence` allows.
     pub fn start<O, D>(
         outbox: Arc<O>,
         downstream: Arc<D>,
         settings: DispatchSettings,
         clock: Clock,
         units_returned: UnitsReturned,
+        fence: Arc<Fence>,
     ) -> Self
     where
         O: Outbox + ?Sized,
@@ -116,6 +124,7 @@ impl Dispatcher {
             rate_per_second: pacer.rate(),
             limit_per_second: settings.rate_per_second.get(),
             breaker: breaker.state(),
+            leading: false,
         }));
         let (stop, stopped) = watch::channel(false);
         let run = Run {
@@ -136,6 +145,9 @@ impl Dispatcher {
             retry_serial: 0,
             holding: HashSet::new(),
             next_poll: Instant::now(),
+            fence,
+            term: None,
+            next_orphan_scan: Instant::now() + ORPHAN_SCAN_INTERVAL,
             stats: Arc::clone(&stats),
         };
         let task = tokio::spawn(run.run(stopped));
@@ -206,17 +218,23 @@ struct Run<O: ?Sized, D: ?Sized> {
     /// Every order in any of the places above, so a store read does not take one twice.
     holding: HashSet<OrderId>,
     next_poll: Instant,
+    fence: Arc<Fence>,
+    /// The term delivered under (`None`: another node delivers).
+    term: Option<u64>,
+    next_orphan_scan: Instant,
     stats: Arc<Mutex<DispatchStats>>,
 }
 
 impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
-        self.resume().await;
         loop {
             let now = Instant::now();
-            self.read_fresh(now).await;
-            self.claim_due(now);
-            self.start_ready(now);
+            self.follow_fence(now).await;
+            if self.term.is_some() {
+                self.read_fresh(now).await;
+                self.claim_due(now);
+                self.start_ready(now);
+            }
             self.publish();
             let wake = self.next_wake(now);
             tokio::select! {
@@ -240,8 +258,39 @@ impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
         tracing::debug!("dispatcher stopped");
     }
 
-    /// Orders left `submitting` by an earlier run may have reached the downstream: they are
-    /// sent again first, with the same key.
+    /// Starts delivering when this node gains a term (resuming what was left `submitting`),
+    /// stops when it loses it, and looks for orphaned attempts now and then while it leads.
+    async fn follow_fence(&mut self, now: Instant) {
+        let term = self.fence.term_at(now);
+        if term == self.term {
+            if term.is_some() && now >= self.next_orphan_scan {
+                self.next_orphan_scan = now + ORPHAN_SCAN_INTERVAL;
+                self.resume().await;
+            }
+            return;
+        }
+        if self.term.is_some() {
+            tracing::warn!("delivery term lost: holding off; the new leader resends what was left");
+            // What is not in flight is still in the store, for the next leader.
+            let parked = std::mem::take(&mut self.retries).into_values();
+            for order in self
+                .fresh
+                .drain(..)
+                .chain(self.ready.drain(..))
+                .chain(parked)
+            {
+                self.holding.remove(&order.order_id);
+            }
+        }
+        self.term = term;
+        if term.is_some() {
+            self.next_orphan_scan = now + ORPHAN_SCAN_INTERVAL;
+            self.resume().await;
+        }
+    }
+
+    /// Orders left `submitting` (by an earlier run, or another node's) may have reached the
+    /// downstream: they are sent again first, with the same key.
     async fn resume(&mut self) {
         let mut after = None;
         loop {
@@ -260,8 +309,9 @@ impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
             after = page.last().map(|order| order.order_id.clone());
             let now = Instant::now();
             for order in page {
-                self.holding.insert(order.order_id.clone());
-                self.schedule(order, now);
+                if self.holding.insert(order.order_id.clone()) {
+                    self.schedule(order, now);
+                }
             }
             if !full {
                 return;
@@ -362,6 +412,11 @@ impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
         };
         let now = Instant::now();
         for (mut order, recorded) in claimed {
+            if self.term.is_none() {
+                // Claimed under a term since lost: the next leader finds it `submitting`.
+                self.holding.remove(&order.order_id);
+                continue;
+            }
             match recorded {
                 Ok(()) => {
                     order.state = OrderState::Submitting;
@@ -526,6 +581,7 @@ impl<O: Outbox + ?Sized, D: Downstream + ?Sized> Run<O, D> {
         stats.in_flight = self.sends.len();
         stats.rate_per_second = self.pacer.rate();
         stats.breaker = self.breaker.state();
+        stats.leading = self.term.is_some();
     }
 }
 

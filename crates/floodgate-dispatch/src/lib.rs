@@ -8,16 +8,19 @@
 //! store is its only link to intake.
 //!
 //! The pace is the legacy system's: at most `rate_per_second` starts in any one-second window
-//! ([`pacer`]), slower while it shows overload, nothing while the [`breaker`] is open.
+//! ([`pacer`]), slower while it shows overload, nothing while the [`breaker`] is open. Several
+//! nodes sharing a store deliver through one leader at a time ([`leadership`]).
 
 mod breaker;
 mod dispatcher;
 mod downstream;
+mod leadership;
 mod outbox;
 mod pacer;
 
 pub use breaker::BreakerState;
 pub use dispatcher::{DispatchSettings, DispatchStats, Dispatcher, UnitsReturned};
 pub use downstream::{Downstream, HttpDownstream, MAX_RETRY_AFTER, Reply, ReplyFuture, order_body};
+pub use leadership::{Fence, Leadership};
 pub use outbox::Outbox;
 pub use pacer::WINDOW;

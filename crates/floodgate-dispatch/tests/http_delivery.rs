@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::{Clock, Order, OrderState};
-use floodgate_dispatch::{Dispatcher, HttpDownstream};
+use floodgate_dispatch::{Dispatcher, Fence, HttpDownstream};
 use floodgate_store::{OrderFilter, SqliteStore, Store};
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
 use support::{settings, store_with};
@@ -44,6 +44,7 @@ fn start(store: &Arc<SqliteStore>, server: &LegacyServer, rate: u32) -> Dispatch
         settings(rate),
         Clock::system(),
         Arc::new(|_: &Order| {}),
+        Fence::solo(),
     )
 }
 
@@ -108,6 +109,7 @@ async fn faults_over_http_lose_nothing_and_double_nothing() {
         settings,
         Clock::system(),
         Arc::new(|_: &Order| {}),
+        Fence::solo(),
     );
     let confirmed = until_all_confirmed(&store, 150, Duration::from_secs(30)).await;
     dispatcher.stop().await;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floodgate_core::{Clock, Order, OrderState};
-use floodgate_dispatch::{Dispatcher, Downstream, Reply, ReplyFuture};
+use floodgate_dispatch::{Dispatcher, Downstream, Fence, Reply, ReplyFuture};
 use floodgate_store::Delivery;
 use floodgate_testkit::legacy::{LegacyConfig, LegacyShop};
 use support::{MemoryOutbox, T0, orders, settings};
@@ -25,6 +25,7 @@ fn start<D: Downstream>(outbox: &Arc<MemoryOutbox>, downstream: &Arc<D>, rate: u
         settings(rate),
         Clock::manual(T0).0,
         Arc::new(|_: &Order| {}),
+        Fence::solo(),
     )
 }
 
@@ -117,6 +118,7 @@ async fn a_permanent_refusal_rejects_the_order_and_returns_its_units() {
         settings(10),
         Clock::manual(T0).0,
         Arc::new(move |order: &Order| seen.lock().unwrap().push(order.order_id.clone())),
+        Fence::solo(),
     );
     outbox.settled(20).await;
     dispatcher.stop().await;

@@ -345,6 +345,16 @@ fn front_door(page: &mut Exposition, front_door: &crate::front_door::FrontDoor) 
 
 fn delivery_figures(page: &mut Exposition, figures: &floodgate_dispatch::DispatchStats) {
     page.family(
+        "floodgate_delivery_leader",
+        "gauge",
+        "1 while this node delivers (the only node, or the leader of those sharing the store).",
+    );
+    page.sample(
+        "floodgate_delivery_leader",
+        &[],
+        f64::from(u8::from(figures.leading)),
+    );
+    page.family(
         "floodgate_delivery_attempts_total",
         "counter",
         "Delivery attempts started.",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use floodgate_dispatch::{DispatchSettings, Dispatcher, HttpDownstream};
+use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Leadership};
 use floodgate_gateway::config::{DownstreamConfig, StoreConfig};
 use floodgate_gateway::{Clock, Config, Gateway, Listeners};
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
@@ -107,16 +107,19 @@ pub(crate) async fn run_gateway(
             Box::pin(async move { HttpDownstream::check_reachable(&url, timeout).await })
         }));
     }
-    let dispatcher = start_dispatcher(&config.downstream, &store, &gateway, clock);
-    if let Some(dispatcher) = &dispatcher {
+    let delivery = start_delivery(&config, &store, &gateway, clock);
+    if let Some((dispatcher, _)) = &delivery {
         gateway.report_delivery(Box::new(dispatcher.stats_reader()));
     }
-    // The dispatcher stops first (its last answers are recorded), then the listeners drain and
-    // the store closes.
+    // The dispatcher stops first (its last answers are recorded) and resigns its term, then the
+    // listeners drain and the store closes.
     let shutdown = async {
         stop.await;
-        if let Some(dispatcher) = dispatcher {
+        if let Some((dispatcher, leadership)) = delivery {
             dispatcher.stop().await;
+            if let Some(leadership) = leadership {
+                leadership.stop().await;
+            }
         }
     };
     floodgate_gateway::run(listeners, gateway, config.connection_limits(), shutdown)
@@ -134,10 +137,12 @@ async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
             queue_capacity,
             ..PostgresOptions::default()
         };
+        let node = options.node.clone();
         let store = PostgresStore::open(url, options)
             .await
             .context("cannot open the PostgreSQL store (store.url)")?;
-        tracing::info!("store: PostgreSQL");
+        tracing::info!(%node, "store: PostgreSQL, shared with any other node on it");
+        announce(&format!("node {node}"));
         return Ok(Arc::new(store));
     }
     let options = SqliteOptions {
@@ -150,12 +155,41 @@ async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-/// Starts delivering accepted orders, if a downstream is configured.
+/// Starts delivering accepted orders, if a downstream is configured: at once on an unshared
+/// store, else whenever this node leads delivery among the nodes sharing it.
+fn start_delivery(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    gateway: &Arc<Gateway>,
+    clock: Clock,
+) -> Option<(Dispatcher, Option<Leadership>)> {
+    let shared = store.cluster().is_some();
+    let fence = if shared {
+        Fence::shared()
+    } else {
+        Fence::solo()
+    };
+    let dispatcher = start_dispatcher(
+        &config.downstream,
+        store,
+        gateway,
+        clock,
+        Arc::clone(&fence),
+    )?;
+    let leadership = shared.then(|| {
+        let term = Duration::from_millis(config.store.leader_ttl_ms);
+        Leadership::start(Arc::clone(store), fence, term)
+    });
+    Some((dispatcher, leadership))
+}
+
+/// The dispatcher, if a downstream is configured.
 fn start_dispatcher(
     config: &DownstreamConfig,
     store: &Arc<dyn Store>,
     gateway: &Arc<Gateway>,
     clock: Clock,
+    fence: Arc<Fence>,
 ) -> Option<Dispatcher> {
     let Some(url) = config.url.clone() else {
         tracing::warn!("no downstream.url: orders are accepted and kept, but not delivered");
@@ -182,6 +216,7 @@ fn start_dispatcher(
         settings,
         clock,
         Arc::new(move |order| intake.intake().return_units(order)),
+        fence,
     ))
 }
 
