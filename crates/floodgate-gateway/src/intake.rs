@@ -289,6 +289,35 @@ impl Intake {
         }
     }
 
+    /// Takes in the drops defined or changed through other nodes sharing the store.
+    pub(crate) async fn follow_drops(&self) -> Result<(), StoreError> {
+        let Some(cluster) = self.store.cluster() else {
+            return Ok(());
+        };
+        let stored = cluster.drops().await?;
+        let _one_definition_at_a_time = self.definitions.lock().await;
+        for (drop_id, spec) in stored {
+            match self.ledger(&drop_id) {
+                Some(ledger) => {
+                    let mut drop = lock(&ledger);
+                    if drop.spec() != &spec {
+                        tracing::info!(drop = %drop_id, "drop changed through another node");
+                        drop.apply_spec(spec);
+                    }
+                }
+                None => {
+                    tracing::info!(drop = %drop_id, "drop defined through another node");
+                    let ledger = Arc::new(Mutex::new(new_ledger(spec, true)));
+                    self.ledgers
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(drop_id, ledger);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Gives back the stock this node leased and did not sell (a graceful shutdown, once no
     /// order is being placed).
     pub(crate) async fn return_leases(&self) -> Result<(), StoreError> {

@@ -287,6 +287,8 @@ pub async fn run(
 
 /// How often a node sharing its store tends its leases of stock.
 const LEASE_TEND_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a node sharing its store looks for drops defined or changed through another.
+const DROP_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn tend_leases(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     if gateway.intake.store().cluster().is_none() {
@@ -294,9 +296,16 @@ async fn tend_leases(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) 
     }
     let mut ticks = tokio::time::interval(LEASE_TEND_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_follow = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticks.tick() => {
+                if tokio::time::Instant::now() >= next_follow {
+                    next_follow += DROP_FOLLOW_INTERVAL;
+                    if let Err(error) = gateway.intake.follow_drops().await {
+                        tracing::warn!(%error, "cannot read the drops other nodes defined");
+                    }
+                }
                 if let Err(error) = gateway.intake.tend_leases(gateway.clock.now()).await {
                     tracing::warn!(%error, "cannot tend the stock leases; trying again shortly");
                 }

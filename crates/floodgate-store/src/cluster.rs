@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use floodgate_core::DropId;
+use floodgate_core::{DropId, DropSpec};
 
 use crate::StoreFuture;
 
@@ -43,6 +43,9 @@ pub trait Cluster: Send + Sync {
     /// Takes or keeps the lead of `role` for `ttl`, unless another node holds it unexpired.
     /// `None`: another node leads.
     fn lead(&self, role: &str, ttl: Duration) -> StoreFuture<'_, Option<Term>>;
+
+    /// Every drop as stored, so a node learns of drops defined or changed through another.
+    fn drops(&self) -> StoreFuture<'_, Vec<(DropId, DropSpec)>>;
 
     /// Gives up the lead of `role`, if this node has it (at a graceful shutdown), so a follower
     /// need not wait for the term to expire.

@@ -286,9 +286,10 @@ async fn counts_by_sku_and_state(
         .collect())
 }
 
-async fn load(client: &Client, keys_since: Timestamp) -> Result<Snapshot, StoreError> {
+/// Every drop, by id.
+async fn load_drops(client: &Client) -> Result<Vec<(DropId, DropSpec)>, StoreError> {
     let corrupt = |what: String| StoreError::Backend(format!("stored drop is malformed: {what}"));
-    let mut snapshot = Snapshot::default();
+    let mut drops = Vec::new();
     for row in client
         .query("SELECT drop_id, spec FROM drops ORDER BY drop_id", &[])
         .await
@@ -297,8 +298,16 @@ async fn load(client: &Client, keys_since: Timestamp) -> Result<Snapshot, StoreE
         let drop_id = DropId::parse(row.get(0)).map_err(|error| corrupt(error.to_string()))?;
         let spec: DropSpec =
             serde_json::from_str(row.get(1)).map_err(|error| corrupt(error.to_string()))?;
-        snapshot.drops.push((drop_id, spec));
+        drops.push((drop_id, spec));
     }
+    Ok(drops)
+}
+
+async fn load(client: &Client, keys_since: Timestamp) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot {
+        drops: load_drops(client).await?,
+        ..Snapshot::default()
+    };
     for row in client
         .query(
             "SELECT drop_id, customer, sku, SUM(quantity)::int8 FROM orders

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use floodgate_core::DropId;
+use floodgate_core::{DropId, DropSpec};
 
 use super::PostgresStore;
 use super::schema::{backend, bigint};
@@ -155,6 +155,10 @@ impl Cluster for PostgresStore {
                 taken_over: row.get(1),
             }))
         })
+    }
+
+    fn drops(&self) -> StoreFuture<'_, Vec<(DropId, DropSpec)>> {
+        Box::pin(async move { super::load_drops(&*self.reader().await?).await })
     }
 
     fn resign(&self, role: &str) -> StoreFuture<'_, ()> {
