@@ -24,23 +24,8 @@ if [ "${STORE:-sqlite}" = postgres ]; then
   export FLOODGATE_STORE_URL=$pg_url
 fi
 start_floodgate
-put_drop bench '{
-  "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
-  "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 4000000000}]}'
-
-# Every request a new shopper with a new key: no replays, every order a durable write.
-cat > "$work/orders.lua" <<'LUA'
-local threads = 0
-function setup(thread) threads = threads + 1; thread:set("tid", threads) end
-function init(args) prefix = "t" .. tid .. "-" .. os.time() .. "-" ; counter = 0 end
-request = function()
-  counter = counter + 1
-  local id = prefix .. counter
-  local body = '{"customer":"' .. id .. '","sku":"unit","quantity":1}'
-  return wrk.format("POST", "/api/drops/bench/orders", {["Idempotency-Key"] = id, ["Content-Type"] = "application/json"}, body)
-end
-LUA
-
+put_drop bench "$BENCH_DROP"
+write_orders_lua "$work/orders.lua"
 
 echo "threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
 nginx_rates=(); fg_rates=(); nginx_p99=(); fg_p99=()

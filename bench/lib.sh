@@ -111,7 +111,7 @@ CONF
 
 # Starts a throwaway PostgreSQL cluster in $work/pg on a free loopback port (initdb and pg_ctl
 # from Debian's postgresql package; as the postgres user when run as root, since PostgreSQL
-# refuses root); sets pg_url, and pg_pid for bench_cleanup to stop it.
+# refuses root); sets pg_url, pg_bin (its programs' directory), and pg_pid for bench_cleanup.
 start_postgres() {
   local bin as=()
   bin=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -n 1)")")
@@ -122,8 +122,30 @@ start_postgres() {
   "${as[@]}" "$bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w \
     -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1" start >/dev/null
   pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
+  pg_bin=$bin
   pg_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
 }
+
+# Writes to $1 a wrk script in which every request is a new shopper with a new key: no replays,
+# every order a durable write.
+write_orders_lua() {
+  cat > "$1" <<'LUA'
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+function init(args) prefix = "t" .. tid .. "-" .. os.time() .. "-" .. math.random(1e9) .. "-"; counter = 0 end
+request = function()
+  counter = counter + 1
+  local id = prefix .. counter
+  local body = '{"customer":"' .. id .. '","sku":"unit","quantity":1}'
+  return wrk.format("POST", "/api/drops/bench/orders", {["Idempotency-Key"] = id, ["Content-Type"] = "application/json"}, body)
+end
+LUA
+}
+
+# The bench drop: one SKU with stock no run sells out, one unit per customer.
+BENCH_DROP='{
+  "name": "Bench drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+  "limit_per_customer": 1, "skus": [{"sku": "unit", "name": "Unit", "price_cents": 1, "stock": 4000000000}]}'
 
 # Creates or replaces drop $1 with the JSON definition $2 through the admin API.
 put_drop() {

@@ -158,6 +158,15 @@ impl DropLedger {
     pub fn grant(&mut self, sku: &str, granted: u64, unleased: u64) {
         if let Some(units) = self.skus.get_mut(sku) {
             units.stock += granted;
+        }
+        self.see_pool(sku, unleased);
+    }
+
+    /// The pool of `sku` (leased to no node) was last seen holding `unleased` units.
+    pub fn see_pool(&mut self, sku: &str, unleased: u64) {
+        if self.leased
+            && let Some(units) = self.skus.get_mut(sku)
+        {
             units.unleased = unleased;
         }
     }

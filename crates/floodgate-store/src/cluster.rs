@@ -44,6 +44,9 @@ pub trait Cluster: Send + Sync {
     /// `None`: another node leads.
     fn lead(&self, role: &str, ttl: Duration) -> StoreFuture<'_, Option<Term>>;
 
+    /// Units of each SKU in the pool, leased to no node: `(drop, sku, unleased)`.
+    fn unleased_stock(&self) -> StoreFuture<'_, Vec<(DropId, String, u64)>>;
+
     /// Every drop as stored, so a node learns of drops defined or changed through another.
     fn drops(&self) -> StoreFuture<'_, Vec<(DropId, DropSpec)>>;
 

@@ -157,6 +157,24 @@ impl Cluster for PostgresStore {
         })
     }
 
+    fn unleased_stock(&self) -> StoreFuture<'_, Vec<(DropId, String, u64)>> {
+        Box::pin(async move {
+            let rows = self
+                .reader()
+                .await?
+                .query("SELECT drop_id, sku, stock - allocated FROM stock", &[])
+                .await
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    let drop_id = DropId::parse(row.get(0)).ok()?;
+                    Some((drop_id, row.get(1), unsigned(row.get(2))))
+                })
+                .collect())
+        })
+    }
+
     fn drops(&self) -> StoreFuture<'_, Vec<(DropId, DropSpec)>> {
         Box::pin(async move { super::load_drops(&*self.reader().await?).await })
     }
