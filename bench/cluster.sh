@@ -49,7 +49,7 @@ round() {
   local per=$((CONNECTIONS / n)) threads=$(( THREADS / n > 0 ? THREADS / n : 1 ))
   for i in $(seq 0 $((n - 1))); do
     outs+=("$work/wrk-$i")
-    ( THREADS=$threads CONNECTIONS=$per run_wrk "${node_public[$i]}/api/drops/bench/orders" "$work/orders.lua" > "$work/wrk-$i" ) &
+    ( BENCH_PREFIX="r$RANDOM-n$i-" THREADS=$threads CONNECTIONS=$per run_wrk "${node_public[$i]}/api/drops/bench/orders" "$work/orders.lua" > "$work/wrk-$i" ) &
   done
   wait $(jobs -p | tail -n "$n")
   read -r rate p99 < <(cat "${outs[@]}" | awk '{ r += $1; if ($2 > p) p = $2 } END { printf "%.0f %.2f\n", r, p }')

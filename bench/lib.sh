@@ -127,12 +127,12 @@ start_postgres() {
 }
 
 # Writes to $1 a wrk script in which every request is a new shopper with a new key: no replays,
-# every order a durable write.
+# every order a durable write. Concurrent wrk processes need distinct BENCH_PREFIX values.
 write_orders_lua() {
   cat > "$1" <<'LUA'
 local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
-function init(args) prefix = "t" .. tid .. "-" .. os.time() .. "-" .. math.random(1e9) .. "-"; counter = 0 end
+function init(args) prefix = (os.getenv("BENCH_PREFIX") or "") .. "t" .. tid .. "-" .. os.time() .. "-"; counter = 0 end
 request = function()
   counter = counter + 1
   local id = prefix .. counter

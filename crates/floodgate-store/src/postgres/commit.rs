@@ -153,13 +153,15 @@ impl Statements {
             )
             .await?,
             // A customer's row is theirs alone, so it is no hot row; the limit is read from the
-            // drop in the same statement.
+            // drop in the same statement. Rows are locked in one order on every node, so two
+            // nodes' batches with the same customers wait for each other instead of deadlocking.
             hold_for_customers: prepare(
                 "INSERT INTO customer_holdings AS held (drop_id, customer, units)
                  SELECT wanted.drop_id, wanted.customer, wanted.units
                  FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS wanted (drop_id, customer, units)
                  JOIN drops ON drops.drop_id = wanted.drop_id
                  WHERE wanted.units <= drops.customer_limit
+                 ORDER BY wanted.drop_id, wanted.customer
                  ON CONFLICT (drop_id, customer) DO UPDATE SET units = held.units + excluded.units
                  WHERE held.units + excluded.units
                      <= (SELECT customer_limit FROM drops WHERE drops.drop_id = held.drop_id)
@@ -346,6 +348,10 @@ async fn accept_orders(
     if kept.is_empty() {
         return Ok(results);
     }
+    // In key order, for the same reason as the customers' rows: the unique index on keys
+    // makes a batch wait for another node's batch holding the same key.
+    let mut kept = kept;
+    kept.sort_by(|a, b| (&a.drop_id, &a.idempotency_key).cmp(&(&b.drop_id, &b.idempotency_key)));
     let inserted = batch.insert(&kept).await?;
     for (position, ((_, order), result)) in orders.iter().zip(results.iter_mut()).enumerate() {
         if result.is_ok() && !inserted.contains(order.order_id.as_str()) {
