@@ -7,7 +7,9 @@
 //!
 //! On a store several nodes share, a ledger is *leased*: each SKU's stock here is only the units
 //! this node has leased (and sold), topped up by the gateway's lease keeper; the units no node
-//! has leased yet are known only as last seen (`unleased`). A shopper still sees both as on sale.
+//! has leased yet, and those other nodes' leases still hold, are known only as last seen
+//! (`elsewhere`). A shopper still sees them as on sale: a node never says "sold out" while units
+//! sit in another node's lease.
 
 use std::collections::HashMap;
 
@@ -33,8 +35,9 @@ pub enum Refusal {
         /// Units still available.
         available: u64,
     },
-    /// This node's lease of the SKU is short but the shared pool has units: lease more, then
-    /// ask again (a leased ledger only; never shown to a shopper).
+    /// This node's lease of the SKU is short but units are on sale elsewhere (the shared pool,
+    /// or other nodes' leases that will come back): lease more, then ask again (a leased ledger
+    /// only; never shown to a shopper).
     #[error("the node's lease of the sku is short")]
     LeaseShort,
     /// The customer would exceed the per-customer limit.
@@ -52,8 +55,9 @@ struct SkuUnits {
     /// Units this ledger may sell: the SKU's stock, or (leased) the units leased to this node.
     stock: u64,
     held: u64,
-    /// Leased ledger: units in the shared pool, leased to no node, as last seen. Always 0 else.
-    unleased: u64,
+    /// Leased ledger: units on sale outside this ledger, in the shared pool or other nodes'
+    /// leases, as last seen. Always 0 else.
+    elsewhere: u64,
 }
 
 impl SkuUnits {
@@ -65,7 +69,7 @@ impl SkuUnits {
 
     /// Units a shopper may still get: this ledger's, and the pool's.
     fn on_sale(&self) -> u64 {
-        self.available() + self.unleased
+        self.available() + self.elsewhere
     }
 }
 
@@ -102,13 +106,13 @@ impl DropLedger {
                     SkuUnits {
                         stock: 0,
                         held: 0,
-                        unleased: sku.stock,
+                        elsewhere: sku.stock,
                     }
                 } else {
                     SkuUnits {
                         stock: sku.stock,
                         held: 0,
-                        unleased: 0,
+                        elsewhere: 0,
                     }
                 };
                 (sku.sku.clone(), units)
@@ -154,32 +158,41 @@ impl DropLedger {
             .collect()
     }
 
-    /// Adds `granted` leased units of `sku`; `unleased` is what the pool has left.
-    pub fn grant(&mut self, sku: &str, granted: u64, unleased: u64) {
+    /// Adds `granted` leased units of `sku`; `elsewhere` is what is left on sale outside this
+    /// ledger.
+    pub fn grant(&mut self, sku: &str, granted: u64, elsewhere: u64) {
         if let Some(units) = self.skus.get_mut(sku) {
             units.stock += granted;
         }
-        self.see_pool(sku, unleased);
+        self.see_elsewhere(sku, elsewhere);
     }
 
-    /// The pool of `sku` (leased to no node) was last seen holding `unleased` units.
-    pub fn see_pool(&mut self, sku: &str, unleased: u64) {
+    /// The units of `sku` on sale outside this ledger (the pool, other nodes' leases) were last
+    /// seen to be `elsewhere`.
+    pub fn see_elsewhere(&mut self, sku: &str, elsewhere: u64) {
         if self.leased
             && let Some(units) = self.skus.get_mut(sku)
         {
-            units.unleased = unleased;
+            units.elsewhere = elsewhere;
         }
     }
 
-    /// Takes back every unit of `sku` this ledger could still sell, to return them to the
-    /// pool; how many.
-    pub fn surrender(&mut self, sku: &str) -> u64 {
+    /// Takes back the units of `sku` this ledger could still sell beyond `keep`, to return them
+    /// to the pool; how many.
+    pub fn surrender(&mut self, sku: &str, keep: u64) -> u64 {
         let Some(units) = self.skus.get_mut(sku) else {
             return 0;
         };
-        let surrendered = units.available();
+        let surrendered = units.available().saturating_sub(keep);
         units.stock -= surrendered;
         surrendered
+    }
+
+    /// Takes `units` surrendered units of `sku` back (their return to the pool failed).
+    pub fn regain(&mut self, sku: &str, units: u64) {
+        if let Some(sku) = self.skus.get_mut(sku) {
+            sku.stock += units;
+        }
     }
 
     /// The lease of `sku` lapsed in the store: nothing more to sell from it.
@@ -221,7 +234,7 @@ impl DropLedger {
         }
         let available = units.available();
         let wanted = u64::from(quantity);
-        if available < wanted && units.unleased > 0 {
+        if available < wanted && units.elsewhere > 0 {
             return Err(Refusal::LeaseShort);
         }
         if available == 0 {
@@ -261,7 +274,7 @@ impl DropLedger {
             && let Some(units) = self.skus.get_mut(sku)
         {
             units.stock = units.stock.saturating_sub(u64::from(quantity));
-            units.unleased += u64::from(quantity);
+            units.elsewhere += u64::from(quantity);
         }
     }
 
@@ -272,7 +285,7 @@ impl DropLedger {
         {
             // Sold through some node's lease, and no longer in the pool.
             units.stock += quantity;
-            units.unleased = units.unleased.saturating_sub(quantity);
+            units.elsewhere = units.elsewhere.saturating_sub(quantity);
         }
         self.hold(customer, sku, quantity);
     }
@@ -319,13 +332,13 @@ impl DropLedger {
                     SkuUnits {
                         stock: leased,
                         held,
-                        unleased: declared.stock.saturating_sub(leased),
+                        elsewhere: declared.stock.saturating_sub(leased),
                     }
                 } else {
                     SkuUnits {
                         stock: declared.stock,
                         held,
-                        unleased: 0,
+                        elsewhere: 0,
                     }
                 };
                 (declared.sku.clone(), units)
@@ -430,7 +443,7 @@ mod tests {
         assert_eq!(drop.reserve("c1", "a", 2, LIVE), Ok(()));
         assert_eq!(drop.reserve("c2", "a", 2, LIVE), Err(Refusal::LeaseShort));
         assert_eq!(drop.available("a"), Some(8));
-        assert_eq!(drop.surrender("a"), 1);
+        assert_eq!(drop.surrender("a", 0), 1);
         assert_eq!(drop.supply(), vec![("a".to_owned(), 0, 2)]);
         drop.grant("a", 0, 0);
         assert_eq!(drop.reserve("c2", "a", 1, LIVE), Err(Refusal::SoldOut));

@@ -35,4 +35,6 @@ pub use order::{Order, OrderId, OrderRequest, OrderState, RequestFingerprint};
 pub use priority::Priority;
 pub use timestamp::Timestamp;
 pub use token::{Claims, Identity, Opened, TokenError, TokenKeys, TokenKind};
-pub use waiting_room::{RoomRules, RoomTotals, Standing, WaitingRoom, draw_key};
+pub use waiting_room::{
+    RecentTurns, RoomRules, RoomTotals, Standing, WaitingRoom, commitment, draw_key, throttled_cap,
+};

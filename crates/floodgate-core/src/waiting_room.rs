@@ -157,6 +157,43 @@ pub enum PassRefusal {
     Used,
 }
 
+/// What a room publishes about its draw's seed before the draw: SHA-256 of the seed.
+pub fn commitment(seed: &[u8; 32]) -> [u8; 32] {
+    Sha256::digest(seed).into()
+}
+
+/// The passes a room lets be in force while only `share` (0 to 1) of `max_active` is allowed,
+/// never fewer than one.
+pub fn throttled_cap(max_active: u32, share: f64) -> u32 {
+    let scaled = (f64::from(max_active) * share.clamp(0.0, 1.0)).ceil() as u32;
+    scaled.clamp(1, max_active)
+}
+
+/// A room's turns over the last minute, the basis of its waiting-time estimates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentTurns {
+    /// Passes issued.
+    pub admitted: u64,
+    /// Places skipped because their shopper stopped polling.
+    pub skipped: u64,
+    /// Milliseconds since the first of those admissions.
+    pub span_ms: i64,
+}
+
+impl RecentTurns {
+    /// Seconds until `ahead` more turns: the share of recent turns skipped is taken out of
+    /// `ahead`, and the rest go at the recent admission rate. `None` before anyone was admitted.
+    pub fn eta_seconds(&self, ahead: u64) -> Option<u64> {
+        if self.admitted == 0 {
+            return None;
+        }
+        let admitted = self.admitted as f64;
+        let per_second = admitted * 1_000.0 / self.span_ms.max(1_000) as f64;
+        let still_there = admitted / (admitted + self.skipped as f64);
+        Some(((ahead as f64 * still_there + 1.0) / per_second).ceil() as u64)
+    }
+}
+
 /// One drop's waiting room.
 #[derive(Debug)]
 pub struct WaitingRoom {
@@ -233,7 +270,7 @@ impl WaitingRoom {
 
     /// SHA-256 of the seed: published before the start, it binds the draw in advance.
     pub fn commitment(&self) -> [u8; 32] {
-        Sha256::digest(self.draw.seed).into()
+        commitment(&self.draw.seed)
     }
 
     /// The seed, once the draw has happened.
@@ -283,8 +320,7 @@ impl WaitingRoom {
     /// Admits only `share` (0 to 1) of `max_active` while the shop behind the room is
     /// saturated; passes already in force stay valid, fewer new ones are issued.
     pub fn throttle(&mut self, share: f64) {
-        let scaled = (f64::from(self.rules.max_active) * share.clamp(0.0, 1.0)).ceil() as u32;
-        self.cap = scaled.clamp(1, self.rules.max_active);
+        self.cap = throttled_cap(self.rules.max_active, share);
     }
 
     /// Marks the drop sold out (or back in stock): waiters learn it on their next poll.
@@ -499,15 +535,15 @@ impl WaitingRoom {
         standing
     }
 
-    /// Seconds until `ahead` more turns: the share of recent turns skipped (shoppers who
-    /// stopped polling) is taken out of `ahead`, and the rest go at the recent admission rate.
+    /// Seconds until `ahead` more turns, from the last minute's turns.
     fn eta(&self, ahead: u64, now: Timestamp) -> Option<u64> {
         let first = self.recent_admissions.front()?;
-        let span_ms = (now.unix_millis() - first.unix_millis()).max(1_000);
-        let admitted = self.recent_admissions.len() as f64;
-        let per_second = admitted * 1_000.0 / span_ms as f64;
-        let still_there = admitted / (admitted + self.recent_skips.len() as f64);
-        Some(((ahead as f64 * still_there + 1.0) / per_second).ceil() as u64)
+        let recent = RecentTurns {
+            admitted: self.recent_admissions.len() as u64,
+            skipped: self.recent_skips.len() as u64,
+            span_ms: now.unix_millis() - first.unix_millis(),
+        };
+        recent.eta_seconds(ahead)
     }
 
     fn seconds(&self, at: Timestamp) -> u32 {

@@ -232,7 +232,10 @@ async fn revoke_pass(
     let drop_id = DropId::parse(&drop).map_err(|_| ApiError::UnknownDrop)?;
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let Revoke { pass } = parse_json(&body)?;
-    gateway.rooms.revoke(&drop_id, &pass, gateway.clock.now())?;
+    gateway
+        .rooms
+        .revoke(&drop_id, &pass, gateway.clock.now())
+        .await?;
     tracing::info!(drop = %drop_id, "pass revoked by an operator");
     Ok(Json(json!({ "revoked": true })))
 }

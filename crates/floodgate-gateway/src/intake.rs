@@ -290,16 +290,15 @@ impl Intake {
     }
 
     /// Takes in the drops defined or changed through other nodes sharing the store, and how
-    /// many units their pools hold (other nodes' sales, and lapsed leases come back).
+    /// many units are on sale outside this node (other nodes sell, leases come back).
     pub(crate) async fn follow_drops(&self) -> Result<(), StoreError> {
         let Some(cluster) = self.store.cluster() else {
             return Ok(());
         };
         let stored = cluster.drops().await?;
-        let pools = cluster.unleased_stock().await?;
-        for (drop_id, sku, unleased) in pools {
+        for (drop_id, sku, elsewhere) in cluster.stock_elsewhere().await? {
             if let Some(ledger) = self.ledger(&drop_id) {
-                lock(&ledger).see_pool(&sku, unleased);
+                lock(&ledger).see_elsewhere(&sku, elsewhere);
             }
         }
         let _one_definition_at_a_time = self.definitions.lock().await;

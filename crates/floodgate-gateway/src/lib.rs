@@ -117,16 +117,18 @@ impl Gateway {
         settings: GatewaySettings,
         clock: Clock,
     ) -> Result<Arc<Self>, StoreError> {
+        let rooms = waiting_room::Rooms::new(
+            settings.token_keys,
+            i64::try_from(settings.abandon_after.as_millis()).unwrap_or(i64::MAX),
+            &store,
+        );
         let intake = Intake::restore(store, settings.intake, clock.now()).await?;
         Ok(Arc::new(Self {
             intake,
             front_door: front_door::FrontDoor::new(&settings.front_door),
             room_colour: settings.room_colour,
             identity: settings.identity,
-            rooms: waiting_room::Rooms::new(
-                settings.token_keys,
-                i64::try_from(settings.abandon_after.as_millis()).unwrap_or(i64::MAX),
-            ),
+            rooms,
             clock,
             admin_token: settings.admin_token,
             max_body_bytes: settings.max_body_bytes,
@@ -287,6 +289,8 @@ pub async fn run(
 
 /// How often a node sharing its store tends its leases of stock.
 const LEASE_TEND_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a node sharing its store advances the shared waiting rooms it serves.
+const ROOM_TEND_INTERVAL: Duration = Duration::from_millis(250);
 /// How often a node sharing its store looks for drops defined or changed through another.
 const DROP_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -297,6 +301,7 @@ async fn tend_leases(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) 
     let mut ticks = tokio::time::interval(LEASE_TEND_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_follow = tokio::time::Instant::now();
+    let mut next_rooms = next_follow;
     loop {
         tokio::select! {
             _ = ticks.tick() => {
@@ -308,6 +313,10 @@ async fn tend_leases(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) 
                 }
                 if let Err(error) = gateway.intake.tend_leases(gateway.clock.now()).await {
                     tracing::warn!(%error, "cannot tend the stock leases; trying again shortly");
+                }
+                if tokio::time::Instant::now() >= next_rooms {
+                    next_rooms += ROOM_TEND_INTERVAL;
+                    gateway.rooms.tend(&gateway.intake, gateway.clock.now()).await;
                 }
             }
             () = server::stop_requested(&mut stopped) => return,

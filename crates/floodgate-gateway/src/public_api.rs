@@ -128,7 +128,7 @@ async fn place_order(
             .and_then(|value| value.to_str().ok())
             .ok_or(ApiError::InvalidPass)?;
         let identity = Identity::of(&request.customer);
-        Some(gateway.rooms.hold(&drop_id, &identity, pass, now)?)
+        Some(gateway.rooms.hold(&drop_id, &identity, pass, now).await?)
     } else {
         None
     };
@@ -148,7 +148,7 @@ async fn place_order(
                 ledger.state_at(now) == DropState::SoldOut
             })
             .unwrap_or(false);
-        held.settle(spent, sold_out, now);
+        held.settle(spent, sold_out, now).await;
     }
     let placed = placed?;
     let order_id = placed.order_id();

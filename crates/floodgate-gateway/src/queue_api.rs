@@ -66,7 +66,8 @@ async fn join_queue(
     };
     let answer = gateway
         .rooms
-        .join(&drop, &Identity::of(&customer.name), sold_out, now);
+        .join(&drop, &Identity::of(&customer.name), sold_out, now)
+        .await?;
     let mut response = queue_response(answer)?;
     if let Some(cookie) = customer.new_cookie {
         response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -107,8 +108,11 @@ async fn fairness(
     Path(drop): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = gateway.clock.now();
-    let (drop, _) = room_drop(&gateway, &drop, now)?;
-    let fairness = gateway.rooms.fairness(&drop, now);
+    let (drop, state) = room_drop(&gateway, &drop, now)?;
+    let fairness = gateway
+        .rooms
+        .fairness(&drop, state == DropState::SoldOut, now)
+        .await?;
     let hex = |bytes: &[u8]| {
         bytes
             .iter()
@@ -134,7 +138,7 @@ async fn queue_view(
     Path(ticket): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let answer = poll(&gateway, &ticket)?;
+    let answer = poll(&gateway, &ticket).await?;
     if wants_html(&headers) {
         return Ok(page(&gateway, &ticket, &answer).into_response());
     }
@@ -142,14 +146,16 @@ async fn queue_view(
 }
 
 /// Where the holder of `ticket` stands now (a poll: it keeps the place).
-fn poll(gateway: &Gateway, ticket: &str) -> Result<Answer, ApiError> {
+async fn poll(gateway: &Gateway, ticket: &str) -> Result<Answer, ApiError> {
     let now = gateway.clock.now();
     gateway.rooms.observe_intake(&gateway.intake, now);
-    gateway.rooms.poll(ticket, now, |drop_id| {
-        gateway
-            .intake
-            .with_drop(drop_id, |ledger| ledger.state_at(now) == DropState::SoldOut)
-    })
+    gateway
+        .rooms
+        .poll(ticket, now, |drop_id| {
+            let (drop, state) = room_drop(gateway, drop_id.as_str(), now).ok()?;
+            Some((drop, state == DropState::SoldOut))
+        })
+        .await
 }
 
 /// Pushes the shopper's standing whenever it changes, until they are admitted or the drop sells
@@ -158,7 +164,7 @@ async fn queue_events(
     State(gateway): State<Arc<Gateway>>,
     Path(ticket): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let first = poll(&gateway, &ticket)?;
+    let first = poll(&gateway, &ticket).await?;
     let stream = futures_util::stream::unfold(
         (gateway, ticket, Some(first), None::<Value>, false),
         |(gateway, ticket, mut next, mut last, done)| async move {
@@ -170,7 +176,7 @@ async fn queue_events(
                     Some(answer) => Ok(answer),
                     None => {
                         tokio::time::sleep(EVENT_TICK).await;
-                        poll(&gateway, &ticket)
+                        poll(&gateway, &ticket).await
                     }
                 };
                 let (view, last_one) = match answer {

@@ -5,7 +5,10 @@
 //! A shopper who finds the lease empty waits for one refill (single-flight per SKU) rather than
 //! being told "sold out" while the pool still has units. Leases are renewed well before they
 //! lapse, given back at a graceful shutdown, and a node that dies strands its lease only until
-//! it lapses: every node reclaims lapsed leases, whoever held them.
+//! it lapses: every node reclaims lapsed leases, whoever held them. A lease that sells nothing
+//! for a while goes back to the pool, and so does most of one that another node asked for (its
+//! own request fell short), so the last units of a drop end up on the nodes whose shoppers still
+//! want them; those shoppers are told "try again", never "sold out", meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +30,13 @@ const MAX_BLOCK: u64 = 50_000;
 const RATE_DECAY_PER_SECOND: f64 = 0.5;
 /// How often lapsed leases, this node's or another's, are put back in the pool.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// A lease that sold nothing for this long is given back.
+const IDLE_LEASE: Duration = Duration::from_secs(2);
+/// Seconds of sales a node keeps of a lease another node asked for.
+const WANTED_KEEP_SECONDS: f64 = 0.25;
+/// How long after giving units back a node tops its lease up only for its own orders, so the
+/// units go to the node that asked rather than straight back.
+const GIVEN_BACK_HOLD_OFF: Duration = Duration::from_secs(1);
 
 type SkuKey = (DropId, String);
 
@@ -37,6 +47,10 @@ struct SkuPace {
     sold: u64,
     /// Units per second, rising at once and fading slowly.
     rate: f64,
+    /// When the last sale (or the first look) was seen.
+    last_sale: Option<Instant>,
+    /// When units of the lease were last given back.
+    given_back: Option<Instant>,
 }
 
 /// One node's lease keeping.
@@ -82,7 +96,7 @@ impl StockLeases {
         };
         let _no_renewal_meanwhile = self.refills.read().await;
         let _one_refill = gate.lock().await;
-        let (available, unleased) = {
+        let (available, elsewhere) = {
             let drop = lock(ledger);
             let available = drop
                 .supply()
@@ -94,15 +108,16 @@ impl StockLeases {
         if available >= needed {
             return Ok(());
         }
-        // Half the pool at most, so the last units are spread over the nodes still selling.
+        // Half of what is left at most, so the last units are spread over the nodes still
+        // selling (the store grants no more than its pool holds).
         let wanted = self
             .block(&key)
-            .min(unleased.div_ceil(2))
+            .min(elsewhere.div_ceil(2))
             .max(needed - available);
         let grant = cluster
             .lease_stock(drop_id.clone(), sku.to_owned(), wanted, self.ttl)
             .await?;
-        lock(ledger).grant(sku, grant.granted, grant.unleased);
+        lock(ledger).grant(sku, grant.granted, grant.elsewhere);
         tracing::debug!(drop = %drop_id, sku, granted = grant.granted, unleased = grant.unleased, "stock leased");
         Ok(())
     }
@@ -116,7 +131,8 @@ impl StockLeases {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let elapsed = self.since_last_tended();
-        let mut low = Vec::new();
+        let wanted: HashSet<SkuKey> = cluster.wanted_leases().await?.into_iter().collect();
+        let (mut low, mut returns) = (Vec::new(), Vec::new());
         for (drop_id, ledger) in ledgers {
             let (live, supply) = {
                 let drop = lock(ledger);
@@ -127,11 +143,38 @@ impl StockLeases {
             };
             for (sku, available, sold) in supply {
                 let key = (drop_id.clone(), sku);
-                let block = self.measure(&key, sold, elapsed);
-                if live && available < block / 2 {
+                let (block, sold_lately) = self.measure(&key, sold, elapsed);
+                if wanted.contains(&key) {
+                    // An idle lease keeps nothing, however fast it once sold.
+                    let keep = if sold_lately {
+                        (self.rate(&key) * WANTED_KEEP_SECONDS) as u64
+                    } else {
+                        0
+                    };
+                    returns.push((drop_id, ledger, key.1, keep));
+                } else if available > 0 && !sold_lately {
+                    returns.push((drop_id, ledger, key.1, 0));
+                } else if live && available < block / 2 && !self.gave_back_lately(&key) {
                     low.push((drop_id, ledger, key.1));
                 }
             }
+        }
+        for (drop_id, ledger, sku, keep) in returns {
+            let units = lock(ledger).surrender(&sku, keep);
+            if units == 0 {
+                continue;
+            }
+            self.with_pace(&(drop_id.clone(), sku.clone()), |pace| {
+                pace.given_back = Some(Instant::now());
+            });
+            let returned = cluster
+                .return_stock(drop_id.clone(), sku.clone(), units)
+                .await;
+            if let Err(error) = returned {
+                lock(ledger).regain(&sku, units);
+                return Err(error);
+            }
+            tracing::debug!(drop = %drop_id, sku, units, "stock lease returned");
         }
         for (drop_id, ledger, sku) in low {
             if lock(ledger).available(&sku).unwrap_or(0) > 0 {
@@ -164,7 +207,7 @@ impl StockLeases {
         for (_, ledger) in ledgers {
             let mut drop = lock(ledger);
             for (sku, ..) in drop.supply() {
-                drop.surrender(&sku);
+                drop.surrender(&sku, 0);
             }
         }
         cluster.return_all_stock().await
@@ -197,22 +240,42 @@ impl StockLeases {
     }
 
     /// Updates the SKU's sell rate from units sold since the last call; the lease size it calls
-    /// for.
-    fn measure(&self, key: &SkuKey, sold: u64, elapsed: Option<Duration>) -> u64 {
-        let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
-        let pace = paces.entry(key.clone()).or_default();
-        if let Some(elapsed) = elapsed.filter(|elapsed| !elapsed.is_zero()) {
-            let seconds = elapsed.as_secs_f64();
-            let recent = sold.saturating_sub(pace.sold) as f64 / seconds;
-            pace.rate = recent.max(pace.rate * RATE_DECAY_PER_SECOND.powf(seconds));
-        }
-        pace.sold = sold;
-        block_for(pace.rate)
+    /// for, and whether it sold within [`IDLE_LEASE`].
+    fn measure(&self, key: &SkuKey, sold: u64, elapsed: Option<Duration>) -> (u64, bool) {
+        let now = Instant::now();
+        self.with_pace(key, |pace| {
+            if pace.last_sale.is_none() || sold != pace.sold {
+                pace.last_sale = Some(now);
+            }
+            let sold_lately = pace.last_sale.is_some_and(|at| now - at < IDLE_LEASE);
+            if let Some(elapsed) = elapsed.filter(|elapsed| !elapsed.is_zero()) {
+                let seconds = elapsed.as_secs_f64();
+                let recent = sold.saturating_sub(pace.sold) as f64 / seconds;
+                pace.rate = recent.max(pace.rate * RATE_DECAY_PER_SECOND.powf(seconds));
+            }
+            pace.sold = sold;
+            (block_for(pace.rate), sold_lately)
+        })
     }
 
     fn block(&self, key: &SkuKey) -> u64 {
-        let paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
-        block_for(paces.get(key).map_or(0.0, |pace| pace.rate))
+        block_for(self.rate(key))
+    }
+
+    fn rate(&self, key: &SkuKey) -> f64 {
+        self.with_pace(key, |pace| pace.rate)
+    }
+
+    fn gave_back_lately(&self, key: &SkuKey) -> bool {
+        self.with_pace(key, |pace| {
+            pace.given_back
+                .is_some_and(|at| at.elapsed() < GIVEN_BACK_HOLD_OFF)
+        })
+    }
+
+    fn with_pace<T>(&self, key: &SkuKey, read: impl FnOnce(&mut SkuPace) -> T) -> T {
+        let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
+        read(paces.entry(key.clone()).or_default())
     }
 
     fn since_last_tended(&self) -> Option<Duration> {
@@ -260,9 +323,9 @@ mod tests {
         leases.measure(&key, 0, None);
         assert_eq!(
             leases.measure(&key, 500, Some(Duration::from_millis(100))),
-            5_000
+            (5_000, true)
         );
-        let faded = leases.measure(&key, 500, Some(Duration::from_secs(1)));
+        let (faded, _) = leases.measure(&key, 500, Some(Duration::from_secs(1)));
         assert_eq!(faded, 2_500);
     }
 }

@@ -18,7 +18,9 @@ use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderState, RequestFingerprint, Timestamp,
 };
 
-pub use cluster::{Cluster, LeaseGrant, LeaseHeld, Term};
+pub use cluster::{
+    AdmissionRules, Cluster, LeaseGrant, LeaseHeld, SharedPlace, SharedRoomView, SharedRooms, Term,
+};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 

@@ -10,6 +10,7 @@
 
 mod cluster;
 mod commit;
+mod rooms;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,9 @@ pub struct PostgresStore {
     /// Each replaced by a new connection once it is found closed (the database restarted).
     readers: Vec<RwLock<Arc<Client>>>,
     next_reader: AtomicUsize,
+    /// The connection for work that needs a transaction of its own (stock leases, waiting-room
+    /// advances), one at a time.
+    coordinator: tokio::sync::Mutex<Client>,
 }
 
 impl PostgresStore {
@@ -118,12 +122,14 @@ impl PostgresStore {
         for _ in 0..options.readers.max(1) {
             readers.push(RwLock::new(Arc::new(connect(&config).await?)));
         }
+        let coordinator = tokio::sync::Mutex::new(connect(&config).await?);
         Ok(Self {
             node: options.node,
             writer,
             config,
             readers,
             next_reader: AtomicUsize::new(0),
+            coordinator,
         })
     }
 
@@ -138,6 +144,15 @@ impl PostgresStore {
         let fresh = Arc::new(connect(&self.config).await?);
         *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&fresh);
         Ok(fresh)
+    }
+
+    /// The coordinator's connection, reconnected first if the database closed it.
+    async fn coordinator(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, StoreError> {
+        let mut coordinator = self.coordinator.lock().await;
+        if coordinator.is_closed() {
+            *coordinator = connect(&self.config).await?;
+        }
+        Ok(coordinator)
     }
 }
 

@@ -46,12 +46,16 @@ async fn two_nodes_starting_at_once_migrate_once_and_both_run() {
         second.cluster().unwrap().node()
     );
     let client = connect(&url).await;
-    let migrations: i64 = client
-        .query_one("SELECT COUNT(*) FROM floodgate_migrations", &[])
+    let once: bool = client
+        .query_one(
+            "SELECT COUNT(*) = COUNT(DISTINCT version) AND COUNT(*) = MAX(version)
+             FROM floodgate_migrations",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 2, "each migration ran once");
+    assert!(once, "each migration ran once");
     first.check_writable().await.unwrap();
     second.check_writable().await.unwrap();
 }

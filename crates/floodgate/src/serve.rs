@@ -71,7 +71,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let secret = if config.waiting_room.secret.is_empty() {
         tracing::warn!(
             "no waiting_room.secret: one is generated, so tickets and passes do not survive a \
-             restart; set FLOODGATE_SECRET"
+             restart nor work on another node; set FLOODGATE_SECRET (the same on every node)"
         );
         uuid::Uuid::new_v4().simple().to_string()
     } else {

@@ -1,8 +1,13 @@
-//! Three nodes of the real binary on one PostgreSQL (a throwaway cluster), 2,000 units and
-//! 30,000 orders spread across them by the test, one node SIGKILLed mid-drop and the delivery
-//! leader SIGKILLed later: nothing oversold, every `202` stored, the dead nodes' leases back in
-//! the pool once they lapse, and the legacy shop sees each order once and never more than its
-//! limit in any one-second window.
+//! Three nodes of the real binary on one PostgreSQL (a throwaway cluster).
+//!
+//! The drop: 2,000 units and 30,000 orders spread across the nodes by the test, one node
+//! SIGKILLed mid-drop and the delivery leader SIGKILLed later: nothing oversold, every `202`
+//! stored, the dead nodes' leases back in the pool once they lapse, and the legacy shop sees
+//! each order once and never more than its limit in any one-second window.
+//!
+//! The waiting room: shoppers join, poll and order through a different node each time; the
+//! pre-queue is drawn once for all nodes, and the passes in force never exceed `max_active`
+//! across the nodes, sampled from the database throughout.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -27,19 +32,53 @@ const RATE: u64 = 250;
 const LEASE_TTL_MS: u64 = 3_000;
 const LEADER_TTL_MS: u64 = 2_000;
 
+/// Polls every 100 ms until `done`, failing the test after `patience`.
+macro_rules! wait_until {
+    ($what:expr, $patience:expr, $done:expr) => {{
+        let deadline = Instant::now() + $patience;
+        while !$done {
+            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
 fn spawn(data: &Path, url: &str, shop: &LegacyServer) -> GatewayProcess {
     let config = format!(
         "lease_ttl_ms = {LEASE_TTL_MS}\nleader_ttl_ms = {LEADER_TTL_MS}\n\
          [downstream]\nurl = \"{}\"\nrate_per_second = {RATE}\nmax_in_flight = 32\n",
         shop.orders_url()
     );
+    spawn_with(data, url, &config)
+}
+
+fn spawn_with(data: &Path, url: &str, config: &str) -> GatewayProcess {
     GatewayProcess::spawn_with_env(
         Path::new(env!("CARGO_BIN_EXE_floodgate")),
         data,
-        &config,
-        &[("FLOODGATE_STORE_URL", url)],
+        config,
+        // Every node signs and checks tickets and passes with the same key.
+        &[
+            ("FLOODGATE_STORE_URL", url),
+            ("FLOODGATE_SECRET", "one-secret-for-every-node"),
+        ],
     )
     .unwrap()
+}
+
+/// Waits until every node serves `drop`.
+async fn known_everywhere(client: &HttpClient, public: &[String], drop: &str) {
+    for node in public {
+        let page = format!("{node}/api/drops/{drop}");
+        wait_until!(
+            "every node to know the drop",
+            Duration::from_secs(10),
+            client
+                .get(&page, &[])
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK)
+        );
+    }
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -65,17 +104,6 @@ async fn leader_pid(db: &tokio_postgres::Client) -> Option<u32> {
         .unwrap()?;
     let node: String = row.get(0);
     node.split('-').nth(1)?.parse().ok()
-}
-
-/// Polls every 100 ms until `done`, failing the test after `patience`.
-macro_rules! wait_until {
-    ($what:expr, $patience:expr, $done:expr) => {{
-        let deadline = Instant::now() + $patience;
-        while !$done {
-            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }};
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,21 +134,11 @@ async fn three_nodes_sigkilled_one_by_one_oversell_lose_and_double_nothing() {
         "skus": [{ "sku": "rod", "name": "Rod", "price_cents": 100, "stock": STOCK }],
     });
     nodes[0].put_drop(&client, "surge", &surge).await.unwrap();
-    for node in &nodes {
-        let page = format!("{}/api/drops/surge", node.public_url);
-        wait_until!(
-            "every node to know the drop",
-            Duration::from_secs(10),
-            client
-                .get(&page, &[])
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-        );
-    }
+    let public: Vec<String> = nodes.iter().map(|node| node.public_url.clone()).collect();
+    known_everywhere(&client, &public, "surge").await;
     let db = connect(&url).await;
 
     // 30,000 orders round-robin over the nodes; node 1 is SIGKILLed after 1,200 answers.
-    let public: Vec<String> = nodes.iter().map(|node| node.public_url.clone()).collect();
     let nodes: Vec<Arc<Mutex<Option<GatewayProcess>>>> = nodes
         .into_iter()
         .map(|node| Arc::new(Mutex::new(Some(node))))
@@ -249,5 +267,208 @@ async fn three_nodes_sigkilled_one_by_one_oversell_lose_and_double_nothing() {
         stats.starts,
         stats.duplicates,
         stats.max_starts_in_any_second
+    );
+}
+
+const ROOM_SHOPPERS: usize = 300;
+const ROOM_STOCK: i64 = 200;
+const MAX_ACTIVE: i64 = 10;
+/// Orders answered "try again" (`503`) in the room test.
+static RETRIES: AtomicUsize = AtomicUsize::new(0);
+
+/// How one shopper of the room test fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ordered,
+    SoldOut,
+}
+
+/// Shoppers whose join was answered "prequeue".
+static PREQUEUED: AtomicUsize = AtomicUsize::new(0);
+
+/// One shopper: joins through one node, polls through the next ones in turn, and orders with
+/// the pass through yet another.
+async fn shop_through_the_room(
+    client: HttpClient,
+    public: Arc<Vec<String>>,
+    shopper: usize,
+) -> Outcome {
+    let customer = format!("c-{shopper}");
+    let node = |turn: usize| public[(shopper + turn) % public.len()].clone();
+    let join = format!("{}/api/drops/room/queue", node(0));
+    let mut answer = client
+        .send(
+            Method::POST,
+            &join,
+            &[],
+            Some(&json!({ "customer": customer })),
+        )
+        .await
+        .unwrap();
+    if answer.body["state"] == "prequeue" {
+        PREQUEUED.fetch_add(1, Ordering::Relaxed);
+    }
+    for turn in 1.. {
+        if answer.status == StatusCode::GONE {
+            return Outcome::SoldOut;
+        }
+        match answer.body["state"].as_str() {
+            Some("admitted") => break,
+            Some("waiting" | "prequeue") => {}
+            other => panic!("unexpected answer {other:?}: {}", answer.body),
+        }
+        assert!(turn < 600, "{customer} waited too long");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ticket = answer.body["ticket"].as_str().unwrap().to_owned();
+        answer = client
+            .get(&format!("{}/api/queue/{ticket}", node(turn)), &[])
+            .await
+            .unwrap();
+    }
+    let pass = answer.body["pass"].as_str().unwrap().to_owned();
+    let orders = format!("{}/api/drops/room/orders", node(7));
+    let key = format!("room-{shopper}");
+    let body = json!({ "customer": customer, "sku": "rod", "quantity": 1 });
+    // "Try again" while the last units move between the nodes' leases: the same key, the
+    // same pass.
+    let mut placed = None;
+    for _ in 0..200 {
+        let answer = client
+            .send(
+                Method::POST,
+                &orders,
+                &[("idempotency-key", &key), ("floodgate-pass", &pass)],
+                Some(&body),
+            )
+            .await
+            .unwrap();
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            placed = Some(answer);
+            break;
+        }
+        RETRIES.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let placed = placed.expect("an answer other than 503 within 20 s");
+    match placed.status {
+        StatusCode::ACCEPTED => Outcome::Ordered,
+        StatusCode::GONE => Outcome::SoldOut,
+        status => panic!(
+            "{customer}'s order through another node: {status} {}",
+            placed.body
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_room_shared_by_three_nodes_holds_max_active_across_them() {
+    let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
+    let url = cluster.url("postgres");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<GatewayProcess> = dirs
+        .iter()
+        .map(|dir| spawn_with(dir.path(), &url, ""))
+        .collect();
+    let client = HttpClient::new(Duration::from_secs(20));
+    let db = connect(&url).await;
+    // Starts in five seconds by the database's clock: the joins go to the pre-queue.
+    let starts_at: String = db
+        .query_one(
+            "SELECT to_char((now() + interval '5 seconds') AT TIME ZONE 'UTC',
+                            'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let drop = json!({
+        "name": "Room drop",
+        "starts_at": starts_at,
+        "ends_at": "2099-01-01T00:00:00Z",
+        "limit_per_customer": 1,
+        "skus": [{ "sku": "rod", "name": "Rod", "price_cents": 100, "stock": ROOM_STOCK }],
+        "waiting_room": { "enabled": true, "max_active": MAX_ACTIVE, "prequeue_s": 600, "pass_ttl_s": 60 },
+    });
+    nodes[0].put_drop(&client, "room", &drop).await.unwrap();
+    let public: Arc<Vec<String>> =
+        Arc::new(nodes.iter().map(|node| node.public_url.clone()).collect());
+    known_everywhere(&client, &public, "room").await;
+
+    // The passes in force, sampled from the database every 10 ms while the shoppers shop.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (sampling, url) = (Arc::clone(&sampling), url.clone());
+        tokio::spawn(async move {
+            let db = connect(&url).await;
+            let (mut most, mut samples) = (0, 0);
+            while sampling.load(Ordering::Relaxed) {
+                let in_force = count(
+                    &db,
+                    "SELECT COUNT(*) FROM room_places
+                     WHERE state IN ('admitted', 'held') AND expires_at > now()",
+                )
+                .await;
+                (most, samples) = (most.max(in_force), samples + 1);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (most, samples)
+        })
+    };
+    let shoppers: Vec<_> = (0..ROOM_SHOPPERS)
+        .map(|shopper| {
+            tokio::spawn(shop_through_the_room(
+                client.clone(),
+                Arc::clone(&public),
+                shopper,
+            ))
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(ROOM_SHOPPERS);
+    for shopper in shoppers {
+        outcomes.push(shopper.await.unwrap());
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let (most_in_force, samples) = sampler.await.unwrap();
+
+    let ordered = outcomes.iter().filter(|o| **o == Outcome::Ordered).count() as i64;
+    assert!(
+        most_in_force <= MAX_ACTIVE,
+        "{most_in_force} passes in force at once across the nodes; max_active is {MAX_ACTIVE}"
+    );
+    assert_eq!(
+        ordered, ROOM_STOCK,
+        "every unit sold through the room, none oversold"
+    );
+    let stored = count(&db, "SELECT COUNT(*) FROM orders WHERE drop_id = 'room'").await;
+    assert_eq!(stored, ordered, "every 202 stored");
+    // Everyone who joined before the start was drawn into the line once, in one order for all
+    // nodes.
+    let drawn = count(&db, "SELECT entrants FROM rooms WHERE drop_id = 'room'").await;
+    let prequeued = PREQUEUED.load(Ordering::Relaxed) as i64;
+    assert!(prequeued > 0, "nobody joined before the start");
+    assert_eq!(drawn, prequeued, "the whole pre-queue drawn");
+    let positions = count(
+        &db,
+        "SELECT COUNT(DISTINCT position) FROM room_places WHERE drop_id = 'room'",
+    )
+    .await;
+    assert_eq!(positions, ROOM_SHOPPERS as i64, "one place per shopper");
+    // Turns went in position order, whichever node admitted them.
+    let overtaken = count(
+        &db,
+        "SELECT COUNT(*) FROM room_places early JOIN room_places late
+             ON early.drop_id = late.drop_id AND early.position < late.position
+         WHERE early.drop_id = 'room' AND early.admitted_at > late.admitted_at",
+    )
+    .await;
+    assert_eq!(
+        overtaken, 0,
+        "a later place was admitted before an earlier one"
+    );
+    eprintln!(
+        "{ordered} ordered, {} sold out, {} retried; at most {most_in_force} passes in force \
+         ({samples} samples), {drawn} drawn from the pre-queue",
+        outcomes.len() as i64 - ordered,
+        RETRIES.load(Ordering::Relaxed)
     );
 }

@@ -1,6 +1,9 @@
-//! PostgreSQL as the nodes' [`Cluster`]: each call is one statement (data-modifying CTEs keep
-//! a lease's row and its SKU's row in step), on the read connections, so the writer's batches
-//! never wait for it.
+//! PostgreSQL as the nodes' [`Cluster`], off the writer's connection so its batches never wait
+//! for it. A lease is granted in a transaction of its own that locks the SKU's row first (a
+//! data-modifying CTE that read the free units and took them in one statement was seen to take
+//! more than was free under concurrent grants; the `allocated <= stock` check caught it); the
+//! other calls are one statement each, data-modifying CTEs keeping a lease's row and its SKU's
+//! row in step.
 
 use std::time::Duration;
 
@@ -32,41 +35,83 @@ impl Cluster for PostgresStore {
         ttl: Duration,
     ) -> StoreFuture<'_, LeaseGrant> {
         Box::pin(async move {
-            // The SKU's row is locked for the grant: the one write to it per lease.
-            let row = self
-                .reader()
-                .await?
+            let mut coordinator = self.coordinator().await?;
+            let transaction = coordinator.transaction().await.map_err(backend)?;
+            let (drop, node) = (drop_id.as_str(), self.node.as_str());
+            // Locks are taken lease first, then the SKU's row, as the writer's batches take
+            // them (their orders draw on the lease, then the pool), so the two never deadlock.
+            transaction
+                .execute(
+                    "SELECT 1 FROM stock_leases
+                     WHERE drop_id = $1 AND sku = $2 AND node = $3 FOR UPDATE",
+                    &[&drop, &sku, &node],
+                )
+                .await
+                .map_err(backend)?;
+            // The SKU's row is locked for the grant (the one write to it per lease), so nothing
+            // moves its count between reading what is free and taking it.
+            let before: i64 = transaction
                 .query_opt(
-                    "WITH free AS (
-                         SELECT LEAST($3, stock - allocated) AS units, stock - allocated AS before
-                         FROM stock WHERE drop_id = $1 AND sku = $2 FOR UPDATE
-                     ), granted AS (
-                         UPDATE stock SET allocated = allocated + free.units FROM free
-                         WHERE drop_id = $1 AND sku = $2
-                         RETURNING free.units, free.before - free.units AS unleased
-                     ), leased AS (
-                         INSERT INTO stock_leases (drop_id, sku, node, remaining, expires_at)
-                         SELECT $1, $2, $4, units, now() + $5 * interval '1 second'
-                         FROM granted WHERE units > 0
-                         ON CONFLICT (drop_id, sku, node) DO UPDATE
-                         SET remaining = stock_leases.remaining + excluded.remaining,
-                             expires_at = excluded.expires_at
-                     )
-                     SELECT units, unleased FROM granted",
-                    &[
-                        &drop_id.as_str(),
-                        &sku,
-                        &bigint(wanted),
-                        &self.node,
-                        &seconds(ttl),
-                    ],
+                    "SELECT stock - allocated FROM stock
+                     WHERE drop_id = $1 AND sku = $2 FOR UPDATE",
+                    &[&drop, &sku],
                 )
                 .await
                 .map_err(backend)?
-                .ok_or(StoreError::UnknownSku { drop_id, sku })?;
+                .ok_or_else(|| StoreError::UnknownSku {
+                    drop_id: drop_id.clone(),
+                    sku: sku.clone(),
+                })?
+                .get(0);
+            let units = bigint(wanted).min(before.max(0));
+            if units > 0 {
+                transaction
+                    .execute(
+                        "UPDATE stock SET allocated = allocated + $3
+                         WHERE drop_id = $1 AND sku = $2",
+                        &[&drop, &sku, &units],
+                    )
+                    .await
+                    .map_err(backend)?;
+                transaction
+                    .execute(
+                        "INSERT INTO stock_leases (drop_id, sku, node, remaining, expires_at)
+                         VALUES ($1, $2, $3, $4, now() + $5 * interval '1 second')
+                         ON CONFLICT (drop_id, sku, node) DO UPDATE
+                         SET remaining = stock_leases.remaining + excluded.remaining,
+                             expires_at = excluded.expires_at",
+                        &[&drop, &sku, &node, &units, &seconds(ttl)],
+                    )
+                    .await
+                    .map_err(backend)?;
+            }
+            let leased_elsewhere: i64 = transaction
+                .query_one(
+                    "SELECT COALESCE(SUM(remaining), 0)::int8 FROM stock_leases
+                     WHERE drop_id = $1 AND sku = $2 AND node <> $3",
+                    &[&drop, &sku, &node],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            transaction.commit().await.map_err(backend)?;
+            if units < bigint(wanted) {
+                // Short: the nodes whose leases hold units are asked to give most back (after
+                // the commit: other nodes' lease rows are never locked along with the SKU's).
+                coordinator
+                    .execute(
+                        "UPDATE stock_leases SET wanted = true
+                         WHERE drop_id = $1 AND sku = $2 AND node <> $3 AND remaining > 0",
+                        &[&drop, &sku, &node],
+                    )
+                    .await
+                    .map_err(backend)?;
+            }
+            let unleased = unsigned(before - units);
             Ok(LeaseGrant {
-                granted: unsigned(row.get(0)),
-                unleased: unsigned(row.get(1)),
+                granted: unsigned(units),
+                unleased,
+                elsewhere: unleased + unsigned(leased_elsewhere),
             })
         })
     }
@@ -117,6 +162,25 @@ impl Cluster for PostgresStore {
         })
     }
 
+    fn wanted_leases(&self) -> StoreFuture<'_, Vec<(DropId, String)>> {
+        Box::pin(async move {
+            let rows = self
+                .reader()
+                .await?
+                .query(
+                    "UPDATE stock_leases SET wanted = false WHERE node = $1 AND wanted
+                     RETURNING drop_id, sku",
+                    &[&self.node],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| Some((DropId::parse(row.get(0)).ok()?, row.get(1))))
+                .collect())
+        })
+    }
+
     fn return_all_stock(&self) -> StoreFuture<'_, u64> {
         Box::pin(release_leases(self, "node = $1", Some(&self.node)))
     }
@@ -157,12 +221,20 @@ impl Cluster for PostgresStore {
         })
     }
 
-    fn unleased_stock(&self) -> StoreFuture<'_, Vec<(DropId, String, u64)>> {
+    fn stock_elsewhere(&self) -> StoreFuture<'_, Vec<(DropId, String, u64)>> {
         Box::pin(async move {
             let rows = self
                 .reader()
                 .await?
-                .query("SELECT drop_id, sku, stock - allocated FROM stock", &[])
+                .query(
+                    "SELECT drop_id, sku, stock - allocated + COALESCE((
+                         SELECT SUM(remaining) FROM stock_leases AS lease
+                         WHERE lease.drop_id = stock.drop_id AND lease.sku = stock.sku
+                           AND lease.node <> $1
+                     ), 0)::int8
+                     FROM stock",
+                    &[&self.node],
+                )
                 .await
                 .map_err(backend)?;
             Ok(rows

@@ -105,6 +105,44 @@ CREATE TABLE leadership (
     expires_at TIMESTAMPTZ NOT NULL
 );
 "#,
+    r#"
+-- Waiting rooms shared by the nodes. A room's row is locked by whoever admits, so counting the
+-- passes in force and issuing new ones are one step across the cluster; its positions come from
+-- the sequence `room_positions_<room_no>`, created with the room. Identities and draw keys are
+-- stored order-preserving (the unsigned digest with its top bit flipped).
+CREATE TABLE rooms (
+    drop_id          TEXT PRIMARY KEY,
+    room_no          BIGSERIAL UNIQUE,
+    seed             BYTEA NOT NULL,
+    drawn            BOOLEAN NOT NULL DEFAULT false,
+    entrants         BIGINT NOT NULL DEFAULT 0,
+    head             BIGINT NOT NULL DEFAULT 0,
+    admitted         BIGINT NOT NULL DEFAULT 0
+);
+
+-- One place per identity per room. `state`: prequeue, waiting, admitted, held (an order is being
+-- placed with the pass), spent, expired or skipped. The pass number is the position admitted.
+CREATE TABLE room_places (
+    drop_id     TEXT NOT NULL,
+    identity    BIGINT NOT NULL,
+    draw_key    BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    position    BIGINT,
+    seen_at     TIMESTAMPTZ NOT NULL,
+    admitted_at TIMESTAMPTZ,
+    expires_at  TIMESTAMPTZ,
+    PRIMARY KEY (drop_id, identity)
+);
+CREATE UNIQUE INDEX room_places_by_position ON room_places (drop_id, position);
+CREATE INDEX room_places_waiting ON room_places (drop_id, position) WHERE state = 'waiting';
+CREATE INDEX room_places_prequeue ON room_places (drop_id) WHERE state = 'prequeue';
+CREATE INDEX room_places_in_force ON room_places (drop_id) WHERE state IN ('admitted', 'held');
+CREATE INDEX room_places_by_turn ON room_places (drop_id, admitted_at);
+
+-- A node whose lease request fell short while other nodes' leases hold units asks them to
+-- give back what they will not sell soon.
+ALTER TABLE stock_leases ADD COLUMN wanted BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// Columns of `orders`, in the order [`order_from_row`] reads them.

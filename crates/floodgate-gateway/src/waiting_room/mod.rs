@@ -1,10 +1,16 @@
 //! The drops' waiting rooms as the public API sees them: joining, polling a ticket, and spending
-//! a pass on an order. The queue rules are `floodgate_core::waiting_room`; tickets and passes are
-//! signed tokens (`floodgate_core::token`), so a poll needs no lookup to know whom it is for.
+//! a pass on an order. Tickets and passes are signed tokens (`floodgate_core::token`), so a poll
+//! needs no lookup to know whom it is for.
+//!
+//! A node alone on its store keeps each room in memory (the queue rules are
+//! `floodgate_core::waiting_room`); nodes sharing a store keep their rooms in it ([`shared`]), so
+//! any node answers for any ticket or pass.
+
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use floodgate_core::{
@@ -12,8 +18,11 @@ use floodgate_core::{
     WaitingRoom, WaitingRoomSpec,
 };
 
+use floodgate_store::Store;
+
 use crate::Intake;
 use crate::error::ApiError;
+use shared::SharedRooms;
 
 /// While the order intake is saturated or delivery is too far behind, rooms issue passes for
 /// this share of `max_active`.
@@ -54,26 +63,49 @@ impl HeldPass<'_> {
     /// `spent` when the order was placed or refused for a business reason, so the slot goes to
     /// the next waiter; otherwise the shopper can buy with it again. `sold_out` is the drop's
     /// state after the order: the slot of the order that took the last unit goes to nobody.
-    pub(crate) fn settle(mut self, spent: bool, sold_out: bool, now: Timestamp) {
-        self.now = now;
-        self.end(spent, Some(sold_out));
+    pub(crate) async fn settle(mut self, spent: bool, sold_out: bool, now: Timestamp) {
+        let Some(pass) = self.pass.take() else {
+            return;
+        };
+        match &self.rooms.shared {
+            Some(shared) => settle_shared(shared.store(), self.drop_id, pass, spent).await,
+            None => self.end_local(pass, spent, Some(sold_out), now),
+        }
     }
 
-    fn end(&mut self, spent: bool, sold_out: Option<bool>) {
-        if let Some(pass) = self.pass.take()
-            && let Some(room) = self.rooms.rooms().get_mut(self.drop_id)
-        {
+    fn end_local(&self, pass: u64, spent: bool, sold_out: Option<bool>, now: Timestamp) {
+        if let Some(room) = self.rooms.rooms().get_mut(self.drop_id) {
             if let Some(sold_out) = sold_out {
                 room.set_sold_out(sold_out);
             }
-            room.settle_pass(pass, spent, self.now);
+            room.settle_pass(pass, spent, now);
         }
     }
 }
 
 impl Drop for HeldPass<'_> {
     fn drop(&mut self) {
-        self.end(true, None);
+        let Some(pass) = self.pass.take() else {
+            return;
+        };
+        match &self.rooms.shared {
+            Some(shared) => {
+                let (store, drop_id) = (Arc::clone(shared.store()), self.drop_id.clone());
+                tokio::spawn(async move { settle_shared(&store, &drop_id, pass, true).await });
+            }
+            None => self.end_local(pass, true, None, self.now),
+        }
+    }
+}
+
+/// Ends the hold of a pass kept in a shared store; a hold the store did not hear of ends when
+/// the pass expires.
+async fn settle_shared(store: &Arc<dyn Store>, drop_id: &DropId, pass: u64, spent: bool) {
+    let Some(cluster) = store.cluster() else {
+        return;
+    };
+    if let Err(error) = cluster.settle_pass(drop_id.clone(), pass, spent).await {
+        tracing::warn!(drop = %drop_id, pass, %error, "cannot settle a waiting-room pass");
     }
 }
 
@@ -111,6 +143,7 @@ pub(crate) struct Fairness {
 }
 
 /// The drop a room belongs to, as the room needs it.
+#[derive(Clone)]
 pub(crate) struct RoomDrop {
     pub(crate) id: DropId,
     pub(crate) room: WaitingRoomSpec,
@@ -126,18 +159,32 @@ pub(crate) struct Rooms {
     /// Whether the orders waiting for delivery exceed the allowed backlog (set every second).
     backlogged: AtomicBool,
     abandon_after_ms: i64,
+    /// The rooms of a node alone on its store.
     rooms: Mutex<HashMap<DropId, WaitingRoom>>,
+    /// The rooms of a node sharing its store: every room lives there instead.
+    shared: Option<SharedRooms>,
 }
 
 impl Rooms {
-    /// Rooms signing with `keys`, forgetting waiters silent for `abandon_after_ms`.
-    pub(crate) fn new(keys: TokenKeys, abandon_after_ms: i64) -> Self {
+    /// Rooms signing with `keys`, forgetting waiters silent for `abandon_after_ms`; kept in
+    /// `store` when other nodes share it.
+    pub(crate) fn new(keys: TokenKeys, abandon_after_ms: i64, store: &Arc<dyn Store>) -> Self {
         Self {
             keys,
             saturated: AtomicBool::new(false),
             backlogged: AtomicBool::new(false),
             abandon_after_ms,
             rooms: Mutex::new(HashMap::new()),
+            shared: SharedRooms::of(store, abandon_after_ms),
+        }
+    }
+
+    /// Advances the rooms kept in a shared store (a few times a second): their draws,
+    /// expiries and admissions, whichever node the shoppers reach.
+    pub(crate) async fn tend(&self, intake: &Intake, now: Timestamp) {
+        if let Some(shared) = &self.shared {
+            self.observe_intake(intake, now);
+            shared.tend(intake, self.share(), now).await;
         }
     }
 
@@ -154,6 +201,9 @@ impl Rooms {
 
     /// `drop_id`'s room as `/metrics` and the admin API show it, if it has one open.
     pub(crate) fn occupancy(&self, drop_id: &DropId, now: Timestamp) -> Option<Occupancy> {
+        if let Some(shared) = &self.shared {
+            return shared.occupancy(drop_id);
+        }
         let rooms = self.rooms();
         let room = rooms.get(drop_id)?;
         Some(Occupancy {
@@ -186,6 +236,9 @@ impl Rooms {
 
     /// Opens `drop`'s room ahead of its surge, sized for `shoppers`.
     pub(crate) fn presize(&self, drop: &RoomDrop, shoppers: usize, now: Timestamp) {
+        if self.shared.is_some() {
+            return; // The places are rows in the shared store.
+        }
         let mut rooms = self.rooms();
         self.room(&mut rooms, drop, now).presize(shoppers);
     }
@@ -212,35 +265,48 @@ impl Rooms {
     }
 
     /// `identity` joins the room of `drop`.
-    pub(crate) fn join(
+    pub(crate) async fn join(
         &self,
         drop: &RoomDrop,
         identity: &Identity,
         sold_out: bool,
         now: Timestamp,
-    ) -> Answer {
+    ) -> Result<Answer, ApiError> {
         let (drop_id, ends_at) = (&drop.id, drop.ends_at);
-        let mut rooms = self.rooms();
-        let room = self.room(&mut rooms, drop, now);
-        room.set_sold_out(sold_out);
-        room.throttle(self.share());
-        let standing = room.join(identity.key(), now);
-        self.answer(drop_id, identity, standing, ends_at)
+        let standing = match &self.shared {
+            Some(shared) => shared.join(drop, identity, sold_out, self.share()).await?,
+            None => {
+                let mut rooms = self.rooms();
+                let room = self.room(&mut rooms, drop, now);
+                room.set_sold_out(sold_out);
+                room.throttle(self.share());
+                room.join(identity.key(), now)
+            }
+        };
+        Ok(self.answer(drop_id, identity, standing, ends_at))
     }
 
-    /// Where the holder of `ticket` stands; `sold_out` is the drop's state now.
-    pub(crate) fn poll(
+    /// Where the holder of `ticket` stands; `drop_of` gives the ticket's drop and whether it is
+    /// sold out now, if it has a room.
+    pub(crate) async fn poll(
         &self,
         ticket: &str,
         now: Timestamp,
-        sold_out: impl FnOnce(&DropId) -> Option<bool>,
+        drop_of: impl FnOnce(&DropId) -> Option<(RoomDrop, bool)>,
     ) -> Result<Answer, ApiError> {
         let opened = self
             .keys
             .open(ticket, TokenKind::Ticket, now)
             .map_err(|_| ApiError::InvalidTicket)?;
         let drop_id = DropId::parse(&opened.drop_id).map_err(|_| ApiError::InvalidTicket)?;
-        let sold_out = sold_out(&drop_id).ok_or(ApiError::InvalidTicket)?;
+        let (drop, sold_out) = drop_of(&drop_id).ok_or(ApiError::InvalidTicket)?;
+        if let Some(shared) = &self.shared {
+            let (identity, position) = (&opened.identity, opened.claims.serial);
+            let standing = shared
+                .poll(&drop, identity, position, sold_out, self.share())
+                .await?;
+            return Ok(self.answer(&drop_id, identity, standing, opened.claims.expires_at));
+        }
         let mut rooms = self.rooms();
         let room = rooms.get_mut(&drop_id).ok_or(ApiError::InvalidTicket)?;
         room.set_sold_out(sold_out);
@@ -257,20 +323,28 @@ impl Rooms {
     }
 
     /// What anyone may check about the draw of `drop`'s pre-queue.
-    pub(crate) fn fairness(&self, drop: &RoomDrop, now: Timestamp) -> Fairness {
+    pub(crate) async fn fairness(
+        &self,
+        drop: &RoomDrop,
+        sold_out: bool,
+        now: Timestamp,
+    ) -> Result<Fairness, ApiError> {
+        if let Some(shared) = &self.shared {
+            return shared.fairness(drop, sold_out, self.share()).await;
+        }
         let mut rooms = self.rooms();
         let room = self.room(&mut rooms, drop, now);
         room.advance(now);
-        Fairness {
+        Ok(Fairness {
             commitment: room.commitment(),
             seed: room.revealed_seed(),
             entrants: room.entrants(),
-        }
+        })
     }
 
     /// Holds `pass` while an order with it is placed: it must be valid for `drop_id` and
     /// `identity`, in force and not in use.
-    pub(crate) fn hold<'a>(
+    pub(crate) async fn hold<'a>(
         &'a self,
         drop_id: &'a DropId,
         identity: &Identity,
@@ -281,10 +355,15 @@ impl Rooms {
             .keys
             .verify(pass, TokenKind::Pass, drop_id, identity, now)
             .map_err(|_| ApiError::InvalidPass)?;
-        let mut rooms = self.rooms();
-        let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
-        room.hold_pass(claims.serial, now)
-            .map_err(|_| ApiError::InvalidPass)?;
+        match &self.shared {
+            Some(shared) => shared.hold(drop_id, identity, claims.serial).await?,
+            None => {
+                let mut rooms = self.rooms();
+                let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
+                room.hold_pass(claims.serial, now)
+                    .map_err(|_| ApiError::InvalidPass)?;
+            }
+        }
         Ok(HeldPass {
             rooms: self,
             drop_id,
@@ -294,7 +373,7 @@ impl Rooms {
     }
 
     /// Revokes `pass` (an operator's decision): it can no longer buy, and its slot is free.
-    pub(crate) fn revoke(
+    pub(crate) async fn revoke(
         &self,
         drop_id: &DropId,
         pass: &str,
@@ -306,6 +385,9 @@ impl Rooms {
             .map_err(|_| ApiError::InvalidPass)?;
         if opened.drop_id != drop_id.as_str() {
             return Err(ApiError::InvalidPass);
+        }
+        if let Some(shared) = &self.shared {
+            return shared.revoke(drop_id, opened.claims.serial).await;
         }
         let mut rooms = self.rooms();
         let room = rooms.get_mut(drop_id).ok_or(ApiError::InvalidPass)?;
