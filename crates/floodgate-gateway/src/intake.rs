@@ -152,6 +152,34 @@ impl Intake {
         })
     }
 
+    /// On a shared store, the answer another node gave the first request under `key`, so a
+    /// retry that moved nodes is not refused by what this node's memory sees now. `None`: no
+    /// node took the key (or the store is this node's alone, whose memory knows every key).
+    async fn first_answer_elsewhere(
+        &self,
+        ledger: &SharedLedger,
+        drop_id: &DropId,
+        key: &IdempotencyKey,
+        request: &OrderRequest,
+        now: Timestamp,
+    ) -> Result<Option<Result<Placed, ApiError>>, ApiError> {
+        let Some(cluster) = self.store.cluster() else {
+            return Ok(None);
+        };
+        let Some(order) = cluster.order_by_key(drop_id.clone(), key.clone()).await? else {
+            return Ok(None);
+        };
+        let fingerprint = order.fingerprint;
+        lock(ledger)
+            .keys
+            .restore(key.clone(), fingerprint, order.order_id.clone(), now);
+        Ok(Some(if fingerprint == request.fingerprint() {
+            Ok(Placed::Replayed(order.order_id))
+        } else {
+            Err(ApiError::IdempotencyKeyReused)
+        }))
+    }
+
     /// Takes an order: replays a known key, refuses from memory, or reserves, stores durably and
     /// answers once the order is on disk.
     pub async fn place_order(
@@ -188,6 +216,12 @@ impl Intake {
                 }
             };
             if let Some(refusal) = refused {
+                if let Some(first) = self
+                    .first_answer_elsewhere(&ledger, drop_id, &key, &request, now)
+                    .await?
+                {
+                    return first;
+                }
                 return Err(match refusal {
                     // The pool kept moving under other nodes' leases: try again shortly.
                     Refusal::LeaseShort => ApiError::Overloaded,

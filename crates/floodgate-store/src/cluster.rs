@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use floodgate_core::{DropId, DropSpec, Timestamp};
+use floodgate_core::{DropId, DropSpec, IdempotencyKey, Order, Timestamp};
 
 use crate::StoreFuture;
 
@@ -51,6 +51,10 @@ pub trait Cluster: SharedRooms + Send + Sync {
     /// Units of each SKU on sale outside this node: in the pool, or in other nodes' unsold
     /// leases (which come back to the pool when returned or lapsed): `(drop, sku, units)`.
     fn stock_elsewhere(&self) -> StoreFuture<'_, Vec<(DropId, String, u64)>>;
+
+    /// The drop's order under `key`, if any node took one: a retry that reaches another node
+    /// than its first attempt gets the first answer even when memory would refuse it now.
+    fn order_by_key(&self, drop_id: DropId, key: IdempotencyKey) -> StoreFuture<'_, Option<Order>>;
 
     /// Every drop as stored, so a node learns of drops defined or changed through another.
     fn drops(&self) -> StoreFuture<'_, Vec<(DropId, DropSpec)>>;

@@ -259,6 +259,39 @@ async fn three_nodes_sigkilled_one_by_one_oversell_lose_and_double_nothing() {
         "{} starts in one second; the limit is {RATE}",
         stats.max_starts_in_any_second
     );
+    // A retry that lands on another node gets the first answer: the survivor replays orders
+    // the dead nodes and the other survivor accepted.
+    let survivor = nodes
+        .iter()
+        .position(|slot| slot.lock().unwrap().is_some())
+        .expect("one node is still up");
+    let replayed: Vec<_> = accepted
+        .iter()
+        .filter(|(serial, _)| serial % 3 != survivor)
+        .take(100)
+        .collect();
+    for (serial, order_id) in &replayed {
+        let body =
+            json!({ "customer": format!("c-{}", serial % CUSTOMERS), "sku": "rod", "quantity": 1 });
+        let key = format!("order-{serial}");
+        let target = format!("{}/api/drops/surge/orders", public[survivor]);
+        let replay = client
+            .send(
+                Method::POST,
+                &target,
+                &[("idempotency-key", &key)],
+                Some(&body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(replay.status, StatusCode::ACCEPTED, "{}", replay.body);
+        assert_eq!(
+            replay.body["order_id"].as_str(),
+            Some(order_id.as_str()),
+            "a retry on another node got another answer"
+        );
+    }
+    assert!(!replayed.is_empty(), "orders were accepted by other nodes");
     let confirmed = count(&db, "SELECT COUNT(*) FROM orders WHERE state = 'confirmed'").await;
     eprintln!(
         "{} accepted over HTTP, {stored} stored ({units} units), {confirmed} confirmed; \

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use floodgate_core::{DropId, DropSpec};
+use floodgate_core::{DropId, DropSpec, IdempotencyKey, Order};
 
 use super::PostgresStore;
-use super::schema::{backend, bigint};
+use super::schema::{ORDER_COLUMNS, backend, bigint, order_from_row};
 use crate::{Cluster, LeaseGrant, LeaseHeld, StoreError, StoreFuture, Term};
 
 /// A duration as seconds, for `$n * interval '1 second'` (a `double precision`).
@@ -244,6 +244,21 @@ impl Cluster for PostgresStore {
                     Some((drop_id, row.get(1), unsigned(row.get(2))))
                 })
                 .collect())
+        })
+    }
+
+    fn order_by_key(&self, drop_id: DropId, key: IdempotencyKey) -> StoreFuture<'_, Option<Order>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE drop_id = $1 AND idempotency_key = $2"
+            );
+            let row = self
+                .reader()
+                .await?
+                .query_opt(&sql, &[&drop_id.as_str(), &key.as_str()])
+                .await
+                .map_err(backend)?;
+            row.as_ref().map(order_from_row).transpose()
         })
     }
 

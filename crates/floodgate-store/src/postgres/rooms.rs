@@ -490,12 +490,14 @@ async fn take_turns(
         }
         turns.head = unsigned(row.get(1));
     }
+    // The time of this statement, not of the transaction's start: advances queue for the
+    // room's lock, and one that began earlier may take its turns later.
     transaction
         .execute(
             "UPDATE room_places AS place
-             SET state = turn.state, admitted_at = now(),
+             SET state = turn.state, admitted_at = statement_timestamp(),
                  expires_at = CASE WHEN turn.state = 'admitted'
-                                   THEN now() + $2 * interval '1 second' END
+                                   THEN statement_timestamp() + $2 * interval '1 second' END
              FROM unnest($3::int8[], $4::text[]) AS turn (identity, state)
              WHERE place.drop_id = $1 AND place.identity = turn.identity",
             &[&drop_id, &seconds(rules.pass_ttl), &identities, &states],
