@@ -31,8 +31,8 @@ struct SharedRoom {
     seen: Mutex<Vec<u64>>,
     /// Joins this node answered "sold out".
     turned_away: AtomicU64,
-    /// One advance at a time; `last_started` lets a join skip an advance that began after its
-    /// place was written (that advance already covers it).
+    /// One advance at a time, and when the last one began: a join skips its own advance when
+    /// one began after its place was written (that advance already covers it).
     advancing: tokio::sync::Mutex<Option<Instant>>,
 }
 
