@@ -10,17 +10,8 @@ use std::time::Duration;
 use floodgate_core::{DropId, DropSpec, IdempotencyKey, Order};
 
 use super::PostgresStore;
-use super::schema::{ORDER_COLUMNS, backend, bigint, order_from_row};
+use super::schema::{ORDER_COLUMNS, backend, bigint, order_from_row, seconds, unsigned};
 use crate::{Cluster, LeaseGrant, LeaseHeld, StoreError, StoreFuture, Term};
-
-/// A duration as seconds, for `$n * interval '1 second'` (a `double precision`).
-fn seconds(duration: Duration) -> f64 {
-    duration.as_secs_f64()
-}
-
-fn unsigned(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
 
 impl Cluster for PostgresStore {
     fn node(&self) -> &str {

@@ -2,14 +2,12 @@
 //! the read connections; an advance is one transaction on the coordinator's connection, holding
 //! the room's row lock from counting the passes in force to issuing new ones.
 
-use std::time::Duration;
-
 use floodgate_core::{DropId, Timestamp};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::PostgresStore;
-use super::schema::{backend, bigint};
+use super::schema::{backend, bigint, seconds, unsigned};
 use crate::{AdmissionRules, SharedPlace, SharedRoomView, SharedRooms, StoreError, StoreFuture};
 
 /// Waiting places read per step of an advance beyond the free passes (silent ones are skipped
@@ -28,14 +26,6 @@ fn ordered(value: u64) -> i64 {
 
 fn unordered(value: i64) -> u64 {
     u64::from_be_bytes(value.to_be_bytes()) ^ (1 << 63)
-}
-
-fn unsigned(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn seconds(duration: Duration) -> f64 {
-    duration.as_secs_f64()
 }
 
 fn place_from_row(row: &Row) -> SharedPlace {

@@ -219,6 +219,16 @@ pub(super) fn bigint(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A `BIGINT` count read back (never negative; a negative one reads as 0).
+pub(super) fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A duration as seconds, for `$n * interval '1 second'` (a `double precision`).
+pub(super) fn seconds(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
 /// A `u32` as PostgreSQL's `INTEGER`.
 pub(super) fn integer(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
