@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use floodgate_core::{
@@ -17,6 +17,7 @@ use floodgate_core::{
 use floodgate_store::{Store, StoreError};
 
 use crate::error::ApiError;
+use crate::lock;
 use crate::stock_leases::StockLeases;
 
 /// Limits of the intake, from the `[intake]` config section.
@@ -473,10 +474,4 @@ fn new_order(drop_id: DropId, key: IdempotencyKey, request: OrderRequest, now: T
 fn keys_since(now: Timestamp, retention: Duration) -> Timestamp {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     now.add_millis(-retention_ms)
-}
-
-/// Locks a ledger. A panic while holding it cannot leave it half-updated (every change is a
-/// few plain assignments), so a poisoned lock is still safe to use.
-pub(crate) fn lock(ledger: &Mutex<DropLedger>) -> MutexGuard<'_, DropLedger> {
-    ledger.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -352,3 +352,12 @@ async fn prune_keys(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
         }
     }
 }
+
+/// Locks a piece of the gateway's shared state (a ledger, a room's view, the timeline). Every
+/// change under these locks is a few plain assignments, so a panic while one is held cannot
+/// leave half an update behind, and a poisoned lock is still safe to use.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

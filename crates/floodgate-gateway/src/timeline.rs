@@ -13,7 +13,7 @@
 //! often, so a day-long sale costs the same memory as a six-hour one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use floodgate_core::{DropId, LatencyCounts, OrderState, Priority, RoomTotals, Timestamp};
 use floodgate_store::StateCount;
@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::front_door::Outcome;
+use crate::lock;
 use crate::traffic::LANES;
 
 /// Frames kept for a dashboard that opens mid-drop: five minutes.
@@ -205,10 +206,6 @@ impl Default for Timeline {
             previous: Mutex::new(None),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Timeline {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floodgate_core::{
@@ -19,8 +19,8 @@ use floodgate_store::{AdmissionRules, Cluster, SharedPlace, SharedRoomView, Stor
 use tokio::time::Instant;
 
 use super::{Fairness, Occupancy, RoomDrop};
-use crate::Intake;
 use crate::error::ApiError;
+use crate::{Intake, lock};
 
 /// One room as this node serves it.
 struct SharedRoom {
@@ -41,10 +41,6 @@ pub(super) struct SharedRooms {
     store: Arc<dyn Store>,
     abandon_after: Duration,
     rooms: Mutex<HashMap<DropId, Arc<SharedRoom>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl SharedRooms {
