@@ -50,23 +50,6 @@ fn sequence(room_no: i64) -> String {
     format!("room_positions_{room_no}")
 }
 
-impl PostgresStore {
-    async fn room_no(&self, drop_id: &DropId) -> Result<i64, StoreError> {
-        let row = self
-            .reader()
-            .await?
-            .query_opt(
-                "SELECT room_no FROM rooms WHERE drop_id = $1",
-                &[&drop_id.as_str()],
-            )
-            .await
-            .map_err(backend)?;
-        row.map(|row| row.get(0)).ok_or_else(|| {
-            StoreError::Backend(format!("the waiting room of {drop_id} is not open"))
-        })
-    }
-}
-
 impl SharedRooms for PostgresStore {
     fn open_room(&self, drop_id: DropId, seed: [u8; 32]) -> StoreFuture<'_, [u8; 32]> {
         Box::pin(async move {
@@ -116,7 +99,6 @@ impl SharedRooms for PostgresStore {
     ) -> StoreFuture<'_, SharedPlace> {
         Box::pin(async move {
             let client = self.reader().await?;
-            let room_no = self.room_no(&drop_id).await?;
             let held = format!(
                 "UPDATE room_places SET seen_at = now()
                  WHERE drop_id = $1 AND identity = $2
@@ -125,21 +107,23 @@ impl SharedRooms for PostgresStore {
                  RETURNING {PLACE_COLUMNS}"
             );
             // A new place, or a fresh one for a lapsed place; the room's row is read under a
-            // share lock so no place joins the pre-queue after its draw.
+            // share lock so no place joins the pre-queue after its draw (and names the room's
+            // sequence, named as `sequence` names it).
             let fresh = format!(
-                "WITH room AS (SELECT drawn FROM rooms WHERE drop_id = $1 FOR SHARE)
+                "WITH room AS (SELECT drawn, room_no FROM rooms WHERE drop_id = $1 FOR SHARE)
                  INSERT INTO room_places AS place (drop_id, identity, draw_key, state, position,
                                                    seen_at)
                  SELECT $1, $2, $3, CASE WHEN drawn THEN 'waiting' ELSE 'prequeue' END,
-                        CASE WHEN drawn THEN nextval('{}') END, now()
+                        CASE WHEN drawn
+                             THEN nextval(('room_positions_' || room_no)::regclass) END,
+                        now()
                  FROM room
                  ON CONFLICT (drop_id, identity) DO UPDATE
                  SET state = excluded.state, position = excluded.position, seen_at = now(),
                      admitted_at = NULL, expires_at = NULL
                  WHERE place.state IN ('spent', 'expired', 'skipped')
                     OR (place.state IN ('admitted', 'held') AND place.expires_at <= now())
-                 RETURNING {PLACE_COLUMNS}",
-                sequence(room_no)
+                 RETURNING {PLACE_COLUMNS}"
             );
             let (drop_id, identity) = (drop_id.as_str(), ordered(identity));
             // Two rounds at most: a place another request created between the two statements
