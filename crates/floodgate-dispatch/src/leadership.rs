@@ -27,8 +27,9 @@ const RENEWALS_PER_TERM: u32 = 4;
 /// Whether this node may start a delivery now.
 #[derive(Debug)]
 pub struct Fence {
-    /// `None`: this node delivers alone (an unshared store) and the fence is always open.
+    /// `None`: this node delivers alone (an unshared store), from `alone_from` on (if set).
     term: Option<Mutex<Lease>>,
+    alone_from: Option<Instant>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,13 +43,27 @@ struct Lease {
 impl Fence {
     /// Always open: the only node.
     pub fn solo() -> Arc<Self> {
-        Arc::new(Self { term: None })
+        Arc::new(Self {
+            term: None,
+            alone_from: None,
+        })
+    }
+
+    /// The only node, starting on a store a killed predecessor may have delivered from a moment
+    /// ago: closed for one pacer window, so no one-second window holds both processes' starts
+    /// (the same wait as a takeover's).
+    pub fn solo_after_restart() -> Arc<Self> {
+        Arc::new(Self {
+            term: None,
+            alone_from: Some(Instant::now() + WINDOW),
+        })
     }
 
     /// Closed until [`keep_leadership`] wins a term.
     pub fn shared() -> Arc<Self> {
         Arc::new(Self {
             term: Some(Mutex::new(Lease::default())),
+            alone_from: None,
         })
     }
 
@@ -56,7 +71,7 @@ impl Fence {
     /// not.
     pub fn term_at(&self, now: Instant) -> Option<u64> {
         let Some(term) = &self.term else {
-            return Some(0);
+            return self.alone_from.is_none_or(|from| now >= from).then_some(0);
         };
         let lease = *term.lock().unwrap_or_else(PoisonError::into_inner);
         let open = lease.opens_at.is_some_and(|opens| opens <= now)
@@ -166,6 +181,9 @@ mod tests {
     fn a_solo_fence_is_always_open_and_a_shared_one_only_within_its_term() {
         let now = Instant::now();
         assert_eq!(Fence::solo().term_at(now), Some(0));
+        let restarted = Fence::solo_after_restart();
+        assert_eq!(restarted.term_at(now), None, "a predecessor's last second");
+        assert_eq!(restarted.term_at(now + WINDOW + WINDOW), Some(0));
         let fence = Fence::shared();
         assert_eq!(fence.term_at(now), None);
         let second = Duration::from_secs(1);

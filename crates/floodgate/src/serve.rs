@@ -167,7 +167,7 @@ fn start_delivery(
     let fence = if shared {
         Fence::shared()
     } else {
-        Fence::solo()
+        Fence::solo_after_restart()
     };
     let dispatcher = start_dispatcher(
         &config.downstream,
