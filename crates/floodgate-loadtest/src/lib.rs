@@ -86,7 +86,7 @@ pub struct Finished {
 }
 
 /// Runs [`loadtest`] with `generator.threads` worker threads for the shoppers; the arrival
-/// schedule runs on the calling thread, so a busy worker never delays an arrival's start.
+/// schedule runs on a thread of its own, so a busy worker never delays an arrival's start.
 pub fn loadtest_blocking(options: Options) -> Result<Finished, Error> {
     let scenario = Scenario::from_toml(&options.scenario_text).map_err(Error::Scenario)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

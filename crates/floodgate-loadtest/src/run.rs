@@ -55,18 +55,12 @@ pub async fn execute(
         max_lag_us: scenario.generator.max_lag.as_micros() as u64,
         ..GeneratorReport::default()
     };
-    for (index, offset) in scenario.arrivals.schedule(scenario.seed).enumerate() {
-        let due = start + Duration::from_secs_f64(offset);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
-        }
-        if !context.admit() {
-            generator.not_started += 1;
-            continue;
-        }
-        tokio::spawn(shopper::run(Arc::clone(&context), index as u64, due));
-        generator.started += 1;
-    }
+    let arrivals = {
+        let context = Arc::clone(&context);
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || start_arrivals(&context, &runtime, start))
+    };
+    (generator.started, generator.not_started) = arrivals.await.expect("the arrival thread");
     generator.unfinished = context.drain(scenario.generator.drain).await;
     merger.abort();
     probe.abort();
@@ -105,6 +99,40 @@ pub async fn execute(
         checks,
         fairness: summary::fairness(admissions),
     }
+}
+
+/// The shortest sleep between batches of arrivals: waking the runtime for every arrival of a
+/// fast schedule would cost more than the arrivals themselves (tokio's own timer ticks in ms).
+const ARRIVAL_TICK: Duration = Duration::from_millis(1);
+
+/// Starts every arrival of the schedule on time; returns how many started and how many were
+/// refused for `max_shoppers`.
+///
+/// It runs on a thread of its own and sleeps on the OS clock: tokio's timers are driven by the
+/// runtime's workers, so a sleep on them wakes late exactly when the workers are busy, and
+/// arrivals would then start late and in bursts. Started this way, an arrival that still runs
+/// late waited for a worker, and its lag says so.
+fn start_arrivals(
+    context: &Arc<RunContext>,
+    runtime: &tokio::runtime::Handle,
+    start: Instant,
+) -> (u64, u64) {
+    let scenario = &context.scenario;
+    let (mut started, mut not_started) = (0, 0);
+    for (index, offset) in scenario.arrivals.schedule(scenario.seed).enumerate() {
+        let due = start + Duration::from_secs_f64(offset);
+        let early = due.saturating_duration_since(Instant::now());
+        if !early.is_zero() {
+            std::thread::sleep(early.max(ARRIVAL_TICK));
+        }
+        if !context.admit() {
+            not_started += 1;
+            continue;
+        }
+        runtime.spawn(shopper::run(Arc::clone(context), index as u64, due));
+        started += 1;
+    }
+    (started, not_started)
 }
 
 /// Sleeps 10 ms at a time and records how late it woke: the time a shopper's next step waits

@@ -280,8 +280,8 @@ async fn counts_by_sku_and_state(
 ) -> Result<Vec<(String, OrderState, u64, u64)>, StoreError> {
     let rows = client
         .query(
-            "SELECT sku, state, COUNT(*), SUM(quantity)::int8 FROM orders WHERE drop_id = $1
-             GROUP BY sku, state",
+            "SELECT sku, state, SUM(orders)::int8, SUM(units)::int8 FROM order_tallies
+             WHERE drop_id = $1 GROUP BY sku, state HAVING SUM(orders) <> 0",
             &[&drop_id.as_str()],
         )
         .await

@@ -323,7 +323,7 @@ fn counts_by_sku_and_state(
 ) -> Result<Vec<(String, OrderState, u64, u64)>, StoreError> {
     let mut statement = connection
         .prepare_cached(
-            "SELECT sku, state, COUNT(*), SUM(quantity) FROM orders WHERE drop_id = ?1 GROUP BY sku, state",
+            "SELECT sku, state, orders, units FROM order_tallies WHERE drop_id = ?1 AND orders <> 0",
         )
         .map_err(backend)?;
     let rows = statement

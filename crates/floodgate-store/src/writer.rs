@@ -7,14 +7,14 @@
 //! the batch grows until one fsync serves hundreds of orders. A refused write (an oversell) does
 //! not undo its batch-mates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use floodgate_core::{DropId, DropSpec, Order, OrderId, Timestamp};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use tokio::sync::oneshot;
 
 use crate::{CommitFigures, Delivery, StoreError};
@@ -183,4 +183,63 @@ pub(crate) fn reservations<'o>(
         .into_iter()
         .map(|(key, (units, members))| (key, units, members))
         .collect()
+}
+
+/// Orders and units to add to a drop's tally under one SKU and state. Both backends keep the
+/// tally in the transaction that inserts an order or moves it to another state, so counting a
+/// drop's orders (once a second, for the dashboard and the delivery backlog) reads a few rows
+/// instead of every order: that scan grew with the orders and, a million orders in, took a
+/// quarter of the intake's throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TallyChange<'a> {
+    pub(crate) drop_id: &'a str,
+    pub(crate) sku: &'a str,
+    pub(crate) state: OrderState,
+    pub(crate) orders: i64,
+    pub(crate) units: i64,
+}
+
+/// What inserting `orders` adds: one change per drop, SKU and state.
+pub(crate) fn tally_of_inserted<'o>(
+    orders: impl IntoIterator<Item = &'o Order>,
+) -> Vec<TallyChange<'o>> {
+    let mut sums: BTreeMap<(&str, &str, OrderState), (i64, i64)> = BTreeMap::new();
+    for order in orders {
+        let sum = sums
+            .entry((order.drop_id.as_str(), order.sku.as_str(), order.state))
+            .or_default();
+        sum.0 += 1;
+        sum.1 += i64::from(order.quantity);
+    }
+    sums.into_iter()
+        .map(|((drop_id, sku, state), (orders, units))| TallyChange {
+            drop_id,
+            sku,
+            state,
+            orders,
+            units,
+        })
+        .collect()
+}
+
+/// What moving one order of `quantity` units from `from` to `to` changes; nothing when the
+/// state stays.
+pub(crate) fn tally_of_move<'a>(
+    drop_id: &'a str,
+    sku: &'a str,
+    quantity: u32,
+    from: OrderState,
+    to: OrderState,
+) -> Vec<TallyChange<'a>> {
+    if from == to {
+        return Vec::new();
+    }
+    let change = |state, sign: i64| TallyChange {
+        drop_id,
+        sku,
+        state,
+        orders: sign,
+        units: sign * i64::from(quantity),
+    };
+    vec![change(from, -1), change(to, 1)]
 }

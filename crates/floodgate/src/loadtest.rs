@@ -51,6 +51,14 @@ pub(crate) fn run(args: Args) -> ExitCode {
         baseline: args.baseline,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
+    // Shoppers are short-lived allocations by the hundred thousand. When the target stalls they
+    // pile up, and with transparent huge pages every fresh region is zeroed 2 MiB at a time;
+    // that cost made the generator fall further behind until runs near its limit collapsed
+    // (up to 2 GiB resident and most of its time zeroing pages), where 4 KiB pages recover.
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("floodgate loadtest: cannot turn off transparent huge pages ({error}); going on");
+    }
     match loadtest_blocking(options) {
         Ok(finished) => {
             let _ = writeln!(std::io::stdout().lock(), "{}", finished.summary);

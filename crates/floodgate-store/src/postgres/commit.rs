@@ -11,12 +11,15 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, RequestFingerprint, Timestamp};
+use tokio_postgres::ToStatement;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::connect;
 use super::schema::{backend, bigint, integer, is_check_violation, migrate};
-use crate::writer::{Committer, Job, Write, reservations};
+use crate::writer::{
+    Committer, Job, TallyChange, Write, reservations, tally_of_inserted, tally_of_move,
+};
 use crate::{Delivery, DeliveryUpdate, StoreError};
 
 /// The writer's runtime and connection.
@@ -126,7 +129,17 @@ pub(super) struct Statements {
     hold_for_customers: Statement,
     release_for_customer: Statement,
     insert: Statement,
+    add_to_tallies: Statement,
 }
+
+/// Adds changes to this node's tally rows: `$1`..`$5` the changes' columns, `$6` the node.
+const ADD_TO_TALLIES: &str =
+    "INSERT INTO order_tallies AS tally (drop_id, sku, state, node, orders, units)
+     SELECT change.drop_id, change.sku, change.state, $6, change.orders, change.units
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])
+         AS change (drop_id, sku, state, orders, units)
+     ON CONFLICT (drop_id, sku, state, node)
+     DO UPDATE SET orders = tally.orders + excluded.orders, units = tally.units + excluded.units";
 
 impl Statements {
     pub(super) async fn prepare(client: &Client) -> Result<Self, StoreError> {
@@ -182,6 +195,7 @@ impl Statements {
                  RETURNING order_id",
             )
             .await?,
+            add_to_tallies: prepare(ADD_TO_TALLIES).await?,
         })
     }
 }
@@ -265,7 +279,7 @@ async fn commit(
             continue;
         }
         let savepoint = transaction.savepoint("write").await.map_err(backend)?;
-        results[index] = apply(&savepoint, &job.write).await;
+        results[index] = apply(&savepoint, node, &job.write).await;
         if results[index].is_ok() {
             savepoint.commit().await.map_err(backend)?;
         } else {
@@ -280,14 +294,14 @@ async fn commit(
     }
 }
 
-async fn apply(transaction: &Transaction<'_>, write: &Write) -> Result<(), StoreError> {
+async fn apply(transaction: &Transaction<'_>, node: &str, write: &Write) -> Result<(), StoreError> {
     match write {
         Write::PutDrop { drop_id, spec, now } => put_drop(transaction, drop_id, spec, *now).await,
         Write::Delivery {
             order_id,
             change,
             now,
-        } => record_delivery(transaction, order_id, change, *now).await,
+        } => record_delivery(transaction, node, order_id, change, *now).await,
         Write::Heartbeat => transaction
             .execute("UPDATE heartbeat SET beats = beats + 1 WHERE id = 1", &[])
             .await
@@ -362,7 +376,46 @@ async fn accept_orders(
             *result = Err(taken(batch.transaction, order).await?);
         }
     }
+    let inserted = kept
+        .into_iter()
+        .filter(|order| inserted.contains(order.order_id.as_str()));
+    add_to_tallies(
+        batch.transaction,
+        &batch.statements.add_to_tallies,
+        batch.node,
+        &tally_of_inserted(inserted),
+    )
+    .await?;
     Ok(results)
+}
+
+/// Adds `changes` to `node`'s tally rows with `statement` ([`ADD_TO_TALLIES`], prepared or not).
+async fn add_to_tallies<'c, S: ToStatement + ?Sized>(
+    transaction: &Transaction<'_>,
+    statement: &S,
+    node: &str,
+    changes: &[TallyChange<'c>],
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let column =
+        |read: fn(&TallyChange<'c>) -> &'c str| changes.iter().map(read).collect::<Vec<_>>();
+    transaction
+        .execute(
+            statement,
+            &[
+                &column(|c| c.drop_id),
+                &column(|c| c.sku),
+                &column(|c| c.state.as_str()),
+                &changes.iter().map(|c| c.orders).collect::<Vec<_>>(),
+                &changes.iter().map(|c| c.units).collect::<Vec<_>>(),
+                &node,
+            ],
+        )
+        .await
+        .map(drop)
+        .map_err(backend)
 }
 
 impl Batch<'_> {
@@ -595,6 +648,7 @@ async fn refusal(transaction: &Transaction<'_>, order: &Order) -> Result<StoreEr
 
 async fn record_delivery(
     transaction: &Transaction<'_>,
+    node: &str,
     order_id: &OrderId,
     change: &Delivery,
     now: Timestamp,
@@ -652,7 +706,9 @@ async fn record_delivery(
             .await
             .map_err(backend)?;
     }
-    Ok(())
+    let quantity = u32::try_from(quantity).unwrap_or(0);
+    let moved = tally_of_move(&drop_id, &sku, quantity, state, to);
+    add_to_tallies(transaction, ADD_TO_TALLIES, node, &moved).await
 }
 
 async fn put_drop(

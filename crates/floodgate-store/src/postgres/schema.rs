@@ -143,6 +143,23 @@ CREATE INDEX room_places_by_turn ON room_places (drop_id, admitted_at);
 -- give back what they will not sell soon.
 ALTER TABLE stock_leases ADD COLUMN wanted BOOLEAN NOT NULL DEFAULT false;
 "#,
+    r#"
+-- Orders and units per drop, SKU and state, kept by each node's writer in the transactions that
+-- insert orders or change their state, so counting a drop's orders sums these rows instead of
+-- reading every order. A row per node: nodes never wait for each other's tallies. A node's row
+-- may go below zero when it moves orders another node took; the sums are exact.
+CREATE TABLE order_tallies (
+    drop_id TEXT NOT NULL,
+    sku     TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    orders  BIGINT NOT NULL,
+    units   BIGINT NOT NULL,
+    PRIMARY KEY (drop_id, sku, state, node)
+);
+INSERT INTO order_tallies
+    SELECT drop_id, sku, state, '', COUNT(*), SUM(quantity) FROM orders GROUP BY drop_id, sku, state;
+"#,
 ];
 
 /// Columns of `orders`, in the order [`order_from_row`] reads them.

@@ -6,7 +6,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::checkpoint::Running;
 use super::schema::backend;
-use crate::writer::{Committer, Job, Write, reservations};
+use crate::writer::{
+    Committer, Job, TallyChange, Write, reservations, tally_of_inserted, tally_of_move,
+};
 use crate::{Delivery, DeliveryUpdate, StoreError};
 
 /// The writer's connection, and the checkpoints that run beside it until it is dropped.
@@ -131,7 +133,35 @@ fn accept_orders(
             });
         }
     }
+    let inserted = orders
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .map(|((_, order), _)| *order);
+    add_to_tallies(transaction, &tally_of_inserted(inserted))?;
     Ok(results)
+}
+
+fn add_to_tallies(transaction: &Connection, changes: &[TallyChange<'_>]) -> Result<(), StoreError> {
+    let mut upsert = transaction
+        .prepare_cached(
+            "INSERT INTO order_tallies (drop_id, sku, state, orders, units) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (drop_id, sku, state)
+             DO UPDATE SET orders = orders + excluded.orders, units = units + excluded.units",
+        )
+        .map_err(backend)?;
+    for change in changes {
+        upsert
+            .execute(params![
+                change.drop_id,
+                change.sku,
+                change.state.as_str(),
+                change.orders,
+                change.units
+            ])
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// The order already stored under `order`'s key, as the refusal of `order`.
@@ -240,7 +270,10 @@ fn record_delivery(
             )
             .map_err(backend)?;
     }
-    Ok(())
+    add_to_tallies(
+        transaction,
+        &tally_of_move(&drop_id, &sku, quantity, state, to),
+    )
 }
 
 fn put_drop(

@@ -59,6 +59,20 @@ ALTER TABLE orders ADD COLUMN last_error TEXT;
     r#"
 CREATE UNIQUE INDEX orders_by_key ON orders (drop_id, idempotency_key);
 "#,
+    // Kept by the writer in the transactions that insert orders or change their state, so
+    // counting a drop's orders reads these rows, not every order.
+    r#"
+CREATE TABLE order_tallies (
+    drop_id TEXT NOT NULL,
+    sku     TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    orders  INTEGER NOT NULL,
+    units   INTEGER NOT NULL,
+    PRIMARY KEY (drop_id, sku, state)
+) STRICT, WITHOUT ROWID;
+INSERT INTO order_tallies
+    SELECT drop_id, sku, state, COUNT(*), SUM(quantity) FROM orders GROUP BY drop_id, sku, state;
+"#,
 ];
 
 /// What a migration turns into when existing data refuses it: a store that reused keys after

@@ -56,7 +56,8 @@ macro_rules! conformance_suite {
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_000_000);
 
-fn drop_id() -> DropId {
+/// The drop every case uses.
+pub(crate) fn drop_id() -> DropId {
     DropId::parse("spring").unwrap()
 }
 
