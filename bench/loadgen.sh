@@ -8,9 +8,9 @@
 #
 # 1. Rate: nginx serves a fixed 200. Each round, wrk runs closed-loop as fast as it can with
 #    CONNECTIONS connections; then `floodgate loadtest` runs constant-rate scenarios with the
-#    same connection limit, from 95 % of wrk's rate down, until a run is valid (the generator
-#    kept its schedule). The figure is that run's answers per second against wrk's rate
-#    (target >= 0.8).
+#    same connection limit, from 95 % of wrk's rate down, until a run keeps up: it is valid (the
+#    generator kept its schedule) and answered at least 98 % of the offered rate. The figure is
+#    that run's answers per second against wrk's rate (target >= 0.8).
 # 2. Memory: floodgate serves a drop whose waiting room admits few, and `floodgate loadtest`
 #    sends SHOPPERS shoppers within 30 s to join and wait (polling, giving up after 90 s, so all
 #    are alive at once); the figure is the generator's peak resident memory (target: 300,000
@@ -46,7 +46,7 @@ if [ "$PART" = all ] || [ "$PART" = rate ]; then
     read -r rate p99 _ < <(run_wrk "http://127.0.0.1:$nginx_port/")
     wrk_rates+=("$rate")
     got=0
-    # The highest constant rate, stepping down from wrk's, at which the run stays valid.
+    # The highest constant rate, stepping down from wrk's, that the run keeps up with.
     for share in 0.95 0.90 0.85 0.80 0.75 0.70 0.65 0.60 0.50; do
       offered=$(python3 -c "print(round($rate * $share))")
       cat > "$work/constant.toml" <<TOML
@@ -67,7 +67,7 @@ name = "get"
 get = "/"
 TOML
       dir=$(loadtest "$work/constant.toml" "http://127.0.0.1:$nginx_port")
-      read -r valid achieved p99_lt < <(python3 - "$dir/run.json" "$seconds" <<'PY'
+      read -r valid achieved p99_lt < <(python3 - "$dir/run.json" "$seconds" "$offered" <<'PY'
 import json, sys
 record = json.load(open(sys.argv[1]))
 seconds = int(sys.argv[2])
@@ -81,14 +81,18 @@ for v, c in pairs:
     if seen >= 0.99 * total:
         p99 = v / 1000
         break
-print(int(not record["generator"]["invalid"]), round(answers / len(window)), f"{p99:.2f}")
+achieved = answers / len(window)
+# Kept up: the generator met its schedule, and the answers kept pace with the arrivals (a
+# target that falls behind turns an open-model run into a closed loop over the connections).
+kept_up = not record["generator"]["invalid"] and achieved >= 0.98 * int(sys.argv[3])
+print(int(kept_up), round(achieved), f"{p99:.2f}")
 PY
 )
-      echo "round $round   loadtest offered $offered/s: $achieved answers/s, valid=$valid, p99 from intended start $p99_lt ms"
+      echo "round $round   loadtest offered $offered/s: $achieved answers/s, kept up=$valid, p99 from intended start $p99_lt ms"
       if [ "$valid" = 1 ]; then got=$achieved; break; fi
     done
     lt_rates+=("$got")
-    echo "round $round wrk: $rate req/s (p99 $p99 ms) · floodgate loadtest, highest valid constant rate: $got answers/s"
+    echo "round $round wrk: $rate req/s (p99 $p99 ms) · floodgate loadtest, highest constant rate kept up: $got answers/s"
   done
   python3 - "${wrk_rates[*]}" "${lt_rates[*]}" <<'PY'
 import statistics, sys
