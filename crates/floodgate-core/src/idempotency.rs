@@ -5,7 +5,7 @@
 //! finished key replays its answer. Only accepted orders are remembered: a refusal (sold out,
 //! limit reached) is cheap to compute again and may change as stock returns, so it is not stored.
 
-use crate::sharded_map::ShardedMap;
+use crate::sharded_map::{SHARDS, ShardedMap};
 use crate::{OrderId, RequestFingerprint, Timestamp};
 
 /// Longest key accepted, as in Stripe's API.
@@ -132,9 +132,15 @@ impl KeyTable {
         );
     }
 
-    /// Drops answered keys older than `answered_before`; their keys count as new afterwards.
-    pub fn prune(&mut self, answered_before: Timestamp) {
-        self.entries.retain(|_, entry| match entry {
+    /// How many parts [`KeyTable::prune_part`] sweeps the table in.
+    pub const PARTS: usize = SHARDS;
+
+    /// Drops the answered keys of part `part` (below [`KeyTable::PARTS`]) older than
+    /// `answered_before`; their keys count as new afterwards. A million keys take 10–90 ms to
+    /// sweep, and every order of the drop waits while its ledger is locked: a part at a time,
+    /// the longest wait is a [`KeyTable::PARTS`]th of that.
+    pub fn prune_part(&mut self, part: usize, answered_before: Timestamp) {
+        self.entries.retain_in_shard(part, |_, entry| match entry {
             KeyEntry::InFlight(_) => true,
             KeyEntry::Answered { answered_at, .. } => *answered_at >= answered_before,
         });
@@ -214,7 +220,9 @@ mod tests {
             OrderId::new(Timestamp::from_unix_millis(0), 2),
             Timestamp::from_unix_millis(20),
         );
-        table.prune(Timestamp::from_unix_millis(15));
+        for part in 0..KeyTable::PARTS {
+            table.prune_part(part, Timestamp::from_unix_millis(15));
+        }
         assert_eq!(table.claim(&old, fingerprint(2)), KeyLookup::Fresh);
         assert!(matches!(
             table.claim(&new, fingerprint(1)),

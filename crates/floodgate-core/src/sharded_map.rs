@@ -3,7 +3,8 @@
 //! A `HashMap` grows by doubling all at once: at a million idempotency keys one insert rehashes a
 //! million entries, and every order of the drop waits behind the ledger's lock while it does
 //! (measured with `bench/intake.sh`: 100–600 ms stalls, the whole p99). Split into [`SHARDS`]
-//! maps that grow on their own, the longest pause is a [`SHARDS`]th of that.
+//! maps that grow on their own, the longest pause is a [`SHARDS`]th of that; sweeps go shard by
+//! shard for the same reason.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -82,11 +83,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         self.shards[shard].remove(key)
     }
 
-    /// Keeps only the entries for which `keep` answers true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        for shard in self.shards.iter_mut() {
-            shard.retain(&mut keep);
-        }
+    /// Keeps only the entries of shard `shard` (below [`SHARDS`]) for which `keep` answers
+    /// true. One shard at a time, so a caller can sweep the map without holding its lock for
+    /// the whole sweep.
+    pub fn retain_in_shard(&mut self, shard: usize, keep: impl FnMut(&K, &mut V) -> bool) {
+        self.shards[shard].retain(keep);
     }
 
     /// Every value, in no particular order.
@@ -140,9 +141,16 @@ mod tests {
         assert_eq!(map.get("new"), Some(&5));
         assert_eq!(map.remove("9"), Some(9));
         assert_eq!(map.get("9"), None);
-        map.retain(|_, value| *value % 2 == 0);
-        assert_eq!(map.len(), 5_000);
-        map.retain(|_, _| false);
+        let one_shard = map.shards[0].len();
+        map.retain_in_shard(0, |_, _| false);
+        assert_eq!(map.len(), 10_000 - one_shard, "only shard 0 is swept");
+        for shard in 0..SHARDS {
+            map.retain_in_shard(shard, |_, value| *value % 2 == 0);
+        }
+        assert!(map.values().all(|value| value % 2 == 0));
+        for shard in 0..SHARDS {
+            map.retain_in_shard(shard, |_, _| false);
+        }
         assert!(map.is_empty());
     }
 

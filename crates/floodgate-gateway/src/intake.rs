@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use floodgate_core::{
-    DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, Order, OrderId, OrderRequest,
-    OrderState, Refusal, Timestamp,
+    DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, KeyTable, Order, OrderId,
+    OrderRequest, OrderState, Refusal, Timestamp,
 };
 use floodgate_store::{Store, StoreError};
 
@@ -430,7 +430,10 @@ impl Intake {
     pub fn prune_keys(&self, now: Timestamp) {
         let answered_before = keys_since(now, self.limits.idempotency_retention);
         for (_, ledger) in self.all_ledgers() {
-            lock(&ledger).keys.prune(answered_before);
+            // A part per lock, so orders wait for a sliver of the sweep, never all of it.
+            for part in 0..KeyTable::PARTS {
+                lock(&ledger).keys.prune_part(part, answered_before);
+            }
         }
     }
 
