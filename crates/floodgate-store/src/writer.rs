@@ -188,8 +188,8 @@ pub(crate) fn reservations<'o>(
 /// Orders and units to add to a drop's tally under one SKU and state. Both backends keep the
 /// tally in the transaction that inserts an order or moves it to another state, so counting a
 /// drop's orders (once a second, for the dashboard and the delivery backlog) reads a few rows
-/// instead of every order: that scan grew with the orders and, a million orders in, took a
-/// quarter of the intake's throughput.
+/// instead of every order: that scan grew with the orders and, under a million orders, took a
+/// fifth of the intake's rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TallyChange<'a> {
     pub(crate) drop_id: &'a str,
