@@ -267,7 +267,9 @@ async fn runs_compare_with_their_baseline_and_exit_with_distinct_codes() {
         "compare",
         100,
         2,
-        "[compare]\nmin_samples = 50\nmin_delta_ms = 5",
+        // p99 of 200 answers moves by a few ms when the box is busy (CI saw 3.2 → 9.3 ms);
+        // the regression below adds 60 ms.
+        "[compare]\nmin_samples = 50\nmin_delta_ms = 20",
     );
 
     let first = run(&scenario, &shop, &runs, None).await.unwrap();
