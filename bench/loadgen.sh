@@ -4,7 +4,7 @@
 #   bash bench/loadgen.sh                # defaults: 2 threads, 64 connections, 10 s, 3 rounds
 #   SHOPPERS=300000 bash bench/loadgen.sh
 #   PART=rate bash bench/loadgen.sh      # only the rate comparison (PART=memory: only memory)
-#   GENERATOR_THREADS=2 bash bench/loadgen.sh   # worker threads of the generator (default 1)
+#   GENERATOR_THREADS=1 bash bench/loadgen.sh   # the generator's lanes (threads; default 2)
 #
 # 1. Rate: nginx serves a fixed 200. Each round, wrk runs closed-loop as fast as it can with
 #    CONNECTIONS connections; then `floodgate loadtest` runs constant-rate scenarios with the
@@ -24,8 +24,8 @@ source "$here/lib.sh"
 bench_setup
 PART=${PART:-all}
 SHOPPERS=${SHOPPERS:-300000}
-# One worker beside the schedule's own thread leaves the target a core on a 2-core machine.
-GENERATOR_THREADS=${GENERATOR_THREADS:-1}
+# As many lanes as wrk has threads.
+GENERATOR_THREADS=${GENERATOR_THREADS:-$THREADS}
 seconds=${DURATION%s}
 
 # Runs "floodgate loadtest" on scenario $1 against $2; prints the run directory.

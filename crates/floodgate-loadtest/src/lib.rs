@@ -4,8 +4,9 @@
 //! rehearse any shop and the gateway cannot cheat it. The map:
 //!
 //! - [`scenario`] (with [`arrivals`], [`template`], [`threshold`]): what a run does, from TOML;
-//! - [`run`] schedules arrivals, [`shopper`] walks journeys over [`client`]'s keep-alive pool,
-//!   [`metrics`] records per thread and merges once a second;
+//! - [`run`] schedules arrivals onto [`event_loops`] (the generator's threads), [`shopper`] walks
+//!   journeys over [`client`]'s keep-alive pool, [`metrics`] records per thread and merges once
+//!   a second;
 //! - [`checks`] asks the target's public API about stock and orders after the run;
 //! - [`record`] is the stored run, [`summary`] recomputes figures from it, [`compare`] and
 //!   [`verdict`] judge it, [`report`] renders it, [`store`] keeps runs on disk.
@@ -14,6 +15,7 @@ pub mod arrivals;
 pub mod checks;
 pub mod client;
 pub mod compare;
+pub mod event_loops;
 pub mod metrics;
 pub mod record;
 pub mod report;
@@ -59,7 +61,7 @@ pub enum Error {
     /// The baseline is missing or not comparable.
     #[error("baseline: {0}")]
     Baseline(String),
-    /// The async runtime could not start.
+    /// The async runtime or the generator's threads could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     /// The run could not be stored.
@@ -85,15 +87,12 @@ pub struct Finished {
     pub dir: PathBuf,
 }
 
-/// Runs [`loadtest`] with `generator.threads` worker threads for the shoppers; the arrival
-/// schedule runs on a thread of its own, so a busy worker never delays an arrival's start.
+/// Runs [`loadtest`] on a runtime of its own; the shoppers run on the scenario's event loops.
 pub fn loadtest_blocking(options: Options) -> Result<Finished, Error> {
-    let scenario = Scenario::from_toml(&options.scenario_text).map_err(Error::Scenario)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if scenario.generator.threads > 0 {
-        runtime.worker_threads(scenario.generator.threads);
-    }
-    let runtime = runtime.enable_all().build().map_err(Error::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
     runtime.block_on(loadtest(options))
 }
 
@@ -125,7 +124,9 @@ pub async fn loadtest(options: Options) -> Result<Finished, Error> {
     let compare_bands = scenario.compare;
     let thresholds = scenario.thresholds.clone();
     let scenario_text = scenario.text.clone();
-    let record = run::execute(scenario, target, run::new_run_id(), options.progress).await;
+    let record = run::execute(scenario, target, run::new_run_id(), options.progress)
+        .await
+        .map_err(Error::Runtime)?;
     let comparison = match &baseline {
         Some(baseline) => {
             Some(compare::compare(&record, baseline, &compare_bands).map_err(Error::Baseline)?)

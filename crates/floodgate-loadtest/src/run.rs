@@ -12,58 +12,63 @@ use tokio::time::Instant;
 
 use crate::checks;
 use crate::client::{Pool, Target};
+use crate::event_loops::EventLoops;
 use crate::metrics::Metrics;
 use crate::record::{GeneratorReport, Machine, RunRecord, SCHEMA, SecondRecord, histogram};
 use crate::scenario::Scenario;
 use crate::shopper::{self, RunContext};
 use crate::summary;
 
-/// Runs `scenario` against `target`; `progress` draws a live bar on the terminal.
+/// Runs `scenario` against `target`; `progress` draws a live bar on the terminal. Fails only
+/// when the generator's threads cannot start.
 pub async fn execute(
     scenario: Scenario,
     target: Target,
     run_id: String,
     progress: bool,
-) -> RunRecord {
+) -> std::io::Result<RunRecord> {
     let started_at = now_rfc3339();
-    let pool = Arc::new(Pool::new(
+    let loops = EventLoops::start(
+        scenario.generator.threads,
+        &target,
+        scenario.http.max_connections,
+        scenario.http.timeout,
+    )?;
+    // The checks before and after the run have connections of their own, on this runtime.
+    let checks_pool = Arc::new(Pool::new(
         target.clone(),
         scenario.http.max_connections,
         scenario.http.timeout,
     ));
     let stock_before = match &scenario.checked_drop {
-        Some(drop) => Some(checks::stock(&pool, drop).await),
+        Some(drop) => Some(checks::stock(&checks_pool, drop).await),
         None => None,
     };
     let step_keys: Vec<String> = scenario.steps().map(|s| s.key.clone()).collect();
     let start = Instant::now();
     let metrics = Metrics::new(start, step_keys.clone());
-    let context = Arc::new(RunContext::new(
-        scenario,
-        run_id,
-        Arc::clone(&pool),
-        metrics,
-    ));
+    let context = Arc::new(RunContext::new(scenario, run_id, metrics));
     let scenario = &context.scenario;
 
     let bar = progress_bar(progress, scenario.arrivals.planned());
     let merger = tokio::spawn(merge_every_second(Arc::clone(&context), bar.clone()));
-    let probe = tokio::spawn(probe_runtime_lag(Arc::clone(&context)));
+    loops.spawn_on_each(|| probe_runtime_lag(Arc::clone(&context)));
 
     let mut generator = GeneratorReport {
         planned: scenario.arrivals.planned(),
         max_lag_us: scenario.generator.max_lag.as_micros() as u64,
         ..GeneratorReport::default()
     };
+    let loops = Arc::new(loops);
     let arrivals = {
-        let context = Arc::clone(&context);
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || start_arrivals(&context, &runtime, start))
+        let (context, loops) = (Arc::clone(&context), Arc::clone(&loops));
+        tokio::task::spawn_blocking(move || start_arrivals(&context, &loops, start))
     };
     (generator.started, generator.not_started) = arrivals.await.expect("the arrival thread");
     generator.unfinished = context.drain(scenario.generator.drain).await;
+    // The last reference: the loops stop, and shoppers still in a journey are cancelled.
+    drop(loops);
     merger.abort();
-    probe.abort();
     bar.finish_and_clear();
 
     let timeline = context.metrics.finish(Instant::now());
@@ -78,12 +83,12 @@ pub async fn execute(
     let run_seconds = timeline.len() as u32;
     let checks = match (&scenario.checked_drop, stock_before) {
         (Some(drop), Some(stock_before)) => {
-            checks::audit(pool, drop.clone(), stock_before, &context.ledger).await
+            checks::audit(checks_pool, drop.clone(), stock_before, &context.ledger).await
         }
         _ => Default::default(),
     };
     let admissions = std::mem::take(&mut *context.ledger.admissions.lock().expect("ledger lock"));
-    RunRecord {
+    Ok(RunRecord {
         schema: SCHEMA,
         run_id: context.run_id.clone(),
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -98,25 +103,21 @@ pub async fn execute(
         timeline,
         checks,
         fairness: summary::fairness(admissions),
-    }
+    })
 }
 
 /// The shortest sleep between batches of arrivals: waking the runtime for every arrival of a
 /// fast schedule would cost more than the arrivals themselves (tokio's own timer ticks in ms).
 const ARRIVAL_TICK: Duration = Duration::from_millis(1);
 
-/// Starts every arrival of the schedule on time; returns how many started and how many were
-/// refused for `max_shoppers`.
+/// Starts every arrival of the schedule on time, the loops taking turns; returns how many
+/// started and how many were refused for `max_shoppers`.
 ///
 /// It runs on a thread of its own and sleeps on the OS clock: tokio's timers are driven by the
-/// runtime's workers, so a sleep on them wakes late exactly when the workers are busy, and
-/// arrivals would then start late and in bursts. Started this way, an arrival that still runs
-/// late waited for a worker, and its lag says so.
-fn start_arrivals(
-    context: &Arc<RunContext>,
-    runtime: &tokio::runtime::Handle,
-    start: Instant,
-) -> (u64, u64) {
+/// runtime's threads, so a sleep on them wakes late exactly when those are busy, and arrivals
+/// would then start late and in bursts. Started this way, an arrival that still runs late
+/// waited for its loop, and its lag says so.
+fn start_arrivals(context: &Arc<RunContext>, loops: &EventLoops, start: Instant) -> (u64, u64) {
     let scenario = &context.scenario;
     let (mut started, mut not_started) = (0, 0);
     for (index, offset) in scenario.arrivals.schedule(scenario.seed).enumerate() {
@@ -129,14 +130,17 @@ fn start_arrivals(
             not_started += 1;
             continue;
         }
-        runtime.spawn(shopper::run(Arc::clone(context), index as u64, due));
+        let index = index as u64;
+        loops.spawn(index, |pool| {
+            shopper::run(Arc::clone(context), pool, index, due)
+        });
         started += 1;
     }
     (started, not_started)
 }
 
-/// Sleeps 10 ms at a time and records how late it woke: the time a shopper's next step waits
-/// for the runtime when the generator's threads are busy.
+/// Sleeps 10 ms at a time on an event loop and records how late it woke: the time a shopper's
+/// next step waits for its loop when the loop is busy.
 async fn probe_runtime_lag(context: Arc<RunContext>) {
     const PERIOD: Duration = Duration::from_millis(10);
     let mut due = Instant::now() + PERIOD;

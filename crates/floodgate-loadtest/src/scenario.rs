@@ -62,8 +62,8 @@ pub struct GeneratorSettings {
     pub max_shoppers: usize,
     /// How long to wait for shoppers still in a journey after the last arrival.
     pub drain: Duration,
-    /// Runtime threads; 0 for one per CPU. On a machine shared with the target, fewer threads
-    /// than CPUs leave the target room and cost the generator fewer thread hand-offs.
+    /// The generator's threads, each an event loop with its share of the connections; 0 for one
+    /// per CPU. On a machine shared with the target, fewer threads than CPUs leave it room.
     pub threads: usize,
 }
 

@@ -32,8 +32,6 @@ pub struct RunContext {
     pub scenario: Scenario,
     /// The run's id, for `{run}`.
     pub run_id: String,
-    /// The pool to the target.
-    pub pool: Arc<Pool>,
     /// Live metrics.
     pub metrics: Metrics,
     /// Index of each journey's first step among all steps.
@@ -61,7 +59,7 @@ pub struct Ledger {
 
 impl RunContext {
     /// The context for `scenario`'s run.
-    pub fn new(scenario: Scenario, run_id: String, pool: Arc<Pool>, metrics: Metrics) -> Self {
+    pub fn new(scenario: Scenario, run_id: String, metrics: Metrics) -> Self {
         let mut step_base = Vec::with_capacity(scenario.journeys.len());
         let mut next = 0;
         for journey in &scenario.journeys {
@@ -71,7 +69,6 @@ impl RunContext {
         Self {
             scenario,
             run_id,
-            pool,
             metrics,
             step_base,
             ledger: Ledger::default(),
@@ -184,8 +181,9 @@ impl Ended {
     }
 }
 
-/// Runs shopper number `index`, due to arrive at `due`, counted alive by [`RunContext::admit`].
-pub async fn run(context: Arc<RunContext>, index: u64, due: Instant) {
+/// Runs shopper number `index`, due to arrive at `due`, counted alive by [`RunContext::admit`],
+/// over `pool` (its event loop's).
+pub async fn run(context: Arc<RunContext>, pool: Arc<Pool>, index: u64, due: Instant) {
     let _alive = Alive(&context);
     let metrics = &context.metrics;
     let arrived = Instant::now();
@@ -217,6 +215,7 @@ pub async fn run(context: Arc<RunContext>, index: u64, due: Instant) {
 
     let shopper = Shopper {
         context: &context,
+        pool: &pool,
         index,
         due,
         values,
@@ -293,6 +292,7 @@ enum Verdict {
 
 struct Shopper<'a> {
     context: &'a RunContext,
+    pool: &'a Pool,
     index: u64,
     due: Instant,
     values: Values<'a>,
@@ -366,7 +366,7 @@ impl Shopper<'_> {
     }
 
     fn pool(&self) -> &Pool {
-        &self.context.pool
+        self.pool
     }
 
     /// Sends `request`, again after a retryable answer or failure, at most `retries` more times.
