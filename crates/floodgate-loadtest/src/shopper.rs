@@ -236,7 +236,7 @@ pub async fn run(context: Arc<RunContext>, pool: Arc<Pool>, index: u64, due: Ins
             metrics.step(Instant::now(), key, Outcome::Abandoned, 0, None);
             return;
         }
-        let ended = Box::pin(shopper.step(step, i, &mut carried, &mut rng)).await;
+        let ended = shopper.step(step, i, &mut carried, &mut rng).await;
         let response = ended.at.saturating_duration_since(intended);
         metrics.step(
             ended.at,
