@@ -47,7 +47,7 @@ pub async fn execute(
     let step_keys: Vec<String> = scenario.steps().map(|s| s.key.clone()).collect();
     let start = Instant::now();
     let metrics = Metrics::new(start, step_keys.clone());
-    let context = Arc::new(RunContext::new(scenario, run_id, metrics));
+    let context = Arc::new(RunContext::new(scenario, &target, run_id, metrics));
     let scenario = &context.scenario;
 
     let bar = progress_bar(progress, scenario.arrivals.planned());

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::client::{Exchange, Failure, Pool, Response};
+use crate::client::{Exchange, Failure, Pool, Response, Target};
 use crate::metrics::{Metrics, Milestone, Outcome};
 use crate::scenario::{Action, Journey, Method, OrderAction, QueueWait, Scenario, Step};
-use crate::template::Values;
+use crate::template::{Template, Values};
 
 /// Longest wait a `Retry-After` can impose between attempts.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -36,6 +36,8 @@ pub struct RunContext {
     pub metrics: Metrics,
     /// Index of each journey's first step among all steps.
     pub step_base: Vec<usize>,
+    /// By step index, the request of each step with nothing templated, encoded once.
+    fixed_requests: Vec<Option<Vec<u8>>>,
     /// Orders and admissions, for the checks after the run.
     pub ledger: Ledger,
     /// Set when the drain time ran out: shoppers leave at their next step or poll.
@@ -58,19 +60,24 @@ pub struct Ledger {
 }
 
 impl RunContext {
-    /// The context for `scenario`'s run.
-    pub fn new(scenario: Scenario, run_id: String, metrics: Metrics) -> Self {
+    /// The context for `scenario`'s run against `target`.
+    pub fn new(scenario: Scenario, target: &Target, run_id: String, metrics: Metrics) -> Self {
         let mut step_base = Vec::with_capacity(scenario.journeys.len());
         let mut next = 0;
         for journey in &scenario.journeys {
             step_base.push(next);
             next += journey.steps.len();
         }
+        let fixed_requests = scenario
+            .steps()
+            .map(|step| fixed_request(&step.action, target))
+            .collect();
         Self {
             scenario,
             run_id,
             metrics,
             step_base,
+            fixed_requests,
             ledger: Ledger::default(),
             stopped: AtomicBool::new(false),
             all_left: Notify::new(),
@@ -127,6 +134,28 @@ impl RunContext {
         }
         unreachable!("the draw is below the sum of the weights")
     }
+}
+
+/// The request of a step whose path, body and headers name no value.
+fn fixed_request(action: &Action, target: &Target) -> Option<Vec<u8>> {
+    let Action::Request {
+        method,
+        path,
+        body,
+        headers,
+    } = action
+    else {
+        return None;
+    };
+    let body = match body {
+        Some(body) => Some(body.fixed()?),
+        None => None,
+    };
+    let headers = headers
+        .iter()
+        .map(|(name, value)| Some((name.as_str(), value.fixed()?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(target.request(*method, path.fixed()?, &headers, body.map(str::as_bytes)))
 }
 
 /// Decrements a gauge when dropped, so cancelled shoppers are not counted forever.
@@ -236,7 +265,7 @@ pub async fn run(context: Arc<RunContext>, pool: Arc<Pool>, index: u64, due: Ins
             metrics.step(Instant::now(), key, Outcome::Abandoned, 0, None);
             return;
         }
-        let ended = shopper.step(step, i, &mut carried, &mut rng).await;
+        let ended = shopper.step(step, key, i, &mut carried, &mut rng).await;
         let response = ended.at.saturating_duration_since(intended);
         metrics.step(
             ended.at,
@@ -302,6 +331,7 @@ impl Shopper<'_> {
     async fn step(
         &self,
         step: &Step,
+        key: usize,
         position: usize,
         carried: &mut Carried,
         rng: &mut fastrand::Rng,
@@ -313,24 +343,16 @@ impl Shopper<'_> {
                 body,
                 headers,
             } => {
-                let path = path.render(&self.values);
-                let body = body.as_ref().map(|b| b.render(&self.values));
-                let rendered: Vec<(String, String)> = headers
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.render(&self.values)))
-                    .collect();
-                let header_refs: Vec<(&str, &str)> = rendered
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                let request = self.pool().target().request(
-                    *method,
-                    &path,
-                    &header_refs,
-                    body.as_deref().map(str::as_bytes),
-                );
+                let rendered;
+                let request = match &self.context.fixed_requests[key] {
+                    Some(fixed) => fixed.as_slice(),
+                    None => {
+                        rendered = self.render_request(*method, path, body.as_ref(), headers);
+                        rendered.as_slice()
+                    }
+                };
                 let (_, ended) = self
-                    .send(&request, step.retries, rng, |response| {
+                    .send(request, step.retries, rng, |response| {
                         match response.status {
                             200..=399 => Verdict::Done,
                             429 | 500..=599 => Verdict::Retry,
@@ -367,6 +389,30 @@ impl Shopper<'_> {
 
     fn pool(&self) -> &Pool {
         self.pool
+    }
+
+    /// Encodes a request step with this shopper's values.
+    fn render_request(
+        &self,
+        method: Method,
+        path: &Template,
+        body: Option<&Template>,
+        headers: &[(String, Template)],
+    ) -> Vec<u8> {
+        let path = path.render(&self.values);
+        let body = body.map(|b| b.render(&self.values));
+        let rendered: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.render(&self.values)))
+            .collect();
+        let header_refs: Vec<(&str, &str)> =
+            rendered.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        self.pool().target().request(
+            method,
+            &path,
+            &header_refs,
+            body.as_deref().map(str::as_bytes),
+        )
     }
 
     /// Sends `request`, again after a retryable answer or failure, at most `retries` more times.

@@ -100,6 +100,15 @@ impl Template {
         self.parts.contains(&Part::Var(var))
     }
 
+    /// The text, when the template names no value: the same for every shopper.
+    pub fn fixed(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Text(text)] => Some(text),
+            _ => None,
+        }
+    }
+
     /// Appends the rendered template to `out`.
     pub fn render_into(&self, values: &Values<'_>, out: &mut String) {
         for part in &self.parts {
@@ -155,5 +164,12 @@ mod tests {
         );
         assert!(Template::parse("/a}").unwrap_err().contains("unmatched"));
         assert!(!Template::parse("/plain").unwrap().uses(Var::Sku));
+    }
+
+    #[test]
+    fn only_a_template_without_values_is_fixed() {
+        assert_eq!(Template::parse("/a/{{b}}").unwrap().fixed(), Some("/a/{b}"));
+        assert_eq!(Template::parse("").unwrap().fixed(), Some(""));
+        assert_eq!(Template::parse("/a/{sku}").unwrap().fixed(), None);
     }
 }
