@@ -66,8 +66,11 @@ pub async fn execute(
     };
     (generator.started, generator.not_started) = arrivals.await.expect("the arrival thread");
     generator.unfinished = context.drain(scenario.generator.drain).await;
-    // The last reference: the loops stop, and shoppers still in a journey are cancelled.
-    drop(loops);
+    // The last reference: the loops stop, and shoppers still in a journey are cancelled. Joining
+    // their threads blocks, so it is done off this runtime.
+    tokio::task::spawn_blocking(move || drop(loops))
+        .await
+        .expect("stopping the event loops");
     merger.abort();
     bar.finish_and_clear();
 
