@@ -387,10 +387,6 @@ impl Shopper<'_> {
         }
     }
 
-    fn pool(&self) -> &Pool {
-        self.pool
-    }
-
     /// Encodes a request step with this shopper's values.
     fn render_request(
         &self,
@@ -407,7 +403,7 @@ impl Shopper<'_> {
             .collect();
         let header_refs: Vec<(&str, &str)> =
             rendered.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        self.pool().target().request(
+        self.pool.target().request(
             method,
             &path,
             &header_refs,
@@ -425,7 +421,7 @@ impl Shopper<'_> {
     ) -> (Option<Response>, Ended) {
         let mut attempt = 0;
         loop {
-            let Exchange { result, sent_at } = self.pool().send(request).await;
+            let Exchange { result, sent_at } = self.pool.send(request).await;
             let at = Instant::now();
             let service = Some(at.saturating_duration_since(sent_at));
             // An `Err` outcome may be retried; an `Ok` one is final.
@@ -478,7 +474,7 @@ impl Shopper<'_> {
         carried: &mut Carried,
         rng: &mut fastrand::Rng,
     ) -> Ended {
-        let target = self.pool().target();
+        let target = self.pool.target();
         let path = format!("/api/drops/{}/queue", self.values.drop);
         let body = serde_json::json!({ "customer": self.values.customer }).to_string();
         let join = target.request(Method::Post, &path, &[], Some(body.as_bytes()));
@@ -557,7 +553,7 @@ impl Shopper<'_> {
 
     /// Listens on the ticket's event stream until an event says admitted or sold out.
     async fn listen(&self, ticket: &str) -> Result<QueueAnswer, Outcome> {
-        let target = self.pool().target();
+        let target = self.pool.target();
         let request = target.request(
             Method::Get,
             &format!("/api/queue/{ticket}/events"),
@@ -565,7 +561,7 @@ impl Shopper<'_> {
             None,
         );
         let (status, mut events) =
-            self.pool()
+            self.pool
                 .stream(&request)
                 .await
                 .map_err(|failure| match failure {
@@ -619,7 +615,7 @@ impl Shopper<'_> {
         rng: &mut fastrand::Rng,
     ) -> Ended {
         let (sku, quantity) = (order.sku.render(&self.values), order.quantity);
-        let target = self.pool().target();
+        let target = self.pool.target();
         let path = format!("/api/drops/{}/orders", self.values.drop);
         let key = format!("{}-{}-{position}", self.values.run, self.index);
         let mut headers = vec![("Idempotency-Key", key.as_str())];
@@ -673,19 +669,17 @@ impl Shopper<'_> {
         give_up_after: Duration,
         poll_every: Duration,
     ) -> Ended {
-        let request = self.pool().target().request(
-            Method::Get,
-            &format!("/api/orders/{order_id}"),
-            &[],
-            None,
-        );
+        let request =
+            self.pool
+                .target()
+                .request(Method::Get, &format!("/api/orders/{order_id}"), &[], None);
         let deadline = Instant::now() + give_up_after;
         let mut service = None;
         loop {
             if self.context.stopped() {
                 return Ended::now(Outcome::GaveUp, service);
             }
-            let Exchange { result, sent_at } = Box::pin(self.pool().send(&request)).await;
+            let Exchange { result, sent_at } = Box::pin(self.pool.send(&request)).await;
             let at = Instant::now();
             service = Some(at.saturating_duration_since(sent_at)).or(service);
             if let Ok(response) = &result {
