@@ -1,6 +1,7 @@
 //! `floodgate serve`: opens the store, binds the listeners, starts the dispatcher, runs until
 //! SIGTERM or Ctrl-C.
 
+use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()>
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Colour codes only for a person at a terminal: a log file or journal gets plain text,
+        // and a request's span fields are not dressed in escapes nobody sees.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match log_format {
         LogFormat::Text => logs.init(),
