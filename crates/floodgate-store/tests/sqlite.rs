@@ -43,3 +43,22 @@ async fn a_store_from_before_the_tallies_gets_them_counted_from_its_orders() {
         expected
     );
 }
+
+/// Every index on `orders` costs every insert a B-tree write, so the table keeps only those a
+/// query reads: the order id and the idempotency key (both unique). Lists walk `seq` itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_keep_only_the_indexes_a_query_reads() {
+    use conformance::Backend;
+    let backend = sqlite();
+    drop(backend.open().await);
+    let connection = rusqlite::Connection::open(backend.0.path().join("floodgate.db")).unwrap();
+    let mut statement = connection
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'orders' ORDER BY name")
+        .unwrap();
+    let indexes: Vec<String> = statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["orders_by_key", "sqlite_autoindex_orders_1"]);
+}
