@@ -5,6 +5,8 @@
 //! finished key replays its answer. Only accepted orders are remembered: a refusal (sold out,
 //! limit reached) is cheap to compute again and may change as stock returns, so it is not stored.
 
+use std::collections::hash_map::Entry;
+
 use crate::sharded_map::{SHARDS, ShardedMap};
 use crate::{OrderId, RequestFingerprint, Timestamp};
 
@@ -62,6 +64,21 @@ enum KeyEntry {
     },
 }
 
+impl KeyEntry {
+    /// What a request with `fingerprint` under this known key gets.
+    fn answer(&self, fingerprint: RequestFingerprint) -> KeyLookup {
+        match self {
+            Self::InFlight(first) if *first == fingerprint => KeyLookup::InProgress,
+            Self::Answered {
+                fingerprint: first,
+                order_id,
+                ..
+            } if *first == fingerprint => KeyLookup::Replay(order_id.clone()),
+            _ => KeyLookup::Reused,
+        }
+    }
+}
+
 /// The keys of one drop, in memory. Their number is bounded by the drop's stock: only accepted
 /// orders leave an entry behind, and each holds at least one unit.
 #[derive(Debug, Default)]
@@ -77,33 +94,33 @@ impl KeyTable {
 
     /// Looks `key` up and, when it is fresh, claims it for this request.
     pub fn claim(&mut self, key: &IdempotencyKey, fingerprint: RequestFingerprint) -> KeyLookup {
-        let lookup = self.lookup(key, fingerprint);
-        if lookup == KeyLookup::Fresh {
-            self.entries
-                .insert(key.clone(), KeyEntry::InFlight(fingerprint));
+        // One probe of a table of millions: nearly every key is fresh, and owned either way.
+        match self.entries.entry(key.clone()) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(KeyEntry::InFlight(fingerprint));
+                KeyLookup::Fresh
+            }
+            Entry::Occupied(known) => known.get().answer(fingerprint),
         }
-        lookup
     }
 
     /// What `key` would answer for a request with `fingerprint`, without claiming it.
     pub fn lookup(&self, key: &IdempotencyKey, fingerprint: RequestFingerprint) -> KeyLookup {
-        match self.entries.get(key) {
-            None => KeyLookup::Fresh,
-            Some(KeyEntry::InFlight(first)) if *first == fingerprint => KeyLookup::InProgress,
-            Some(KeyEntry::Answered {
-                fingerprint: first,
-                order_id,
-                ..
-            }) if *first == fingerprint => KeyLookup::Replay(order_id.clone()),
-            Some(_) => KeyLookup::Reused,
-        }
+        self.entries
+            .get(key)
+            .map_or(KeyLookup::Fresh, |known| known.answer(fingerprint))
     }
 
     /// Records the answer of a claimed key.
-    pub fn finish(&mut self, key: IdempotencyKey, order_id: OrderId, answered_at: Timestamp) {
-        if let Some(KeyEntry::InFlight(fingerprint)) = self.entries.get(&key) {
-            let fingerprint = *fingerprint;
-            self.restore(key, fingerprint, order_id, answered_at);
+    pub fn finish(&mut self, key: &IdempotencyKey, order_id: OrderId, answered_at: Timestamp) {
+        if let Some(entry) = self.entries.get_mut(key)
+            && let KeyEntry::InFlight(fingerprint) = *entry
+        {
+            *entry = KeyEntry::Answered {
+                fingerprint,
+                order_id,
+                answered_at,
+            };
         }
     }
 
@@ -179,7 +196,7 @@ mod tests {
         assert_eq!(table.claim(&key, fingerprint(1)), KeyLookup::Fresh);
         assert_eq!(table.claim(&key, fingerprint(1)), KeyLookup::InProgress);
         assert_eq!(table.claim(&key, fingerprint(2)), KeyLookup::Reused);
-        table.finish(key.clone(), order.clone(), Timestamp::from_unix_millis(5));
+        table.finish(&key, order.clone(), Timestamp::from_unix_millis(5));
         assert_eq!(table.claim(&key, fingerprint(1)), KeyLookup::Replay(order));
         assert_eq!(table.claim(&key, fingerprint(2)), KeyLookup::Reused);
     }
@@ -192,7 +209,7 @@ mod tests {
         table.forget(&key);
         assert_eq!(table.claim(&key, fingerprint(2)), KeyLookup::Fresh);
         table.finish(
-            key.clone(),
+            &key,
             OrderId::new(Timestamp::from_unix_millis(0), 1),
             Timestamp::from_unix_millis(5),
         );

@@ -12,6 +12,7 @@
 //! sit in another node's lease.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use crate::drop::SpecProblem;
 use crate::sharded_map::ShardedMap;
@@ -243,12 +244,26 @@ impl DropLedger {
         if available < wanted {
             return Err(Refusal::InsufficientStock { available });
         }
-        let held = self.held_by_customer.get(customer).copied().unwrap_or(0);
+        // One probe of a table of millions, and an unknown customer is inserted only if the
+        // order fits the limit.
         let limit = self.spec.limit_per_customer;
-        if held + wanted > u64::from(limit) {
-            return Err(Refusal::LimitReached { limit, held });
+        let held = match self.held_by_customer.entry(customer.to_owned()) {
+            Entry::Occupied(known) if *known.get() + wanted > u64::from(limit) => {
+                return Err(Refusal::LimitReached {
+                    limit,
+                    held: *known.get(),
+                });
+            }
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(_) if wanted > u64::from(limit) => {
+                return Err(Refusal::LimitReached { limit, held: 0 });
+            }
+            Entry::Vacant(vacant) => vacant.insert(0),
+        };
+        *held += wanted;
+        if let Some(units) = self.skus.get_mut(sku) {
+            units.held += wanted;
         }
-        self.hold(customer, sku, wanted);
         Ok(())
     }
 

@@ -249,7 +249,7 @@ impl Intake {
             match stored {
                 Ok(()) => {
                     drop.keys
-                        .finish(order.idempotency_key, order.order_id.clone(), now);
+                        .finish(&order.idempotency_key, order.order_id.clone(), now);
                     Ok(Placed::Accepted(order.order_id))
                 }
                 // The store knew the key (another node took it, or memory had forgotten it):
