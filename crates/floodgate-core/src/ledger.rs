@@ -261,9 +261,7 @@ impl DropLedger {
             Entry::Vacant(vacant) => vacant.insert(0),
         };
         *held += wanted;
-        if let Some(units) = self.skus.get_mut(sku) {
-            units.held += wanted;
-        }
+        self.hold_units(sku, wanted);
         Ok(())
     }
 
@@ -363,13 +361,18 @@ impl DropLedger {
     }
 
     fn hold(&mut self, customer: &str, sku: &str, quantity: u64) {
-        if let Some(units) = self.skus.get_mut(sku) {
-            units.held += quantity;
-        }
+        self.hold_units(sku, quantity);
         *self
             .held_by_customer
             .entry(customer.to_owned())
             .or_default() += quantity;
+    }
+
+    /// Counts `quantity` more of a SKU's units as held (the customer's side is the caller's).
+    fn hold_units(&mut self, sku: &str, quantity: u64) {
+        if let Some(units) = self.skus.get_mut(sku) {
+            units.held += quantity;
+        }
     }
 }
 
