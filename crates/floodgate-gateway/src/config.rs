@@ -4,6 +4,7 @@
 pub mod front_door;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Time shutdown waits for admitted requests.
     pub shutdown_grace_ms: u64,
-    /// Threads serving requests; 0: one per core.
+    /// Threads serving connections; 0: one per core.
     pub worker_threads: u64,
     /// Serve `/metrics` on the admin listener without the admin token (for a scraper that
     /// holds no secrets).
@@ -468,6 +469,14 @@ impl Config {
             header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
         }
+    }
+
+    /// How many threads serve connections: `server.worker_threads`, or one per core.
+    pub fn connection_threads(&self) -> NonZeroUsize {
+        usize::try_from(self.server.worker_threads)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
     }
 }
 

@@ -8,6 +8,7 @@
 mod admin_api;
 mod body;
 pub mod config;
+mod connection_loops;
 mod dashboard;
 mod error;
 pub mod front_door;
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::Config;
+pub use connection_loops::ConnectionLoops;
 pub use error::ApiError;
 pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
@@ -249,12 +251,14 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// Serves both listeners until `shutdown` completes, then drains: `/readyz` turns `503`, no new
-/// connections are accepted, admitted requests finish, and the store commits what it was given.
+/// Serves both listeners on `loops` until `shutdown` completes, then drains: `/readyz` turns
+/// `503`, no new connections are accepted, admitted requests finish, and the store commits what
+/// it was given.
 pub async fn run(
     listeners: Listeners,
     gateway: Arc<Gateway>,
     limits: ConnectionLimits,
+    loops: Arc<ConnectionLoops>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StoreError> {
     // Closed by `run` itself once `shutdown` completes; every serve loop watches it.
@@ -263,12 +267,14 @@ pub async fn run(
         listeners.public,
         public_router(Arc::clone(&gateway)),
         limits,
+        Arc::clone(&loops),
         stopped.clone(),
     ));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         admin_router(Arc::clone(&gateway)),
         limits,
+        loops,
         stopped.clone(),
     ));
     let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));

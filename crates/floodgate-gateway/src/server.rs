@@ -1,6 +1,8 @@
 //! Serving a router on a listener: HTTP/1.1 with keep-alive, a header read timeout against slow
-//! clients, and a graceful shutdown that lets admitted requests finish.
+//! clients, and a graceful shutdown that lets admitted requests finish. Connections are accepted
+//! here and served on the [`ConnectionLoops`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -10,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::connection_loops::ConnectionLoops;
 use crate::front_door::ClientAddr;
 
 /// How a listener treats its connections.
@@ -21,18 +24,20 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Serves `router` until `shutdown` turns true, then stops accepting and waits (at most the
-/// grace period) for every open connection's in-flight request to finish.
+/// Serves `router` on `loops` until `shutdown` turns true, then stops accepting and waits (at
+/// most the grace period) for every open connection's in-flight request to finish.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
+    loops: Arc<ConnectionLoops>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -49,18 +54,35 @@ pub(crate) async fn serve(
         };
         // Small JSON answers must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        // Leaves this runtime's reactor, to join the loop's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "cannot hand a connection to a loop");
+                continue;
+            }
+        };
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ClientAddr(peer));
                 request
             },
         ));
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
+        let (http, watcher) = (Arc::clone(&http), graceful.watcher());
+        loops.hand_off(move || {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot register a connection");
+                    return;
+                }
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
         });
     }
     drop(listener);

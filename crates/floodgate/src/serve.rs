@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Leadership};
 use floodgate_gateway::config::{DownstreamConfig, StoreConfig};
-use floodgate_gateway::{Clock, Config, Gateway, Listeners};
+use floodgate_gateway::{Clock, Config, ConnectionLoops, Gateway, Listeners};
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -22,7 +22,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Runs the gateway described by `config` on a new multi-threaded runtime.
+/// Runs the gateway described by `config`: its connections on their own loops (one per core
+/// unless `server.worker_threads` says otherwise), everything else on one runtime thread.
 pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -40,11 +41,10 @@ pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()>
             .with_span_list(false)
             .init(),
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.worker_threads > 0 {
-        runtime.worker_threads(usize::try_from(config.server.worker_threads)?);
-    }
-    runtime
+    // Accept loops and background tasks (delivery, observation, pruning) take little: a second
+    // thread would mostly be one more to wake.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
@@ -126,9 +126,17 @@ pub(crate) async fn run_gateway(
             }
         }
     };
-    floodgate_gateway::run(listeners, gateway, config.connection_limits(), shutdown)
-        .await
-        .context("shutdown did not complete cleanly")
+    let loops = ConnectionLoops::start(config.connection_threads())
+        .context("cannot start the threads that serve connections")?;
+    floodgate_gateway::run(
+        listeners,
+        gateway,
+        config.connection_limits(),
+        loops,
+        shutdown,
+    )
+    .await
+    .context("shutdown did not complete cleanly")
 }
 
 /// The store the config names: PostgreSQL at `store.url`, else the embedded SQLite store.
