@@ -9,57 +9,79 @@
 //! throughput by a tenth (see ARCHITECTURE.md). The shared runtime keeps the accept loops and the
 //! background tasks.
 
+use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 
-use tokio::sync::mpsc;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
-/// Work handed to a loop: it runs on the loop's thread, inside its runtime.
-type Handoff = Box<dyn FnOnce() + Send>;
-
-/// The loops; each stops once this is dropped and the connections it serves have ended.
+/// The running loops; dropping them stops every loop and cancels what still runs there.
 pub struct ConnectionLoops {
-    loops: Vec<mpsc::UnboundedSender<Handoff>>,
+    loops: Vec<ConnectionLoop>,
     next: AtomicUsize,
+}
+
+struct ConnectionLoop {
+    runtime: Handle,
+    /// Dropped to stop the loop.
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ConnectionLoops {
     /// Starts `count` loops, each on its own thread.
-    pub fn start(count: NonZeroUsize) -> std::io::Result<Arc<Self>> {
+    pub fn start(count: NonZeroUsize) -> std::io::Result<Self> {
         let loops = (0..count.get())
             .map(start_loop)
             .collect::<std::io::Result<_>>()?;
-        Ok(Arc::new(Self {
+        Ok(Self {
             loops,
             next: AtomicUsize::new(0),
-        }))
+        })
     }
 
-    /// Runs `work` on the next loop in turn (connections live long under keep-alive, so taking
-    /// turns spreads them evenly).
-    pub(crate) fn hand_off(&self, work: impl FnOnce() + Send + 'static) {
+    /// Spawns `task` on the next loop in turn (connections live long under keep-alive, so
+    /// taking turns spreads them evenly).
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
-        // A loop ends only after every sender is gone, so the send cannot fail while `self` lives.
-        let _ = self.loops[turn].send(Box::new(work));
+        self.loops[turn].runtime.spawn(task);
     }
 }
 
-fn start_loop(index: usize) -> std::io::Result<mpsc::UnboundedSender<Handoff>> {
+fn start_loop(index: usize) -> std::io::Result<ConnectionLoop> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (handoffs, mut handed) = mpsc::unbounded_channel::<Handoff>();
-    std::thread::Builder::new()
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = runtime.handle().clone();
+    let thread = std::thread::Builder::new()
         .name(format!("floodgate-loop{index}"))
         .spawn(move || {
-            runtime.block_on(async move {
-                while let Some(work) = handed.recv().await {
-                    work();
-                }
+            runtime.block_on(async {
+                let _ = stopped.await;
             });
         })?;
-    Ok(handoffs)
+    Ok(ConnectionLoop {
+        runtime: handle,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl Drop for ConnectionLoops {
+    fn drop(&mut self) {
+        for each in &mut self.loops {
+            each.stop.take();
+        }
+        for each in &mut self.loops {
+            if let Some(thread) = each.thread.take() {
+                // A loop that panicked has already said so on stderr.
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,13 +89,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn work_takes_turns_between_the_loops_and_runs_inside_their_runtimes() {
+    fn tasks_take_turns_between_the_loops_and_run_inside_their_runtimes() {
         let loops = ConnectionLoops::start(NonZeroUsize::new(2).unwrap()).unwrap();
         let (done, finished) = std::sync::mpsc::channel();
         for _ in 0..4 {
             let done = done.clone();
-            loops.hand_off(move || {
-                let inside_a_runtime = tokio::runtime::Handle::try_current().is_ok();
+            loops.spawn(async move {
+                let inside_a_runtime = Handle::try_current().is_ok();
                 let thread = std::thread::current().name().map(str::to_owned);
                 done.send((thread, inside_a_runtime)).unwrap();
             });

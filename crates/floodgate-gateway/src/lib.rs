@@ -258,9 +258,11 @@ pub async fn run(
     listeners: Listeners,
     gateway: Arc<Gateway>,
     limits: ConnectionLimits,
-    loops: Arc<ConnectionLoops>,
+    loops: ConnectionLoops,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StoreError> {
+    // Both listeners' connections; the loops stop once both have drained.
+    let loops = Arc::new(loops);
     // Closed by `run` itself once `shutdown` completes; every serve loop watches it.
     let (stop, stopped) = watch::channel(false);
     let public = tokio::spawn(server::serve(

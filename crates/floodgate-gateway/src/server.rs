@@ -69,7 +69,8 @@ pub(crate) async fn serve(
             },
         ));
         let (http, watcher) = (Arc::clone(&http), graceful.watcher());
-        loops.hand_off(move || {
+        loops.spawn(async move {
+            // Registered from the loop's own task, so with the loop's reactor.
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -77,12 +78,10 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
         });
     }
     drop(listener);
