@@ -8,7 +8,9 @@
 #
 # Prints each round and the median rates, p99s and the ratio floodgate/nginx
 # (target: >= 0.35, floodgate p99 < 20 ms), and the store's transactions per accepted order
-# (from /metrics). Only loopback addresses are used.
+# (from /metrics). Beside them, floodgate's /healthz (its HTTP path alone, for reference) and
+# the CPU each server and wrk spent per request (/proc and bash's `time`): on a shared 2-core
+# machine the ratio is mostly a ratio of those. Only loopback addresses are used.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,24 +30,31 @@ put_drop bench "$BENCH_DROP"
 write_orders_lua "$work/orders.lua"
 
 echo "threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
-nginx_rates=(); fg_rates=(); nginx_p99=(); fg_p99=()
+nginx_procs=$(with_children "${pids[0]}")
+floodgate_proc=${pids[-1]}
+nginx=(); health=(); intake=()
+report() { # label, run_wrk's fields
+  read -r rate p99 bad server client <<< "$2"
+  printf '%-32s %6.0f req/s  p99 %6.2f ms  non-2xx %s  cpu/request: server %s µs, wrk %s µs\n' \
+    "$1" "$rate" "$p99" "$bad" "$server" "$client"
+}
 for round in $(seq "$ROUNDS"); do
-  read -r rate p99 bad < <(run_wrk "http://127.0.0.1:$nginx_port/")
-  nginx_rates+=("$rate"); nginx_p99+=("$p99")
-  echo "round $round nginx fixed 200:      $rate req/s  p99 ${p99} ms  non-2xx $bad"
-  read -r rate p99 bad < <(run_wrk "$public/api/drops/bench/orders" "$work/orders.lua")
-  fg_rates+=("$rate"); fg_p99+=("$p99")
-  echo "round $round floodgate intake:     $rate req/s  p99 ${p99} ms  non-2xx $bad"
+  nginx+=("$(CPU_OF=$nginx_procs run_wrk "http://127.0.0.1:$nginx_port/")")
+  report "round $round nginx fixed 200" "${nginx[-1]}"
+  health+=("$(CPU_OF=$floodgate_proc run_wrk "$public/healthz")")
+  report "round $round floodgate /healthz" "${health[-1]}"
+  intake+=("$(CPU_OF=$floodgate_proc run_wrk "$public/api/drops/bench/orders" "$work/orders.lua")")
+  report "round $round floodgate intake" "${intake[-1]}"
 done
+nginx_median=$(printf '%s\n' "${nginx[@]}" | median_fields)
+health_median=$(printf '%s\n' "${health[@]}" | median_fields)
+intake_median=$(printf '%s\n' "${intake[@]}" | median_fields)
+report "median nginx fixed 200" "$nginx_median"
+report "median floodgate /healthz" "$health_median"
+report "median floodgate durable intake" "$intake_median"
+echo "ratio floodgate intake/nginx $(ratio "${intake_median%% *}" "${nginx_median%% *}") (target >= 0.35, p99 < 20 ms);" \
+  "/healthz/nginx $(ratio "${health_median%% *}" "${nginx_median%% *}")"
 held=$(curl -sf -H 'Authorization: Bearer bench' "$admin/admin/drops/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["skus"][0]["held"])')
 commits=$(curl -sf -H 'Authorization: Bearer bench' "$admin/metrics" | sed -n 's/^floodgate_store_commits_total //p')
-python3 - "${nginx_rates[*]}" "${fg_rates[*]}" "${nginx_p99[*]}" "${fg_p99[*]}" "$held" "$commits" "${STORE:-sqlite}" <<'PY'
-import statistics, sys
-nginx, fg, nginx_p99, fg_p99 = ([float(x) for x in arg.split()] for arg in sys.argv[1:5])
-n, f = statistics.median(nginx), statistics.median(fg)
-print(f"median nginx {n:.0f} req/s (p99 {statistics.median(nginx_p99):.2f} ms)")
-print(f"median floodgate durable intake {f:.0f} orders/s (p99 {statistics.median(fg_p99):.2f} ms)")
-print(f"ratio floodgate/nginx {f / n:.2f} (target >= 0.35)")
-print(f"orders durably stored during the run: {sys.argv[5]}")
-print(f"{sys.argv[7]} transactions per accepted order: {float(sys.argv[6]) / max(1, int(sys.argv[5])):.4f}")
-PY
+echo "orders durably stored during the run: $held"
+echo "${STORE:-sqlite} transactions per accepted order: $(awk -v c="$commits" -v h="$held" 'BEGIN { printf "%.4f", c / (h > 0 ? h : 1) }')"

@@ -55,19 +55,57 @@ nginx_temp_paths() {
 }
 
 # Runs wrk against $1 (with the Lua script $2, if given) using THREADS, CONNECTIONS, DURATION.
+# Prints "requests_per_second p99_ms non_2xx"; with CPU_OF set to process ids, two more fields:
+# the CPU time (user + system) those processes and wrk itself spent per request, in µs.
 run_wrk() {
-  local out
-  if [ -n "${2:-}" ]; then out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1")
-  else out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1"); fi
-  python3 - "$out" <<'PY'
+  local out before ticks=0 wrk_cpu="" timing="$work/wrk-time.$BASHPID" TIMEFORMAT='%U %S'
+  if [ -n "${2:-}" ]; then set -- wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1"
+  else set -- wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1"; fi
+  before=$(cpu_ticks ${CPU_OF:-})
+  { time out=$("$@"); } 2> "$timing"
+  if [ -n "${CPU_OF:-}" ]; then
+    ticks=$(($(cpu_ticks $CPU_OF) - before))
+    wrk_cpu=$(<"$timing")
+  fi
+  rm -f "$timing"
+  python3 - "$out" "$ticks" "$(getconf CLK_TCK)" "$wrk_cpu" <<'PY'
 import re, sys
-out = sys.argv[1]
+out, ticks, ticks_per_second, wrk_cpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
 p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(f"{rate:.0f} {p99:.2f} {bad.group(1) if bad else 0}")
+fields = [f"{rate:.0f}", f"{p99:.2f}", bad.group(1) if bad else "0"]
+if wrk_cpu:
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    fields.append(f"{ticks / ticks_per_second * 1e6 / requests:.1f}")
+    fields.append(f"{sum(map(float, wrk_cpu.split())) * 1e6 / requests:.1f}")
+print(" ".join(fields))
 PY
+}
+
+# The median of each column of the lines on standard input (run_wrk's fields, one run a line).
+median_fields() {
+  python3 -c 'import statistics, sys
+rows = [list(map(float, line.split())) for line in sys.stdin if line.strip()]
+print(" ".join(f"{statistics.median(column):.2f}" for column in zip(*rows)))'
+}
+
+# $1 / $2 to two decimals.
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
+
+# The CPU time (user + system, in clock ticks) the processes $@ have used so far; 0 for none.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$total"
+}
+
+# Process $1 and its children (nginx's master and workers).
+with_children() {
+  echo "$1" $(pgrep -P "$1")
 }
 
 # Starts nginx in directory $1 on a free port, one worker per core, answering every request

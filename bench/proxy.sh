@@ -8,7 +8,8 @@
 #   CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/proxy.sh
 #
 # Prints medians of requests/s and p99 and the ratios floodgate/nginx (targets: throughput
-# >= 1.0, p99 <= 1.0). Only loopback addresses are used.
+# >= 1.0, p99 <= 1.0), and the CPU each proxy spent per request (/proc). Only loopback
+# addresses are used.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -84,23 +85,19 @@ for cache in off on; do
     start_floodgate "$workers" "$cache"
     sleep 0.5
     curl -sf -o /dev/null "$nginx_url" && curl -sf -o /dev/null "$floodgate_url"
-    n_rates=(); n_p99=(); f_rates=(); f_p99=()
+    nginx_procs=$(with_children "${pids[-2]}")
+    n_runs=(); f_runs=()
     for round in $(seq "$ROUNDS"); do
-      read -r rate p99 bad < <(run_wrk "$nginx_url")
-      n_rates+=("$rate"); n_p99+=("$p99")
-      echo "cache=$cache workers=$workers round $round nginx:     $rate req/s  p99 ${p99} ms  non-2xx $bad"
-      read -r rate p99 bad < <(run_wrk "$floodgate_url")
-      f_rates+=("$rate"); f_p99+=("$p99")
-      echo "cache=$cache workers=$workers round $round floodgate: $rate req/s  p99 ${p99} ms  non-2xx $bad"
+      n_runs+=("$(CPU_OF=$nginx_procs run_wrk "$nginx_url")")
+      read -r rate p99 bad cpu _ <<< "${n_runs[-1]}"
+      echo "cache=$cache workers=$workers round $round nginx:     $rate req/s  p99 ${p99} ms  non-2xx $bad  cpu/request $cpu µs"
+      f_runs+=("$(CPU_OF=${pids[-1]} run_wrk "$floodgate_url")")
+      read -r rate p99 bad cpu _ <<< "${f_runs[-1]}"
+      echo "cache=$cache workers=$workers round $round floodgate: $rate req/s  p99 ${p99} ms  non-2xx $bad  cpu/request $cpu µs"
     done
-    summary+=("$(python3 - "$cache" "$workers" "${n_rates[*]}" "${n_p99[*]}" "${f_rates[*]}" "${f_p99[*]}" <<'PY'
-import statistics, sys
-cache, workers = sys.argv[1:3]
-n, n99, f, f99 = (statistics.median(float(x) for x in arg.split()) for arg in sys.argv[3:7])
-print(f"cache={cache} workers={workers}: nginx {n:.0f} req/s p99 {n99:.2f} ms | floodgate {f:.0f} req/s "
-      f"p99 {f99:.2f} ms | throughput ratio {f / n:.2f} (target >= 1.0), p99 ratio {f99 / n99:.2f} (target <= 1.0)")
-PY
-)")
+    read -r n n99 _ ncpu _ < <(printf '%s\n' "${n_runs[@]}" | median_fields)
+    read -r f f99 _ fcpu _ < <(printf '%s\n' "${f_runs[@]}" | median_fields)
+    summary+=("cache=$cache workers=$workers: nginx ${n%.*} req/s p99 $n99 ms cpu $ncpu µs | floodgate ${f%.*} req/s p99 $f99 ms cpu $fcpu µs | throughput ratio $(ratio "$f" "$n") (target >= 1.0), p99 ratio $(ratio "$f99" "$n99") (target <= 1.0)")
     for pid in "${pids[@]: -2}"; do kill "$pid" 2>/dev/null || true; done
   done
 done
