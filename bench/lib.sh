@@ -3,7 +3,8 @@
 # Source it from bench/, then call bench_setup.
 
 # Reads THREADS, CONNECTIONS, DURATION, ROUNDS (with defaults); sets root, work (a temporary
-# directory), pids (stopped, and work removed, on exit), NGINX and FLOODGATE (a release build).
+# directory), pids (stopped, and work removed, on exit), NGINX and FLOODGATE (this checkout's
+# release build, unless FLOODGATE already names a binary: to measure another build).
 bench_setup() {
   THREADS=${THREADS:-2}
   CONNECTIONS=${CONNECTIONS:-64}
@@ -14,8 +15,10 @@ bench_setup() {
   pids=()
   trap bench_cleanup EXIT
   need_nginx_and_wrk
-  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
-  FLOODGATE="$root/target/release/floodgate"
+  if [ -z "${FLOODGATE:-}" ]; then
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin floodgate
+    FLOODGATE="$root/target/release/floodgate"
+  fi
 }
 
 # Stops what the script started (a PostgreSQL server at once, and waits for it to go, so its
