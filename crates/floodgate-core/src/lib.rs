@@ -12,6 +12,7 @@ pub mod concurrency;
 pub mod drop;
 pub mod gcra;
 pub mod glob;
+pub mod hex;
 pub mod idempotency;
 pub mod latency;
 pub mod ledger;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{DropId, IdempotencyKey, Timestamp};
+use crate::{DropId, IdempotencyKey, Timestamp, hex};
 
 /// Longest customer identity, in bytes.
 pub const MAX_CUSTOMER_LEN: usize = 255;
@@ -22,16 +22,19 @@ pub struct OrderId(String);
 const ORDER_ID_RANDOM_MASK: u128 = (1 << 80) - 1;
 /// The time part of an [`OrderId`]: 48 bits of milliseconds (until the year 10889).
 const ORDER_ID_TIME_MASK: i64 = (1 << 48) - 1;
+/// `ord_` and 32 hex digits.
+const ORDER_ID_LEN: usize = 36;
 
 impl OrderId {
     /// Builds the id of an order accepted at `accepted_at`; the caller owns the randomness
     /// (core does no I/O), of which the low 80 bits are used.
     pub fn new(accepted_at: Timestamp, random_bits: u128) -> Self {
         let time = accepted_at.unix_millis() & ORDER_ID_TIME_MASK;
-        Self(format!(
-            "ord_{time:012x}{:020x}",
-            random_bits & ORDER_ID_RANDOM_MASK
-        ))
+        let mut id = String::with_capacity(ORDER_ID_LEN);
+        id.push_str("ord_");
+        hex::push_digits(&mut id, u128::from(time.unsigned_abs()), 12);
+        hex::push_digits(&mut id, random_bits & ORDER_ID_RANDOM_MASK, 20);
+        Self(id)
     }
 
     /// Accepts text that has the shape of an order id, so lookups of junk never reach the store.

@@ -10,7 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{DropId, Timestamp};
+use crate::{DropId, Timestamp, hex};
 
 const VERSION: u8 = 1;
 /// Bytes of the identity digest kept in a token: enough to tell identities apart, short enough
@@ -135,14 +135,17 @@ impl TokenKeys {
         payload.extend_from_slice(&identity.0);
         payload.extend_from_slice(drop_id.as_str().as_bytes());
         let tag = tag(key, &payload);
-        format!("{}.{}", hex(&payload), hex(&tag))
+        format!("{}.{}", hex::encode(&payload), hex::encode(&tag))
     }
 
     /// Signs a short value (a visitor id) with the current key: `<value>.<key id>.<tag>`.
     /// The value must not contain `.`.
     pub fn sign_value(&self, value: &str) -> String {
         let (key_id, key) = &self.keys[0];
-        format!("{value}.{key_id}.{}", hex(&tag(key, &value_message(value))))
+        format!(
+            "{value}.{key_id}.{}",
+            hex::encode(&tag(key, &value_message(value)))
+        )
     }
 
     /// The value of a string made by [`Self::sign_value`], if its tag checks with a known key.
@@ -158,7 +161,7 @@ impl TokenKeys {
             .iter()
             .find(|(id, _)| *id == key_id)
             .map(|(_, key)| key)?;
-        let presented = unhex(presented)?;
+        let presented = hex::decode(presented)?;
         bool::from(tag(key, &value_message(value)).as_slice().ct_eq(&presented)).then_some(value)
     }
 
@@ -181,8 +184,8 @@ impl TokenKeys {
     /// Checks `token`'s signature, kind and expiry, and says whom and what it was issued for.
     pub fn open(&self, token: &str, kind: TokenKind, now: Timestamp) -> Result<Opened, TokenError> {
         let (payload, presented) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let payload = unhex(payload).ok_or(TokenError::Malformed)?;
-        let presented = unhex(presented).ok_or(TokenError::Malformed)?;
+        let payload = hex::decode(payload).ok_or(TokenError::Malformed)?;
+        let presented = hex::decode(presented).ok_or(TokenError::Malformed)?;
         if payload.len() < FIXED_BYTES || payload[0] != VERSION {
             return Err(TokenError::Malformed);
         }
@@ -233,20 +236,6 @@ fn tag(key: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(payload);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use floodgate_core::ledger::Refusal;
-use floodgate_core::{DropId, DropState, Identity};
+use floodgate_core::{DropId, DropState, Identity, hex};
 use futures_util::Stream;
 use serde_json::{Value, json};
 
@@ -113,18 +113,12 @@ async fn fairness(
         .rooms
         .fairness(&drop, state == DropState::SoldOut, now)
         .await?;
-    let hex = |bytes: &[u8]| {
-        bytes
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect::<String>()
-    };
     Ok(Json(json!({
         "drop": drop.id,
         "draw_at": drop.starts_at,
         "state": if fairness.seed.is_some() { "drawn" } else { "committed" },
-        "commitment_sha256": hex(&fairness.commitment),
-        "seed": fairness.seed.map(|seed| hex(&seed)),
+        "commitment_sha256": hex::encode(&fairness.commitment),
+        "seed": fairness.seed.map(|seed| hex::encode(&seed)),
         "entrants": fairness.entrants,
         "how_to_verify": "identity key = the first 8 bytes (big-endian) of SHA-256(customer); \
             draw key = the first 8 bytes (big-endian) of HMAC-SHA256(seed, identity key as 8 \

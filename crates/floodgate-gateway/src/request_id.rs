@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use floodgate_core::hex;
 use tracing::Instrument;
 
 /// The header, in and out.
@@ -26,9 +27,12 @@ pub(crate) async fn tag(mut request: Request, next: Next) -> Response {
         .unwrap_or_else(new_id);
     request.headers_mut().insert(REQUEST_ID, id.clone());
     // At the highest level, so the span is kept whenever any event of the request is logged.
+    // The id as Display: the fmt layer writes a span's fields when it opens, and a `str` field
+    // goes through `Debug`, escaping char by char (callgrind: about 600 instructions of a
+    // `/healthz` request's 29,000), where a checked id has nothing to escape.
     let span = tracing::error_span!(
         "request",
-        request_id = id.to_str().unwrap_or_default(),
+        request_id = %id.to_str().unwrap_or_default(),
         method = %request.method(),
         path = request.uri().path(),
     );
@@ -46,8 +50,13 @@ fn new_id() -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let serial = NEXT.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}{serial:016x}"))
-        .expect("hex digits are a valid header value")
+    let mut id = String::with_capacity(32);
+    hex::push_digits(
+        &mut id,
+        (u128::from(*prefix) << 64) | u128::from(serial),
+        32,
+    );
+    HeaderValue::try_from(id).expect("hex digits are a valid header value")
 }
 
 /// Visible ASCII without spaces, up to [`MAX_ID_BYTES`].
