@@ -1,7 +1,7 @@
 //! Reading request bodies within the configured size limit, and request headers the API needs.
 
 use axum::body::Body;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use floodgate_core::IdempotencyKey;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -26,10 +26,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
         .map_err(|error| ApiError::InvalidBody(format!("invalid JSON body: {error}")))
 }
 
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// The `Idempotency-Key` header, required on order creation.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let value = headers
-        .get("idempotency-key")
+        .get(&IDEMPOTENCY_KEY)
         .ok_or(ApiError::MissingIdempotencyKey)?;
     let text = value
         .to_str()

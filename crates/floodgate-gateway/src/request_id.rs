@@ -6,14 +6,14 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use floodgate_core::hex;
 use tracing::Instrument;
 
-/// The header, in and out.
-pub(crate) const REQUEST_ID: &str = "x-request-id";
+/// The header, in and out (a `HeaderName`, so no lookup parses the name again).
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest id taken from a client; longer ones are replaced, so logs stay bounded.
 const MAX_ID_BYTES: usize = 128;
 
@@ -21,7 +21,7 @@ const MAX_ID_BYTES: usize = 128;
 pub(crate) async fn tag(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .filter(|value| well_formed(value.as_bytes()))
         .cloned()
         .unwrap_or_else(new_id);
