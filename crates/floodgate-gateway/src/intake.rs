@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use floodgate_core::{
     DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, KeyTable, Order, OrderId,
-    OrderRequest, OrderState, Refusal, Timestamp,
+    OrderRequest, OrderState, Refusal, RequestFingerprint, Timestamp,
 };
 use floodgate_store::{Store, StoreError};
 
@@ -194,9 +194,10 @@ impl Intake {
             .validate(self.limits.max_quantity_per_order)
             .map_err(|invalid| ApiError::InvalidBody(invalid.to_string()))?;
         let ledger = self.ledger(drop_id).ok_or(ApiError::UnknownDrop)?;
+        let fingerprint = request.fingerprint();
         {
             let mut drop = lock(&ledger);
-            match drop.keys.claim(&key, request.fingerprint()) {
+            match drop.keys.claim(&key, fingerprint) {
                 KeyLookup::Fresh => {}
                 KeyLookup::Replay(order_id) => return Ok(Placed::Replayed(order_id)),
                 KeyLookup::InProgress => return Err(ApiError::RequestInProgress),
@@ -238,7 +239,7 @@ impl Intake {
                 return Err(error.into());
             }
         }
-        let order = new_order(drop_id.clone(), key, request, now);
+        let order = new_order(drop_id.clone(), key, request, fingerprint, now);
         let store = Arc::clone(&self.store);
         let last_overload = Arc::clone(&self.last_overload);
         // Detached: once units are taken, the commit and its bookkeeping finish even if the
@@ -455,8 +456,13 @@ fn new_ledger(spec: DropSpec, leased: bool) -> DropLedger {
     }
 }
 
-fn new_order(drop_id: DropId, key: IdempotencyKey, request: OrderRequest, now: Timestamp) -> Order {
-    let fingerprint = request.fingerprint();
+fn new_order(
+    drop_id: DropId,
+    key: IdempotencyKey,
+    request: OrderRequest,
+    fingerprint: RequestFingerprint,
+    now: Timestamp,
+) -> Order {
     Order {
         order_id: OrderId::new(now, uuid::Uuid::new_v4().as_u128()),
         drop_id,
