@@ -34,14 +34,10 @@ worker_threads = 1
 [store]
 path = "$run/store"
 CONF
-  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error valgrind --tool=callgrind \
-    --callgrind-out-file="$run/callgrind.out" "$FLOODGATE" serve --config "$run/floodgate.toml" \
-    > "$run/out" 2> "$run/valgrind.log" &
-  local pid=$!
-  pids+=("$pid")
-  for _ in $(seq 600); do grep -q '^floodgate admin ' "$run/out" 2>/dev/null && break; sleep 0.1; done
-  public=$(sed -n 's/^floodgate public //p' "$run/out")
-  admin=$(sed -n 's/^floodgate admin //p' "$run/out")
+  local wrap=(valgrind --tool=callgrind --log-file="$run/valgrind.log"
+    --callgrind-out-file="$run/callgrind.out")
+  launch_floodgate "$run/floodgate.toml" "$run/out"
+  local pid=${pids[-1]}
   put_drop bench "$BENCH_DROP"
   wrk -t1 -c8 -d3s "$public/healthz" > /dev/null
   callgrind_control --zero "$pid" > /dev/null 2>&1

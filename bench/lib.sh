@@ -200,12 +200,15 @@ put_drop() {
   curl -sf -X PUT -H 'Authorization: Bearer bench' "$admin/admin/drops/$1" -d "$2" >/dev/null
 }
 
-# Starts "$FLOODGATE serve --config $1" with its announcements in $2 and admin token "bench";
-# sets public and admin to its listeners' URLs and adds its pid to pids.
+# Starts "$FLOODGATE serve --config $1" with its announcements in $2 and admin token "bench",
+# under the command in the array `wrap` if the script set one (valgrind, say); sets public and
+# admin to its listeners' URLs and adds its pid to pids.
 launch_floodgate() {
-  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error "$FLOODGATE" serve --config "$1" > "$2" &
+  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error ${wrap[@]+"${wrap[@]}"} "$FLOODGATE" serve \
+    --config "$1" > "$2" &
   pids+=($!)
-  for _ in $(seq 100); do grep -q '^floodgate admin ' "$2" 2>/dev/null && break; sleep 0.1; done
+  # Long enough for a start under valgrind; a plain start announces within milliseconds.
+  for _ in $(seq 600); do grep -q '^floodgate admin ' "$2" 2>/dev/null && break; sleep 0.1; done
   public=$(sed -n 's/^floodgate public //p' "$2")
   admin=$(sed -n 's/^floodgate admin //p' "$2")
 }
