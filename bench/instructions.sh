@@ -7,8 +7,9 @@
 #   bash bench/instructions.sh                          # this checkout's release build
 #   FLOODGATE=/path/to/floodgate bash bench/instructions.sh   # another build, to compare
 #
-# Prints instructions per /healthz request (the HTTP path alone) and per durable order. Not
-# counted: the kernel (loopback TCP, fsync). Valgrind's CPU lacks some extensions (SHA-NI), so
+# Prints instructions per /healthz request (the HTTP path alone), per durable order, and per
+# request proxied to an origin (nginx answering a fixed page). Not counted: the kernel
+# (loopback TCP, fsync), nginx. Valgrind's CPU lacks some extensions (SHA-NI), so
 # sha2 takes its software path there. Installs valgrind if missing; only loopback is used.
 set -euo pipefail
 
@@ -21,8 +22,9 @@ if ! command -v valgrind >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
 write_orders_lua "$work/orders.lua"
+start_fixed_nginx "$work/origin" '{"product":"muskie-rod","in_stock":500}'
 
-# Counts one target: "healthz" or "intake".
+# Counts one target: "healthz", "intake" or "proxied".
 count() {
   local run="$work/$1"
   mkdir -p "$run"
@@ -33,6 +35,8 @@ admin_listen = "127.0.0.1:0"
 worker_threads = 1
 [store]
 path = "$run/store"
+[origin]
+url = "http://127.0.0.1:$nginx_port"
 CONF
   local wrap=(valgrind --tool=callgrind --log-file="$run/valgrind.log"
     --callgrind-out-file="$run/callgrind.out")
@@ -42,8 +46,11 @@ CONF
   wrk -t1 -c8 -d3s "$public/healthz" > /dev/null
   callgrind_control --zero "$pid" > /dev/null 2>&1
   local out
-  if [ "$1" = healthz ]; then out=$(wrk -t1 -c8 -d"$DURATION" "$public/healthz")
-  else out=$(wrk -t1 -c8 -d"$DURATION" -s "$work/orders.lua" "$public/api/drops/bench/orders"); fi
+  case $1 in
+    healthz) out=$(wrk -t1 -c8 -d"$DURATION" "$public/healthz") ;;
+    intake) out=$(wrk -t1 -c8 -d"$DURATION" -s "$work/orders.lua" "$public/api/drops/bench/orders") ;;
+    proxied) out=$(wrk -t1 -c8 -d"$DURATION" "$public/shop/rods/muskie") ;;
+  esac
   callgrind_control --dump "$pid" > /dev/null 2>&1
   kill "$pid"; wait "$pid" || true
   local requests instructions
@@ -58,3 +65,4 @@ CONF
 echo "binary: $FLOODGATE"
 count healthz
 count intake
+count proxied

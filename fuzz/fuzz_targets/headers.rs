@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use floodgate_core::CacheControl;
-use floodgate_gateway::front_door::prepare_request_headers;
+use floodgate_gateway::front_door::{ClientAddr, prepare_request_headers};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|lines: Vec<(&str, &[u8])>| {
@@ -26,7 +26,8 @@ fuzz_target!(|lines: Vec<(&str, &[u8])>| {
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    prepare_request_headers(&mut headers, "192.0.2.1:1234".parse().expect("address"));
+    let client = ClientAddr::new("192.0.2.1".parse().expect("address"));
+    prepare_request_headers(&mut headers, &client);
     for gone in ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "trailer"] {
         assert!(!headers.contains_key(gone), "{gone} was forwarded");
     }

@@ -4,12 +4,11 @@
 //! `cargo bench -p floodgate-gateway --bench admission` (target: median under 1 µs).
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, HeaderValue, Method};
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodgate_gateway::Config;
-use floodgate_gateway::front_door::{Decision, FrontDoor};
+use floodgate_gateway::front_door::{ClientAddr, Decision, FrontDoor};
 
 fn front_door() -> FrontDoor {
     let mut toml = String::from(
@@ -33,7 +32,7 @@ fn front_door() -> FrontDoor {
 
 fn admission(criterion: &mut Criterion) {
     let door = front_door();
-    let client: SocketAddr = "192.0.2.7:40000".parse().expect("address");
+    let client = ClientAddr::new("192.0.2.7".parse().expect("address"));
     let customers: Vec<HeaderMap> = (0..1_000)
         .map(|customer| {
             let mut headers = HeaderMap::new();
@@ -50,7 +49,7 @@ fn admission(criterion: &mut Criterion) {
                 &Method::GET,
                 black_box("/shop/rods/muskie/casting-rod"),
                 &customers[turn],
-                client,
+                &client,
             );
             match decision {
                 Decision::Admitted(_, permit) => permit.finish(false),

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use crate::Gateway;
+use crate::front_door::ClientAddr;
 use crate::waiting_room::RoomDrop;
 
 /// Tables are sized up front for at most this many shoppers: past it, sizing would hold
@@ -34,8 +35,7 @@ const MAX_PRESIZED_SHOPPERS: u64 = 10_000_000;
 /// open as the surge needs them.
 const MAX_CONNECTIONS_PER_UPSTREAM: usize = 64;
 /// The peer a pre-warm request comes from, as the front door sees it.
-const PREWARM_CLIENT: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+const PREWARM_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// Checks that the downstream takes connections; the bin wires one in with
 /// [`Gateway::probe_downstream_with`] (the gateway itself never calls the downstream).
@@ -227,7 +227,8 @@ impl Gateway {
                 cached: false,
             };
         };
-        let response = self.front_door.handle(fetch, PREWARM_CLIENT).await;
+        let client = ClientAddr::new(PREWARM_CLIENT);
+        let response = self.front_door.handle(fetch, &client).await;
         let status = response.status().as_u16();
         // Read to the end, so the connection goes back to the idle list.
         let _ = response.into_body().collect().await;

@@ -47,13 +47,13 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
 
 async fn through_front_door(
     State(gateway): State<Arc<Gateway>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
 ) -> Response {
-    let client = request.extensions().get::<ClientAddr>().map_or_else(
-        || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        |addr| addr.0,
-    );
-    gateway.front_door.handle(request, client).await
+    let client = request
+        .extensions_mut()
+        .remove::<ClientAddr>()
+        .unwrap_or_else(|| ClientAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into()));
+    gateway.front_door.handle(request, &client).await
 }
 
 async fn healthz() -> Json<Value> {

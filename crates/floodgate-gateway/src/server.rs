@@ -62,9 +62,10 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let client = ClientAddr::new(peer.ip());
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ClientAddr(peer));
+                request.extensions_mut().insert(client.clone());
                 request
             },
         ));

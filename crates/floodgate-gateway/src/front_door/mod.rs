@@ -15,7 +15,7 @@ mod rate_limit;
 mod upstream;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,7 +34,7 @@ use crate::traffic::ServedAs;
 use admission::{Admission, Permit};
 use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
 use pool::Pool;
-use proxy::{Buffered, Proxy, ProxyError};
+use proxy::{Buffered, ProxyError};
 use rate_limit::{GlobalLimiter, KeyedLimiter};
 use upstream::UpstreamBody;
 
@@ -45,9 +45,27 @@ const QUEUE_PER_SLOT: usize = 4;
 /// Seconds a shed shopper is told to wait.
 const SHED_RETRY_AFTER_S: u32 = 2;
 
-/// The peer of a connection, put on each request by the server.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+/// The client of a connection, put on each of its requests by the server: its IP address as
+/// text, for `X-Forwarded-For` and per-IP rate limits, written once per connection rather than
+/// formatted per request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    ip: HeaderValue,
+}
+
+impl ClientAddr {
+    /// The client at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        let ip =
+            HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
+        Self { ip }
+    }
+
+    /// The IP address, as text.
+    pub(crate) fn ip(&self) -> &HeaderValue {
+        &self.ip
+    }
+}
 
 /// What the front door decides for a request before any I/O (see [`FrontDoor::decide`]).
 pub enum Decision {
@@ -133,7 +151,6 @@ pub struct FrontDoor {
     not_found: AtomicU64,
     /// Where unrouted requests go, if `origin.url` is set.
     fallback: Option<Route>,
-    proxy: Proxy,
     cache: Option<Arc<EdgeCache>>,
 }
 
@@ -227,7 +244,6 @@ impl FrontDoor {
             pools,
             not_found: AtomicU64::new(0),
             fallback,
-            proxy: Proxy::default(),
             cache,
         }
     }
@@ -283,7 +299,7 @@ impl FrontDoor {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-        client: SocketAddr,
+        client: &ClientAddr,
     ) -> Decision {
         let Some(route) = self.route(method, path) else {
             return Decision::NotFound;
@@ -308,8 +324,8 @@ impl FrontDoor {
         for pool in &self.pools {
             let (limit, _) = pool.admission.load();
             let count = most_per_upstream.min(limit as usize).max(1);
-            for base in pool.bases() {
-                opened += self.proxy.open_connections(base, count).await;
+            for upstream in pool.upstreams() {
+                opened += upstream.connections.open(count).await;
             }
         }
         opened
@@ -329,11 +345,11 @@ impl FrontDoor {
 
     /// Answers one request that none of floodgate's own endpoints took, marked with the class
     /// that served it.
-    pub(crate) async fn handle(&self, request: Request<Body>, client: SocketAddr) -> Response {
+    pub(crate) async fn handle(&self, request: Request<Body>, client: &ClientAddr) -> Response {
         let Some(route) = self.route(request.method(), request.uri().path()) else {
             self.not_found.fetch_add(1, Ordering::Relaxed);
             return refusal(
-                request.headers(),
+                wants_html(request.headers()),
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "nothing is served at this path",
@@ -347,12 +363,12 @@ impl FrontDoor {
         response
     }
 
-    async fn answer(&self, route: &Route, request: Request<Body>, client: SocketAddr) -> Response {
+    async fn answer(&self, route: &Route, request: Request<Body>, client: &ClientAddr) -> Response {
         if let Err(wait) = route.check_rate_limits(request.headers(), client) {
             route.target.counts.add(Outcome::RateLimited);
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u32;
             return refusal(
-                request.headers(),
+                wants_html(request.headers()),
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many requests; retry after the indicated delay",
@@ -362,33 +378,47 @@ impl FrontDoor {
         let target = &route.target;
         match &self.cache {
             Some(cache) if target.cache.is_some() && EdgeCache::applies_to(&request) => {
-                self.through_cache(cache, target, request, client).await
+                let key = cache.key(&request);
+                match cache.lookup(&key) {
+                    Lookup::Fresh(entry) => {
+                        target.counts.add(Outcome::CacheHit);
+                        entry.respond(request.method(), Served::Hit)
+                    }
+                    // Boxed: the router copies every request's future whole, and the fill's
+                    // is several kilobytes that a hit or a plain forward has no use for.
+                    lookup => {
+                        Box::pin(self.through_cache(cache, target, request, key, lookup, client))
+                            .await
+                    }
+                }
             }
             _ => {
-                let accept = request.headers().clone();
-                match target.fetch(&self.proxy, request, client).await {
+                let html = wants_html(request.headers());
+                match target.fetch(request, client).await {
                     Ok((response, permit)) => {
                         let (parts, body) = response.into_parts();
                         proxy::relay(parts, body, permit)
                     }
-                    Err(failure) => failure_response(&accept, failure),
+                    Err(failure) => failure_response(html, failure),
                 }
             }
         }
     }
 
-    /// Serves a cacheable request: a fresh entry, a stale one while it is refreshed, or the
-    /// origin's answer fetched once for everyone asking at the same time.
+    /// Serves a cacheable request the cache holds no fresh answer for (`lookup` says what it
+    /// holds under `key`): a stale entry while it is refreshed, or the origin's answer fetched
+    /// once for everyone asking at the same time.
     async fn through_cache(
         &self,
         cache: &Arc<EdgeCache>,
         target: &Arc<Target>,
         request: Request<Body>,
-        client: SocketAddr,
+        key: String,
+        lookup: Lookup,
+        client: &ClientAddr,
     ) -> Response {
-        let key = cache.key(&request);
         let method = request.method().clone();
-        let stale = match cache.lookup(&key) {
+        let stale = match lookup {
             Lookup::Fresh(entry) => {
                 target.counts.add(Outcome::CacheHit);
                 return entry.respond(&method, Served::Hit);
@@ -396,12 +426,12 @@ impl FrontDoor {
             Lookup::Revalidate(entry) => {
                 if let Fill::Leader(fill) = cache.join_fill(&key) {
                     let refresh = copy_head(&request);
-                    let (proxy, cache, target) =
-                        (self.proxy.clone(), Arc::clone(cache), Arc::clone(target));
+                    let (cache, target, client) =
+                        (Arc::clone(cache), Arc::clone(target), client.clone());
                     tokio::spawn(async move {
                         let refresh = refresh.map(|()| Body::empty());
                         let (_, filled) =
-                            fetch_into_cache(&proxy, &cache, &target, refresh, client, None).await;
+                            fetch_into_cache(&cache, &target, refresh, &client, None).await;
                         fill.finish(filled);
                     });
                 }
@@ -414,7 +444,7 @@ impl FrontDoor {
         match cache.join_fill(&key) {
             Fill::Leader(fill) => {
                 let (response, filled) =
-                    fetch_into_cache(&self.proxy, cache, target, request, client, stale).await;
+                    fetch_into_cache(cache, target, request, client, stale).await;
                 fill.finish(filled);
                 response
             }
@@ -425,7 +455,7 @@ impl FrontDoor {
                 }
                 // Nothing to share (not cacheable, or the fill failed): ask on our own.
                 None => {
-                    fetch_into_cache(&self.proxy, cache, target, request, client, stale)
+                    fetch_into_cache(cache, target, request, client, stale)
                         .await
                         .0
                 }
@@ -437,11 +467,10 @@ impl FrontDoor {
 /// Fetches a cacheable request from the origin, keeps the answer if a shared cache may, and
 /// falls back to `stale` when the origin fails.
 async fn fetch_into_cache(
-    proxy: &Proxy,
     cache: &EdgeCache,
     target: &Target,
     request: Request<Body>,
-    client: SocketAddr,
+    client: &ClientAddr,
     stale: Option<Arc<Entry>>,
 ) -> (Response, Filled) {
     let head = copy_head(&request);
@@ -451,11 +480,11 @@ async fn fetch_into_cache(
             (entry.respond(head.method(), Served::Stale), None)
         })
     };
-    let (response, permit) = match target.fetch(proxy, request, client).await {
+    let html = wants_html(head.headers());
+    let (response, permit) = match target.fetch(request, client).await {
         Ok(fetched) => fetched,
         Err(failure) => {
-            return serve_stale(&stale)
-                .unwrap_or_else(|| (failure_response(head.headers(), failure), None));
+            return serve_stale(&stale).unwrap_or_else(|| (failure_response(html, failure), None));
         }
     };
     if response.status().is_server_error()
@@ -489,7 +518,7 @@ async fn fetch_into_cache(
             (
                 serve_stale(&stale)
                     .map(|(response, _)| response)
-                    .unwrap_or_else(|| failure_response(head.headers(), broken)),
+                    .unwrap_or_else(|| failure_response(html, broken)),
                 None,
             )
         }
@@ -509,9 +538,8 @@ impl Target {
     /// Takes a slot in the pool (unless critical), forwards, and records the upstream's health.
     async fn fetch(
         &self,
-        proxy: &Proxy,
         request: Request<Body>,
-        client: SocketAddr,
+        client: &ClientAddr,
     ) -> Result<(axum::http::Response<UpstreamBody>, Option<Permit>), Failure> {
         let permit = if !self.admitted {
             None
@@ -524,10 +552,7 @@ impl Target {
             })?)
         };
         let chosen = self.pool.choose();
-        match proxy
-            .forward(&chosen.upstream.base, request, client, self.timeout)
-            .await
-        {
+        match proxy::forward(chosen.upstream, request, client, self.timeout).await {
             Ok(response) => {
                 chosen.upstream.record(!response.status().is_server_error());
                 self.counts.add(Outcome::Forwarded);
@@ -546,24 +571,24 @@ impl Target {
     }
 }
 
-fn failure_response(headers: &HeaderMap, failure: Failure) -> Response {
+fn failure_response(html: bool, failure: Failure) -> Response {
     match failure {
         Failure::Shed => refusal(
-            headers,
+            html,
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             "the shop is busy; retry after the indicated delay",
             Some(SHED_RETRY_AFTER_S),
         ),
         Failure::Origin(ProxyError::Timeout) => refusal(
-            headers,
+            html,
             StatusCode::GATEWAY_TIMEOUT,
             "origin_timeout",
             "the shop did not answer in time",
             None,
         ),
         Failure::Origin(ProxyError::Unreachable(_)) => refusal(
-            headers,
+            html,
             StatusCode::BAD_GATEWAY,
             "origin_unreachable",
             "the shop could not be reached",
@@ -603,16 +628,17 @@ impl Route {
     }
 
     /// The per-client limit first (a greedy client must not spend the route's global budget).
-    fn check_rate_limits(&self, headers: &HeaderMap, client: SocketAddr) -> Result<(), Duration> {
+    fn check_rate_limits(&self, headers: &HeaderMap, client: &ClientAddr) -> Result<(), Duration> {
         if let Some((limiter, key)) = &self.per_client {
             let by_header = match key {
-                ClientKey::Header(name) => headers.get(name).and_then(|value| value.to_str().ok()),
+                ClientKey::Header(name) => headers.get(name),
                 ClientKey::Ip => None,
             };
-            match by_header {
-                Some(value) => limiter.check(value)?,
-                None => limiter.check(&client.ip().to_string())?,
-            }
+            let key = by_header
+                .and_then(|value| value.to_str().ok())
+                .or_else(|| client.ip().to_str().ok())
+                .unwrap_or_default();
+            limiter.check(key)?;
         }
         match &self.global {
             Some(limiter) => limiter.check(),
@@ -621,16 +647,16 @@ impl Route {
     }
 }
 
-/// A refusal in the shape the client reads: a small page for browsers, the API's JSON error
-/// otherwise.
+/// A refusal in the shape the client reads: a small page for browsers (`html`), the API's JSON
+/// error otherwise.
 fn refusal(
-    headers: &HeaderMap,
+    html: bool,
     status: StatusCode,
     code: &str,
     message: &str,
     retry_after_s: Option<u32>,
 ) -> Response {
-    let mut response = if wants_html(headers) {
+    let mut response = if html {
         let wait = retry_after_s
             .map(|seconds| {
                 format!(

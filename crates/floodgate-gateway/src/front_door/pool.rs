@@ -9,6 +9,7 @@ use axum::http::Uri;
 use tokio::time::Instant;
 
 use super::admission::Admission;
+use super::upstream::Connections;
 use crate::config::front_door::Balance;
 
 /// Failures in a row that eject an upstream.
@@ -20,6 +21,8 @@ const EJECTION: Duration = Duration::from_secs(10);
 pub(crate) struct Upstream {
     /// Base URL; the request's path and query are appended.
     pub(crate) base: Uri,
+    /// Its kept-alive connections.
+    pub(crate) connections: Connections,
     in_flight: AtomicU32,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
@@ -48,7 +51,7 @@ impl Drop for Chosen<'_> {
 }
 
 impl Pool {
-    /// A pool of `upstreams` (at least one).
+    /// A pool of `upstreams`: at least one, each an http URL with a host (as the config checks).
     pub(crate) fn new(
         name: String,
         upstreams: Vec<Uri>,
@@ -60,6 +63,11 @@ impl Pool {
             upstreams: upstreams
                 .into_iter()
                 .map(|base| Upstream {
+                    connections: Connections::to(
+                        base.authority()
+                            .cloned()
+                            .expect("the config checks that an upstream URL names a host"),
+                    ),
                     base,
                     in_flight: AtomicU32::new(0),
                     failures: AtomicU32::new(0),
@@ -72,34 +80,34 @@ impl Pool {
         }
     }
 
-    /// Every upstream's base URL.
-    pub(crate) fn bases(&self) -> impl Iterator<Item = &Uri> {
-        self.upstreams.iter().map(|upstream| &upstream.base)
+    /// Every upstream.
+    pub(crate) fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
     }
 
     /// Chooses an upstream; ejected ones are skipped unless every one is ejected (then all
     /// serve: a pool that sends nothing helps nobody).
     pub(crate) fn choose(&self) -> Chosen<'_> {
         let now = Instant::now();
-        let healthy: Vec<&Upstream> = self
-            .upstreams
-            .iter()
-            .filter(|upstream| !upstream.is_ejected(now))
-            .collect();
-        let candidates = if healthy.is_empty() {
-            self.upstreams.iter().collect()
-        } else {
-            healthy
-        };
+        let serving = |upstream: &&Upstream| !upstream.is_ejected(now);
+        let healthy = self.upstreams.iter().filter(serving).count();
         let upstream = match self.balance {
             Balance::RoundRobin => {
-                candidates[self.turn.fetch_add(1, Ordering::Relaxed) % candidates.len()]
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                match healthy {
+                    0 => &self.upstreams[turn % self.upstreams.len()],
+                    _ => (self.upstreams.iter().filter(serving).nth(turn % healthy))
+                        .expect("counted"),
+                }
             }
-            Balance::LeastInFlight => candidates
-                .iter()
-                .copied()
-                .min_by_key(|upstream| upstream.in_flight.load(Ordering::Relaxed))
-                .unwrap_or(candidates[0]),
+            Balance::LeastInFlight => {
+                let load = |upstream: &&Upstream| upstream.in_flight.load(Ordering::Relaxed);
+                let least = match healthy {
+                    0 => self.upstreams.iter().min_by_key(load),
+                    _ => self.upstreams.iter().filter(serving).min_by_key(load),
+                };
+                least.expect("a pool has an upstream")
+            }
         };
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
         Chosen { upstream }

@@ -3,22 +3,25 @@
 //! `Via` added.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::header::Entry;
 use axum::http::response::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
+use super::ClientAddr;
 use super::admission::Permit;
-use super::upstream::{Connections, SendError, UpstreamBody};
+use super::pool::Upstream;
+use super::upstream::{SendError, UpstreamBody};
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). A `static`: a
+/// `const` array would be built (and dropped) again at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -32,7 +35,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const VIA_FLOODGATE: &str = "1.1 floodgate";
+const VIA_FLOODGATE: HeaderValue = HeaderValue::from_static("1.1 floodgate");
 
 /// Why forwarding failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,110 +46,111 @@ pub(crate) enum ProxyError {
     Unreachable(String),
 }
 
-/// The upstream side of the front door.
-#[derive(Clone, Default)]
-pub(crate) struct Proxy {
-    connections: Connections,
-}
-
-impl Proxy {
-    /// Opens up to `count` idle connections to `base`; how many it opened.
-    pub(crate) async fn open_connections(&self, base: &Uri, count: usize) -> usize {
-        match base.authority() {
-            Some(authority) => self.connections.open(authority, count).await,
-            None => 0,
-        }
+/// Sends `request` to `upstream` and returns its response head with the body still streaming.
+/// A request without a body that fails on a reused connection (the upstream may have closed
+/// it while idle) is tried once more.
+pub(crate) async fn forward(
+    upstream: &Upstream,
+    mut request: Request<Body>,
+    client: &ClientAddr,
+    timeout: Duration,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    put_under(&upstream.base, request.uri_mut())?;
+    prepare_request_headers(request.headers_mut(), client);
+    let connections = &upstream.connections;
+    // HTTP/1.1 needs a Host; a client may have sent none (or named it in `Connection`).
+    if !request.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(connections.authority().as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
     }
-
-    /// Sends `request` to `base` and returns the upstream's response head with its body still
-    /// streaming. A request without a body that fails on a reused connection (the upstream may
-    /// have closed it while idle) is tried once more.
-    pub(crate) async fn forward(
-        &self,
-        base: &Uri,
-        mut request: Request<Body>,
-        client: SocketAddr,
-        timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let authority = base
-            .authority()
-            .cloned()
-            .ok_or_else(|| ProxyError::Unreachable(format!("{base} names no host")))?;
-        *request.uri_mut() = upstream_path(base, request.uri())?;
-        prepare_request_headers(request.headers_mut(), client);
-        // HTTP/1.1 needs a Host; a client may have sent none (or named it in `Connection`).
-        if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        let replay = matches!(*request.method(), Method::GET | Method::HEAD).then(|| {
-            let mut head = Request::new(Body::empty());
-            *head.method_mut() = request.method().clone();
-            *head.uri_mut() = request.uri().clone();
-            *head.headers_mut() = request.headers().clone();
-            head
-        });
-        let exchange = async {
-            match self.connections.send(&authority, request).await {
-                Err(SendError::Exchange { reused: true, .. }) if replay.is_some() => {
-                    let head = replay.expect("checked");
-                    self.connections.send(&authority, head).await
-                }
-                sent => sent,
+    let replay = matches!(*request.method(), Method::GET | Method::HEAD).then(|| {
+        let mut head = Request::new(Body::empty());
+        *head.method_mut() = request.method().clone();
+        *head.uri_mut() = request.uri().clone();
+        *head.headers_mut() = request.headers().clone();
+        head
+    });
+    // Every future here is built where it is awaited: one held in a variable, or awaited in a
+    // `match` scrutinee, keeps its space in this future beside the next one's, and each
+    // request's future is copied whole when the router boxes it.
+    tokio::time::timeout(timeout, async {
+        let sent = connections.send(request).await;
+        match sent {
+            Err(SendError::Exchange { reused: true, .. }) if replay.is_some() => {
+                connections.send(replay.expect("checked")).await
             }
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| ProxyError::Timeout)?
-            .map_err(|error| ProxyError::Unreachable(error.to_string()))
-    }
+            sent => sent,
+        }
+    })
+    .await
+    .map_err(|_| ProxyError::Timeout)?
+    .map_err(|error| ProxyError::Unreachable(error.to_string()))
 }
 
-/// The request's path and query under `base`'s path, in origin form.
-fn upstream_path(base: &Uri, requested: &Uri) -> Result<Uri, ProxyError> {
+/// Rewrites `uri` to the request's path and query under `base`'s path, in origin form; a URI
+/// already in that form under a base without a path is left as it is.
+fn put_under(base: &Uri, uri: &mut Uri) -> Result<(), ProxyError> {
     let prefix = base.path().trim_end_matches('/');
-    let path_and_query = requested
+    if prefix.is_empty() && uri.scheme().is_none() && uri.authority().is_none() {
+        return Ok(());
+    }
+    let path_and_query = uri
         .path_and_query()
         .map_or("/", |path_and_query| path_and_query.as_str());
-    format!("{prefix}{path_and_query}")
+    *uri = format!("{prefix}{path_and_query}")
         .parse()
-        .map_err(|_| ProxyError::Unreachable("request path not forwardable".into()))
+        .map_err(|_| ProxyError::Unreachable("request path not forwardable".into()))?;
+    Ok(())
 }
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
+/// Removes hop-by-hop headers, including any the `Connection` header names. One pass over the
+/// names, since usually none is one: removing each of the eight by name hashed every one.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let connection = headers.get_all(header::CONNECTION);
+    let named_by_connection = |name: &HeaderName| {
+        connection
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    let hop_by_hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named_by_connection(name))
+        .cloned()
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    for name in &hop_by_hop {
         headers.remove(name);
     }
 }
 
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = match headers
-        .get(&name)
-        .and_then(|existing| existing.to_str().ok())
-    {
-        Some(existing) => format!("{existing}, {value}"),
-        None => value.to_owned(),
-    };
-    if let Ok(joined) = HeaderValue::from_str(&joined) {
-        headers.insert(name, joined);
+/// Adds `value` to the list in header `name`, after the values it has (joined into one line).
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        Entry::Occupied(mut slot) => {
+            let mut joined = Vec::new();
+            for existing in slot.iter() {
+                joined.extend_from_slice(existing.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+                slot.insert(joined);
+            }
+        }
     }
 }
 
 /// The upstream learns who asked (`X-Forwarded-For`), how (`X-Forwarded-Proto`, kept if a load
 /// balancer in front already set it), for which host (`X-Forwarded-Host`; `Host` itself is kept,
 /// so a shop that serves several domains still sees which), and that floodgate passed it on.
-pub fn prepare_request_headers(headers: &mut HeaderMap, client: SocketAddr) {
+pub fn prepare_request_headers(headers: &mut HeaderMap, client: &ClientAddr) {
     remove_hop_by_hop(headers);
-    append(headers, X_FORWARDED_FOR, &client.ip().to_string());
+    append(headers, X_FORWARDED_FOR, client.ip().clone());
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -275,14 +279,16 @@ mod tests {
 
     #[test]
     fn the_path_and_query_go_under_the_base() {
-        let base: Uri = "http://127.0.0.1:8000/".parse().unwrap();
-        let asked: Uri = "/shop/rods?page=2".parse().unwrap();
-        assert_eq!(upstream_path(&base, &asked).unwrap(), "/shop/rods?page=2");
-        let prefixed: Uri = "http://10.0.0.1/legacy".parse().unwrap();
-        assert_eq!(
-            upstream_path(&prefixed, &asked).unwrap(),
-            "/legacy/shop/rods?page=2"
-        );
+        let put = |base: &str, asked: &str| {
+            let mut uri: Uri = asked.parse().unwrap();
+            put_under(&base.parse().unwrap(), &mut uri).unwrap();
+            uri
+        };
+        let root = "http://127.0.0.1:8000/";
+        assert_eq!(put(root, "/shop/rods?page=2"), "/shop/rods?page=2");
+        assert_eq!(put(root, "http://shop.example/shop/rods"), "/shop/rods");
+        let legacy = "http://10.0.0.1/legacy";
+        assert_eq!(put(legacy, "/shop/rods?page=2"), "/legacy/shop/rods?page=2");
     }
 
     #[test]
@@ -294,12 +300,15 @@ mod tests {
         headers.insert(header::TE, "trailers".parse().unwrap());
         headers.insert(header::HOST, "shop.example".parse().unwrap());
         headers.insert(X_FORWARDED_FOR, "203.0.113.9".parse().unwrap());
+        headers.append(X_FORWARDED_FOR, "198.51.100.4".parse().unwrap());
         headers.insert("x-customer", "c-1".parse().unwrap());
-        prepare_request_headers(&mut headers, "192.0.2.1:5555".parse().unwrap());
+        let client = ClientAddr::new("192.0.2.1".parse().unwrap());
+        prepare_request_headers(&mut headers, &client);
         for gone in ["connection", "keep-alive", "x-trace", "te"] {
             assert!(!headers.contains_key(gone), "{gone}");
         }
-        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.9, 192.0.2.1");
+        let forwarded_for: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(forwarded_for, ["203.0.113.9, 198.51.100.4, 192.0.2.1"]);
         assert_eq!(headers[X_FORWARDED_PROTO], "http");
         assert_eq!(headers[X_FORWARDED_HOST], "shop.example");
         assert_eq!(headers[header::HOST], "shop.example");

@@ -1,13 +1,13 @@
-//! Keep-alive HTTP/1.1 connections to upstreams, driven by the task that serves the request.
+//! Keep-alive HTTP/1.1 connections to one upstream, driven by the task that serves the request.
 //!
 //! A pooled client that runs each connection in its own task (hyper-util's) costs two
 //! cross-thread wake-ups per request: the request goes to the connection's task and the answer
 //! comes back. Here the request's own task polls the connection while it waits for the answer
 //! head, and the answer's body polls it while it streams, so a proxied request stays on one
 //! thread as it does in nginx. A connection goes back to the idle list when its answer has been
-//! read to the end; one whose answer is abandoned is closed.
+//! read to the end; one whose answer is abandoned is closed. Each upstream of each pool keeps its
+//! own idle list (as an nginx `upstream` block does), so taking a connection looks nothing up.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,11 +37,11 @@ struct Link {
     idle_since: Instant,
 }
 
-type IdleLinks = Arc<Mutex<HashMap<Authority, Vec<Link>>>>;
+type IdleLinks = Arc<Mutex<Vec<Box<Link>>>>;
 
-/// The idle connections of every upstream.
-#[derive(Clone, Default)]
+/// The connections to one upstream.
 pub(crate) struct Connections {
+    authority: Authority,
     idle: IdleLinks,
 }
 
@@ -74,10 +74,17 @@ impl Link {
 }
 
 impl Connections {
-    fn checkout(&self, authority: &Authority) -> Option<Link> {
+    /// No connections yet to the upstream at `authority`.
+    pub(crate) fn to(authority: Authority) -> Self {
+        Self {
+            authority,
+            idle: IdleLinks::default(),
+        }
+    }
+
+    fn checkout(&self) -> Option<Box<Link>> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let links = idle.get_mut(authority)?;
+        let mut links = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut link) = links.pop() {
             if link.usable(now) {
                 return Some(link);
@@ -86,9 +93,9 @@ impl Connections {
         None
     }
 
-    async fn connect(authority: &Authority) -> Result<Link, SendError> {
-        let port = authority.port_u16().unwrap_or(80);
-        let stream = TcpStream::connect((authority.host(), port))
+    async fn connect(&self) -> Result<Box<Link>, SendError> {
+        let port = self.authority.port_u16().unwrap_or(80);
+        let stream = TcpStream::connect((self.authority.host(), port))
             .await
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
@@ -99,46 +106,48 @@ impl Connections {
                     error,
                     reused: false,
                 })?;
-        Ok(Link {
+        Ok(Box::new(Link {
             sender,
             connection,
             closed: false,
             idle_since: Instant::now(),
-        })
+        }))
     }
 
-    /// Opens connections to `authority` until `count` are idle (bounded by the idle list's
-    /// size), for a surge that is about to come; how many it opened.
-    pub(crate) async fn open(&self, authority: &Authority, count: usize) -> usize {
+    /// Opens connections until `count` are idle (bounded by the idle list's size), for a surge
+    /// that is about to come; how many it opened.
+    pub(crate) async fn open(&self, count: usize) -> usize {
         let now = Instant::now();
         let missing = {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let links = idle.entry(authority.clone()).or_default();
+            let mut links = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             links.retain_mut(|link| link.usable(now));
             count.min(IDLE_PER_UPSTREAM).saturating_sub(links.len())
         };
-        let opened = futures_util::future::join_all((0..missing).map(|_| Self::connect(authority)))
+        let opened = futures_util::future::join_all((0..missing).map(|_| self.connect()))
             .await
             .into_iter()
             .filter_map(Result::ok);
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let links = idle.entry(authority.clone()).or_default();
+        let mut links = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let before = links.len();
         links.extend(opened);
         links.truncate(IDLE_PER_UPSTREAM);
         links.len().saturating_sub(before)
     }
 
-    /// Sends `request` to `authority` on an idle connection or a new one, and waits for the
-    /// answer head while driving the connection.
+    /// The upstream's `host:port`, for the `Host` header of a request that has none.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Sends `request` on an idle connection or a new one, and waits for the answer head while
+    /// driving the connection.
     pub(crate) async fn send(
         &self,
-        authority: &Authority,
         request: Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (mut link, reused) = match self.checkout(authority) {
+        let (mut link, reused) = match self.checkout() {
             Some(link) => (link, true),
-            None => (Self::connect(authority).await?, false),
+            None => (self.connect().await?, false),
         };
         let mut answer = std::pin::pin!(link.sender.send_request(request));
         let head = std::future::poll_fn(|context| {
@@ -151,7 +160,6 @@ impl Connections {
                 let mut body = UpstreamBody {
                     incoming,
                     link: Some(link),
-                    authority: authority.clone(),
                     idle: Arc::clone(&self.idle),
                 };
                 // An answer without a body (HEAD, 204, 304) may never be polled: free the link now.
@@ -168,8 +176,7 @@ impl Connections {
 /// An answer body that drives its connection and hands it back to the idle list at its end.
 pub(crate) struct UpstreamBody {
     incoming: Incoming,
-    link: Option<Link>,
-    authority: Authority,
+    link: Option<Box<Link>>,
     idle: IdleLinks,
 }
 
@@ -182,8 +189,7 @@ impl UpstreamBody {
             return;
         }
         link.idle_since = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let links = idle.entry(self.authority.clone()).or_default();
+        let mut links = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if links.len() < IDLE_PER_UPSTREAM {
             links.push(link);
         }
