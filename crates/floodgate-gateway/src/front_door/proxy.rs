@@ -107,17 +107,20 @@ fn put_under(base: &Uri, uri: &mut Uri) -> Result<(), ProxyError> {
 /// Removes hop-by-hop headers, including any the `Connection` header names. One pass over the
 /// names, since usually none is one: removing each of the eight by name hashed every one.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers.get_all(header::CONNECTION);
-    let named_by_connection = |name: &HeaderName| {
-        connection
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    };
+    let named_by_connection: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
     let hop_by_hop: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || named_by_connection(name))
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || (named_by_connection.iter())
+                    .any(|token| token.eq_ignore_ascii_case(name.as_str()))
+        })
         .cloned()
         .collect();
     for name in &hop_by_hop {
