@@ -228,13 +228,16 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
     let (gateway, _data) = gateway(&format!("[origin]\nurl = \"{}\"\n", shop.url()));
     let client = client();
     // The first 10 MB each way grows connection buffers and allocator caches to their working
-    // size; four times as much afterwards must not need memory in proportion.
+    // size; four times as much afterwards must not need memory in proportion. Holding either
+    // 40 MB body whole would take all of it; growth well under half of that still happens
+    // (up to 10.6 MB of anonymous memory, in 2 MiB steps, seen in 1 run of 8 on a loaded
+    // machine: each connection loop's allocator heap warms on its own).
     stream_both_ways(&client, &gateway, 10 * MIB).await;
     let warmed = peak_rss(gateway.pid());
     stream_both_ways(&client, &gateway, 40 * MIB).await;
     let grown = peak_rss(gateway.pid()).saturating_sub(warmed);
     assert!(
-        grown < (10 * MIB) as u64,
+        grown < (20 * MIB) as u64,
         "40 MB each way grew peak memory by {grown} bytes"
     );
 }
