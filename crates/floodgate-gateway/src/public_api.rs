@@ -9,18 +9,22 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use floodgate_core::{
     DropId, DropLedger, DropState, Identity, KeyLookup, Order, OrderId, OrderRequest,
 };
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::Gateway;
 use crate::body::{idempotency_key, parse_json, read_limited};
 use crate::error::ApiError;
 use crate::front_door::ClientAddr;
 use crate::queue_api;
+use crate::request_id;
+use crate::traffic::Timing;
 
 /// How long `/readyz` waits for the store to prove it can commit.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,10 +43,24 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .fallback(through_front_door)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&gateway),
-            crate::traffic::time,
+            tag_and_time,
         ))
-        .layer(axum::middleware::from_fn(crate::request_id::tag))
         .with_state(gateway)
+}
+
+/// Every public request gets an id and a span, and is timed into its lane. One middleware, not
+/// two: each layer clones the inner service and boxes the request's future, per request.
+async fn tag_and_time(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let (id, span) = request_id::tag(&mut request);
+    let timing = Timing::start(request.uri().path());
+    let mut response = next.run(request).instrument(span).await;
+    gateway.traffic.record(timing, &response);
+    request_id::stamp(&mut response, id);
+    response
 }
 
 async fn through_front_door(

@@ -7,18 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use floodgate_core::hex;
-use tracing::Instrument;
+use tracing::Span;
 
 /// The header, in and out (a `HeaderName`, so no lookup parses the name again).
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest id taken from a client; longer ones are replaced, so logs stay bounded.
 const MAX_ID_BYTES: usize = 128;
 
-/// The middleware.
-pub(crate) async fn tag(mut request: Request, next: Next) -> Response {
+/// Takes or makes the request's id, puts it on the request, and opens the request's span;
+/// [`stamp`] puts the id on the answer.
+pub(crate) fn tag(request: &mut Request) -> (HeaderValue, Span) {
     let id = request
         .headers()
         .get(&REQUEST_ID)
@@ -37,9 +37,12 @@ pub(crate) async fn tag(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
     );
-    let mut response = next.run(request).instrument(span).await;
+    (id, span)
+}
+
+/// Puts the request's id on its answer.
+pub(crate) fn stamp(response: &mut Response, id: HeaderValue) {
     response.headers_mut().insert(REQUEST_ID, id);
-    response
 }
 
 /// An id made here: a random prefix per process and a counter, 32 hex digits like a UUID's.

@@ -6,14 +6,8 @@
 //! The time measured is from the request's arrival at the router to its answer's head: a
 //! proxied body that streams for longer is the origin's business, not floodgate's wait.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::Response;
 use floodgate_core::{LatencyCounts, LatencyHistogram, Priority};
-
-use crate::Gateway;
 
 /// The lanes, in the order the dashboard lists them.
 pub(crate) const LANES: [&str; 9] = [
@@ -62,27 +56,37 @@ fn own_lane(path: &str) -> Option<usize> {
     }
 }
 
-/// The middleware: times each request into its lane.
-pub(crate) async fn time(
-    State(gateway): State<Arc<Gateway>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let own = own_lane(request.uri().path());
-    let started = tokio::time::Instant::now();
-    let response = next.run(request).await;
-    let lane = own.or_else(|| {
-        let class = response.extensions().get::<ServedAs>()?.0;
-        Priority::ALL
-            .iter()
-            .position(|&candidate| candidate == class)
-            .map(|index| FIRST_CLASS_LANE + index)
-    });
-    if let Some(lane) = lane {
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        gateway.traffic.lanes[lane].record(micros);
+/// One request's timing, from its arrival to its answer's head.
+pub(crate) struct Timing {
+    own: Option<usize>,
+    started: tokio::time::Instant,
+}
+
+impl Timing {
+    /// Starts timing a request for `path`.
+    pub(crate) fn start(path: &str) -> Self {
+        Self {
+            own: own_lane(path),
+            started: tokio::time::Instant::now(),
+        }
     }
-    response
+}
+
+impl Traffic {
+    /// Records a request's time in its lane: its own endpoint's, or the class that served it.
+    pub(crate) fn record(&self, timing: Timing, response: &Response) {
+        let lane = timing.own.or_else(|| {
+            let class = response.extensions().get::<ServedAs>()?.0;
+            Priority::ALL
+                .iter()
+                .position(|&candidate| candidate == class)
+                .map(|index| FIRST_CLASS_LANE + index)
+        });
+        if let Some(lane) = lane {
+            let micros = u64::try_from(timing.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.lanes[lane].record(micros);
+        }
+    }
 }
 
 #[cfg(test)]
