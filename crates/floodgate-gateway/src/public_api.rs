@@ -6,9 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -117,9 +116,11 @@ async fn drop_view(
 async fn place_order(
     State(gateway): State<Arc<Gateway>>,
     Path(drop): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // The request whole, not the `HeaderMap` extractor, which clones every header.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let key = idempotency_key(&headers)?;
     let mut request: OrderRequest = parse_json(&body)?;

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,9 +44,11 @@ struct JoinRequest {
 async fn join_queue(
     State(gateway): State<Arc<Gateway>>,
     Path(drop): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // The request whole, not the `HeaderMap` extractor, which clones every header.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let body = read_limited(body, gateway.max_body_bytes).await?;
     let JoinRequest { customer } = parse_json(&body)?;
     let customer = gateway.resolve_customer(&headers, customer, true)?;
@@ -130,10 +131,10 @@ async fn fairness(
 async fn queue_view(
     State(gateway): State<Arc<Gateway>>,
     Path(ticket): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let answer = poll(&gateway, &ticket).await?;
-    if wants_html(&headers) {
+    if wants_html(request.headers()) {
         return Ok(page(&gateway, &ticket, &answer).into_response());
     }
     queue_response(answer)
