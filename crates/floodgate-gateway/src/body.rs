@@ -1,6 +1,7 @@
 //! Reading request bodies within the configured size limit, and request headers the API needs.
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use floodgate_core::IdempotencyKey;
@@ -18,6 +19,16 @@ pub(crate) async fn read_limited(body: Body, limit_bytes: usize) -> Result<Bytes
             "could not read the body: {error}"
         ))),
     }
+}
+
+/// A request's headers and its whole body (as [`read_limited`] reads it). The request is taken
+/// whole because axum's `HeaderMap` extractor clones every header.
+pub(crate) async fn read_request(
+    request: Request,
+    limit_bytes: usize,
+) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    Ok((parts.headers, read_limited(body, limit_bytes).await?))
 }
 
 /// Parses a JSON body, naming what is wrong with it.

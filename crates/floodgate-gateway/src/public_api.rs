@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::Gateway;
-use crate::body::{idempotency_key, parse_json, read_limited};
+use crate::body::{idempotency_key, parse_json, read_request};
 use crate::error::ApiError;
 use crate::front_door::ClientAddr;
 use crate::queue_api;
@@ -118,10 +118,7 @@ async fn place_order(
     Path(drop): Path<String>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    // The request whole, not the `HeaderMap` extractor, which clones every header.
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let (headers, body) = read_request(request, gateway.max_body_bytes).await?;
     let key = idempotency_key(&headers)?;
     let mut request: OrderRequest = parse_json(&body)?;
     request.customer = gateway

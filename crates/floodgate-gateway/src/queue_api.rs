@@ -17,7 +17,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 
 use crate::Gateway;
-use crate::body::{parse_json, read_limited, wants_html};
+use crate::body::{parse_json, read_request, wants_html};
 use crate::error::ApiError;
 use crate::waiting_room::{Answer, RoomDrop};
 
@@ -46,10 +46,7 @@ async fn join_queue(
     Path(drop): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The request whole, not the `HeaderMap` extractor, which clones every header.
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let body = read_limited(body, gateway.max_body_bytes).await?;
+    let (headers, body) = read_request(request, gateway.max_body_bytes).await?;
     let JoinRequest { customer } = parse_json(&body)?;
     let customer = gateway.resolve_customer(&headers, customer, true)?;
     if customer.name.is_empty() || customer.name.len() > 255 {

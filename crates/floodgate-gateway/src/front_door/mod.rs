@@ -381,8 +381,7 @@ impl FrontDoor {
                 let key = cache.key(&request);
                 match cache.lookup(&key) {
                     Lookup::Fresh(entry) => {
-                        target.counts.add(Outcome::CacheHit);
-                        entry.respond(request.method(), Served::Hit)
+                        target.serve_cached(&entry, request.method(), Served::Hit)
                     }
                     // Boxed: the router copies every request's future whole, and the fill's
                     // is several kilobytes that a hit or a plain forward has no use for.
@@ -419,10 +418,7 @@ impl FrontDoor {
     ) -> Response {
         let method = request.method().clone();
         let stale = match lookup {
-            Lookup::Fresh(entry) => {
-                target.counts.add(Outcome::CacheHit);
-                return entry.respond(&method, Served::Hit);
-            }
+            Lookup::Fresh(entry) => return target.serve_cached(&entry, &method, Served::Hit),
             Lookup::Revalidate(entry) => {
                 if let Fill::Leader(fill) = cache.join_fill(&key) {
                     let refresh = copy_head(&request);
@@ -435,8 +431,7 @@ impl FrontDoor {
                         fill.finish(filled);
                     });
                 }
-                target.counts.add(Outcome::CacheHit);
-                return entry.respond(&method, Served::Stale);
+                return target.serve_cached(&entry, &method, Served::Stale);
             }
             Lookup::StaleIfError(entry) => Some(entry),
             Lookup::Miss => None,
@@ -449,10 +444,7 @@ impl FrontDoor {
                 response
             }
             Fill::Follower(outcome) => match cache::followed(outcome, target.timeout).await {
-                Some(entry) => {
-                    target.counts.add(Outcome::CacheHit);
-                    entry.respond(&method, Served::Hit)
-                }
+                Some(entry) => target.serve_cached(&entry, &method, Served::Hit),
                 // Nothing to share (not cacheable, or the fill failed): ask on our own.
                 None => {
                     fetch_into_cache(cache, target, request, client, stale)
@@ -476,8 +468,10 @@ async fn fetch_into_cache(
     let head = copy_head(&request);
     let serve_stale = |stale: &Option<Arc<Entry>>| {
         stale.as_ref().map(|entry| {
-            target.counts.add(Outcome::CacheHit);
-            (entry.respond(head.method(), Served::Stale), None)
+            (
+                target.serve_cached(entry, head.method(), Served::Stale),
+                None,
+            )
         })
     };
     let html = wants_html(head.headers());
@@ -535,6 +529,12 @@ fn copy_head(request: &Request<Body>) -> Request<()> {
 }
 
 impl Target {
+    /// Answers from the edge cache, counted as a cache hit.
+    fn serve_cached(&self, entry: &Entry, method: &Method, served: Served) -> Response {
+        self.counts.add(Outcome::CacheHit);
+        entry.respond(method, served)
+    }
+
     /// Takes a slot in the pool (unless critical), forwards, and records the upstream's health.
     async fn fetch(
         &self,
