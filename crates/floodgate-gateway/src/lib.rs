@@ -263,6 +263,7 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     // Both listeners' connections; the loops stop once both have drained.
     let loops = Arc::new(loops);
+    gateway.prewarm.open_on(Arc::clone(&loops));
     // Closed by `run` itself once `shutdown` completes; every serve loop watches it.
     let (stop, stopped) = watch::channel(false);
     let public = tokio::spawn(server::serve(

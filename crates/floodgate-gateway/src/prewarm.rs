@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use crate::Gateway;
+use crate::connection_loops::ConnectionLoops;
 use crate::front_door::ClientAddr;
 use crate::waiting_room::RoomDrop;
 
@@ -85,9 +86,16 @@ pub(crate) struct PageWarmed {
 pub(crate) struct Prewarm {
     passes: Mutex<HashMap<DropId, (Timestamp, Vec<WarmUp>)>>,
     downstream: OnceLock<DownstreamProbe>,
+    /// Where requests are served, so connections are opened there.
+    loops: OnceLock<Arc<ConnectionLoops>>,
 }
 
 impl Prewarm {
+    /// Opens the pre-warm's connections on `loops` from now on.
+    pub(crate) fn open_on(&self, loops: Arc<ConnectionLoops>) {
+        let _ = self.loops.set(loops);
+    }
+
     /// The passes run for `drop_id`'s current start.
     pub(crate) fn passes(&self, drop_id: &DropId) -> Vec<WarmUp> {
         self.lock()
@@ -163,7 +171,7 @@ impl Gateway {
     }
 
     async fn warm_up(
-        &self,
+        self: &Arc<Self>,
         drop_id: DropId,
         spec: DropSpec,
         stage: PrewarmStage,
@@ -191,10 +199,7 @@ impl Gateway {
         for path in &spec.prewarm_paths {
             pass.pages.push(self.warm_page(path).await);
         }
-        pass.connections_opened = self
-            .front_door
-            .open_connections(MAX_CONNECTIONS_PER_UPSTREAM)
-            .await;
+        pass.connections_opened = self.open_connections().await;
         if let Some(probe) = self.prewarm.downstream.get() {
             pass.downstream = Some(match probe().await {
                 Ok(()) => "reachable".to_owned(),
@@ -209,6 +214,24 @@ impl Gateway {
             tracing::info!(drop = %drop_id, stage = pass.stage, pages = pass.pages.len(), connections = pass.connections_opened, "pre-warmed");
         }
         self.prewarm.finish(&drop_id, pass);
+    }
+
+    /// Opens idle connections to every upstream, on each connection loop: a connection is of use
+    /// only to the loop it was opened on (`front_door::upstream`). Without loops (a gateway
+    /// driven directly, as in tests), on this thread.
+    async fn open_connections(self: &Arc<Self>) -> usize {
+        let Some(loops) = self.prewarm.loops.get() else {
+            return self
+                .front_door
+                .open_connections(MAX_CONNECTIONS_PER_UPSTREAM)
+                .await;
+        };
+        let per_loop = MAX_CONNECTIONS_PER_UPSTREAM.div_ceil(loops.len());
+        let opened = loops.on_each(|| {
+            let gateway = Arc::clone(self);
+            async move { gateway.front_door.open_connections(per_loop).await }
+        });
+        opened.await.into_iter().sum()
     }
 
     /// Fetches `path` through the front door, as a browser would, so a cacheable answer is in
