@@ -111,10 +111,13 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         StatusCode::OK
     );
     assert_eq!(shop.total_hits(), 52);
-    assert_eq!(
-        shop.connections(),
-        1,
-        "one kept-alive connection serves them all"
+    // Each connection loop keeps its own idle connections, and the client's requests may be
+    // served on more than one loop (one per core by default).
+    let loops = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u64);
+    assert!(
+        (1..=loops).contains(&shop.connections()),
+        "one kept-alive connection per loop serves them all: {} for {loops} loops",
+        shop.connections()
     );
 }
 
