@@ -97,6 +97,8 @@ fn start_loop(index: usize) -> std::io::Result<ConnectionLoop> {
         .spawn(move || {
             CURRENT_LOOP.with(|current| current.set(Some(index)));
             runtime.block_on(async {
+                // The store's answers then wake this loop once per commit, not once per order.
+                floodgate_store::relay_answers_here();
                 let _ = stopped.await;
             });
         })?;

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod postgres;
+mod relay;
 mod sqlite;
 mod writer;
 
@@ -22,6 +23,7 @@ pub use cluster::{
     AdmissionRules, Cluster, LeaseGrant, LeaseHeld, SharedPlace, SharedRoomView, SharedRooms, Term,
 };
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use relay::relay_answers_here;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// The future every store method returns; boxed so `dyn Store` works.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, Timestamp};
 use tokio::sync::oneshot;
 
+use crate::relay::{Answers, Reply};
 use crate::{CommitFigures, Delivery, StoreError};
 
 /// A write waiting for the writer thread.
@@ -40,7 +41,7 @@ pub(crate) enum Write {
 /// A write and who waits for its outcome.
 pub(crate) struct Job {
     pub(crate) write: Write,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+    reply: Reply,
 }
 
 /// A backend's side of group commit: applies a batch in one transaction.
@@ -127,7 +128,10 @@ impl WriterHandle {
     pub(crate) async fn submit(&self, write: Write) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .try_send(Job { write, reply })
+            .try_send(Job {
+                write,
+                reply: Reply::here(reply),
+            })
             .map_err(|error| match error {
                 TrySendError::Full(_) => StoreError::Overloaded,
                 TrySendError::Disconnected(_) => StoreError::Closed,
@@ -153,10 +157,11 @@ fn run(mut committer: impl Committer, queued: Receiver<Job>, max_batch: usize, f
         let results = committer.commit(&batch);
         figures.record(batch.len(), started.elapsed());
         let closing = batch.iter().any(|job| matches!(job.write, Write::Close));
+        let mut answers = Answers::default();
         for (job, result) in batch.drain(..).zip(results) {
-            // The caller may have gone (client hung up); the write stands either way.
-            let _ = job.reply.send(result);
+            answers.add(job.reply, result);
         }
+        answers.deliver();
         if closing {
             break;
         }
