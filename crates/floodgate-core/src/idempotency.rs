@@ -5,9 +5,7 @@
 //! finished key replays its answer. Only accepted orders are remembered: a refusal (sold out,
 //! limit reached) is cheap to compute again and may change as stock returns, so it is not stored.
 
-use std::collections::hash_map::Entry;
-
-use crate::sharded_map::{SHARDS, ShardedMap};
+use crate::sharded_map::{Entry, MapKey, SHARDS, ShardedMap};
 use crate::{OrderId, RequestFingerprint, Timestamp};
 
 /// Longest key accepted, as in Stripe's API.
@@ -16,6 +14,10 @@ pub const MAX_KEY_LEN: usize = 255;
 /// A client's idempotency key: 1 to 255 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdempotencyKey(String);
+
+impl MapKey for IdempotencyKey {
+    type KeptHash = u64;
+}
 
 impl IdempotencyKey {
     /// Checks the key's shape.

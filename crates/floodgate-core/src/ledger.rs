@@ -12,10 +12,9 @@
 //! sit in another node's lease.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 
 use crate::drop::SpecProblem;
-use crate::sharded_map::ShardedMap;
+use crate::sharded_map::{Entry, ShardedMap};
 use crate::{DropSpec, DropState, KeyTable, Timestamp};
 
 /// Why an order cannot be had, decided in memory.

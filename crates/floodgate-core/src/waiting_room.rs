@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::Timestamp;
-use crate::sharded_map::ShardedMap;
+use crate::sharded_map::{Entry, ShardedMap};
 
 /// How far back the admission rate for ETAs is measured.
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -337,7 +337,7 @@ impl WaitingRoom {
             return Standing::SoldOut;
         }
         if self.draw.drawn.is_none() {
-            if let std::collections::hash_map::Entry::Vacant(place) = self.places.entry(identity) {
+            if let Entry::Vacant(place) = self.places.entry(identity) {
                 place.insert(Place::Prequeue.into());
                 self.draw.entrants.push(identity);
                 self.arrivals += 1;
