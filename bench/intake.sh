@@ -5,6 +5,7 @@
 #   bash bench/intake.sh                 # defaults: 2 threads, 64 connections, 10 s, 3 rounds
 #   THREADS=2 CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/intake.sh
 #   STORE=postgres bash bench/intake.sh  # the same on a throwaway PostgreSQL cluster
+#   KEYS=random bash bench/intake.sh     # random idempotency keys (as UUIDs), not counting ones
 #
 # Prints each round and the median rates, p99s and the ratio floodgate/nginx
 # (target: >= 0.35, floodgate p99 < 20 ms), and the store's transactions per accepted order

@@ -169,6 +169,8 @@ start_postgres() {
 
 # Writes to $1 a wrk script in which every request is a new shopper with a new key: no replays,
 # every order a durable write. Concurrent wrk processes need distinct BENCH_PREFIX values.
+# Keys count up per wrk thread, so a commit's keys sit side by side in the store's key index;
+# KEYS=random makes them random, as UUIDs from real clients are (one index page per order).
 # The request is joined from parts made once, not through wrk.format's header table: the client
 # shares the cores with the server, and every microsecond it spends is one the server loses.
 write_orders_lua() {
@@ -177,13 +179,15 @@ local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
 function init(args)
   prefix = (os.getenv("BENCH_PREFIX") or "") .. "t" .. tid .. "-" .. os.time() .. "-"
+  random_keys = os.getenv("KEYS") == "random"
+  math.randomseed(os.time() + tid)
   counter = 0
   head = "POST /api/drops/bench/orders HTTP/1.1\r\nHost: " .. wrk.headers["Host"] ..
     "\r\nContent-Type: application/json\r\nIdempotency-Key: "
 end
 request = function()
   counter = counter + 1
-  local id = prefix .. counter
+  local id = prefix .. (random_keys and string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)) or counter)
   local body = '{"customer":"' .. id .. '","sku":"unit","quantity":1}'
   return head .. id .. "\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body
 end

@@ -19,7 +19,7 @@ mod schema;
 
 use checkpoint::Checkpointer;
 use commit::SqliteCommitter;
-use schema::{ORDER_COLUMNS, backend, order_from_row, prepare_writer, tune_cache};
+use schema::{ORDER_COLUMNS, backend, map_file, order_from_row, prepare_writer};
 
 use crate::writer::{Write, WriterHandle};
 use crate::{
@@ -311,7 +311,7 @@ impl ReaderPool {
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
-        tune_cache(&connection)?;
+        map_file(&connection)?;
         Ok(connection)
     }
 }
