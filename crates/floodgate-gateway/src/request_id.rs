@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use floodgate_core::hex;
 use tracing::Span;
@@ -27,17 +27,28 @@ pub(crate) fn tag(request: &mut Request) -> (HeaderValue, Span) {
         .unwrap_or_else(new_id);
     request.headers_mut().insert(REQUEST_ID, id.clone());
     // At the highest level, so the span is kept whenever any event of the request is logged.
-    // The id and path as Display: the fmt layer writes a span's fields when it opens, and a
-    // `str` field goes through `Debug`, escaping char by char (callgrind: about 600
-    // instructions of a `/healthz` request's 29,000), where a checked id and a parsed path
-    // (no spaces, no control characters) have nothing to escape.
+    // Two fields, both Display. The fmt layer writes a span's fields when it opens, each
+    // through the `fmt` machinery with its name and `=` styled: about 1,000 instructions a
+    // field (callgrind), so method and path share one (`/healthz` 23.6 k -> 22.6 k). A `str`
+    // field would go through `Debug`, escaping char by char, where a checked id and a parsed
+    // path (no spaces, no control characters) have nothing to escape.
     let span = tracing::error_span!(
         "request",
         request_id = %id.to_str().unwrap_or_default(),
-        method = %request.method(),
-        path = %request.uri().path(),
+        line = %RequestLine(request.method(), request.uri().path()),
     );
     (id, span)
+}
+
+/// A request's method and path, as in the first line of an HTTP request: `POST /cart`.
+struct RequestLine<'a>(&'a Method, &'a str);
+
+impl std::fmt::Display for RequestLine<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.0.as_str())?;
+        formatter.write_str(" ")?;
+        formatter.write_str(self.1)
+    }
 }
 
 /// Puts the request's id on its answer.
@@ -78,6 +89,12 @@ mod tests {
         assert!(!well_formed(b""));
         assert!(!well_formed(b"has space"));
         assert!(!well_formed(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn the_request_line_is_method_space_path() {
+        let line = RequestLine(&Method::POST, "/api/drops/spring/orders").to_string();
+        assert_eq!(line, "POST /api/drops/spring/orders");
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub(crate) struct Reply {
     via: Option<Relay>,
 }
 
-/// The task waiting for a write's outcome, and that outcome.
+/// The task waiting for a write's outcome.
 type Caller = oneshot::Sender<Result<(), StoreError>>;
+/// A write's outcome and who waits for it.
 type Answer = (Caller, Result<(), StoreError>);
 
 /// The sending side of one thread's relay.
