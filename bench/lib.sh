@@ -94,9 +94,9 @@ rows = [list(map(float, line.split())) for line in sys.stdin if line.strip()]
 print(" ".join(f"{statistics.median(column):.2f}" for column in zip(*rows)))'
 }
 
-# $1 / $2 to two decimals.
+# $1 / $2 to three decimals (two would round 0.347 up to a 0.35 target).
 ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'
 }
 
 # The CPU time (user + system, in clock ticks) the processes $@ have used so far; 0 for none.
