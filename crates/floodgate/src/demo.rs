@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::serve::run_gateway;
+use crate::serve::{LogFormat, init_logs, run_gateway};
 
 /// The legacy shop's capacity, in orders a second: the demo's premise.
 const LEGACY_CAPACITY: u32 = 10;
@@ -87,13 +87,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.shoppers > 0, "--shoppers must be at least 1");
     ensure!(args.stock > 0, "--stock must be at least 1");
     ensure!(args.duration_s > 0, "--duration-s must be at least 1");
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Errors only: the demo's own report is the output.
+    init_logs("error", LogFormat::Text);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,27 +25,7 @@ pub(crate) enum LogFormat {
 /// Runs the gateway described by `config`: its connections on their own loops (one per core
 /// unless `server.worker_threads` says otherwise), everything else on one runtime thread.
 pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
-    let at_a_terminal = std::io::stderr().is_terminal();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        // Colour codes only for a person at a terminal: a log file or journal gets plain text,
-        // and a request's span fields are not dressed in escapes nobody sees.
-        .with_ansi(at_a_terminal)
-        .with_writer(std::io::stderr);
-    match log_format {
-        LogFormat::Text if at_a_terminal => logs.init(),
-        // The same `name=value` text without the default formatter's styling, which paints
-        // each name and `=` even with an empty style: every request's span fields are written
-        // when it opens, and this halves what they cost (callgrind).
-        LogFormat::Text => logs.fmt_fields(plain_fields()).init(),
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+    init_logs("info", log_format);
     // Accept loops and background tasks (delivery, observation, pruning) take little: a second
     // thread would mostly be one more to wake.
     tokio::runtime::Builder::new_multi_thread()
@@ -54,6 +34,32 @@ pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()>
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(config))
+}
+
+/// Sends log lines to stderr, filtered by `RUST_LOG` or else `default_filter`.
+pub(crate) fn init_logs(default_filter: &str, log_format: LogFormat) {
+    let at_a_terminal = std::io::stderr().is_terminal();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        // Colour codes only for a person at a terminal: a log file or journal gets plain text,
+        // and a request's span fields are not dressed in escapes nobody sees.
+        .with_ansi(at_a_terminal)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text if at_a_terminal => logs.init(),
+        // The same `name=value` text without the default formatter's styling, which paints
+        // each name and `=` even with an empty style. Every request's span fields are written
+        // when it opens: `/healthz` 22.7 k -> 21.5 k instructions (callgrind).
+        LogFormat::Text => logs.fmt_fields(plain_fields()).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Fields as `name=value` (an event's message alone), separated by spaces.
