@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodgate_store::{Store, StoreError};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -266,16 +267,18 @@ pub async fn run(
     gateway.prewarm.open_on(Arc::clone(&loops));
     // Closed by `run` itself once `shutdown` completes; every serve loop watches it.
     let (stop, stopped) = watch::channel(false);
+    let public_gate = public_api::PublicGate::new(Arc::clone(&gateway));
     let public = tokio::spawn(server::serve(
         listeners.public,
-        public_router(Arc::clone(&gateway)),
+        move |client| public_gate.connection(client),
         limits,
         Arc::clone(&loops),
         stopped.clone(),
     ));
+    let admin_router = admin_router(Arc::clone(&gateway));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
-        admin_router(Arc::clone(&gateway)),
+        move |_client| TowerToHyperService::new(admin_router.clone()),
         limits,
         loops,
         stopped.clone(),

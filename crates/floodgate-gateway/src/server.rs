@@ -1,16 +1,17 @@
-//! Serving a router on a listener: HTTP/1.1 with keep-alive, a header read timeout against slow
-//! clients, and a graceful shutdown that lets admitted requests finish. Connections are accepted
-//! here and served on the [`ConnectionLoops`].
+//! Serving a listener: HTTP/1.1 with keep-alive, a header read timeout against slow clients, and
+//! a graceful shutdown that lets admitted requests finish. Connections are accepted here and
+//! served on the [`ConnectionLoops`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::connection_loops::ConnectionLoops;
 use crate::front_door::ClientAddr;
@@ -24,15 +25,23 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Serves `router` on `loops` until `shutdown` turns true, then stops accepting and waits (at
-/// most the grace period) for every open connection's in-flight request to finish.
-pub(crate) async fn serve(
+/// Serves each accepted connection on `loops` with the service `serve_client` makes for its
+/// client, until `shutdown` turns true; then stops accepting and waits (at most the grace
+/// period) for every open connection's in-flight request to finish.
+pub(crate) async fn serve<S, B>(
     listener: TcpListener,
-    router: axum::Router,
+    serve_client: impl Fn(ClientAddr) -> S,
     limits: ConnectionLimits,
     loops: Arc<ConnectionLoops>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -62,13 +71,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let client = ClientAddr::new(peer.ip());
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(client.clone());
-                request
-            },
-        ));
+        let service = serve_client(ClientAddr::new(peer.ip()));
         let (http, watcher) = (Arc::clone(&http), graceful.watcher());
         loops.spawn(async move {
             // Registered from the loop's own task, so with the loop's reactor.
