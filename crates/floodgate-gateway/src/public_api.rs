@@ -94,7 +94,8 @@ impl PublicGate {
             .await;
         }
         if OWN_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
-            // The router's fallback (a shop path such as `/api/drops-faq`) needs the client.
+            // The router's fallback (a shop path such as `/api/drops/spring/reviews`) needs the
+            // client.
             request.extensions_mut().insert(client.clone());
             let Ok(response) = self.router.clone().oneshot(request).await;
             return response;

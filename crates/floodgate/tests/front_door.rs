@@ -79,10 +79,30 @@ async fn routes_pick_their_pool_by_method_and_glob() {
         1,
         "POST is not the route's method"
     );
-    // floodgate's own endpoints are never proxied.
+    // floodgate's own endpoints are never proxied, and a shop path beside them always is.
     let (status, _) = get(&client, &format!("{base}/healthz"), &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(shop.total_hits() + hot.total_hits(), 3);
+    let (status, _, _) = client
+        .send_bytes(
+            Method::POST,
+            &format!("{base}/api/drops/none/orders"),
+            &[
+                ("idempotency-key", "k1"),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from_static(br#"{"customer":"c1","sku":"rod","quantity":1}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "an order for an unknown drop"
+    );
+    let (status, _) = get(&client, &format!("{base}/api/drops/none/reviews"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shop.hits("/api/drops/none/reviews"), 1);
+    assert_eq!(shop.total_hits() + hot.total_hits(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
