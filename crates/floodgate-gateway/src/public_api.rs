@@ -55,6 +55,7 @@ pub(crate) struct PublicGate {
 }
 
 impl PublicGate {
+    /// The gate of `gateway`'s public listener, with its router built once.
     pub(crate) fn new(gateway: Arc<Gateway>) -> Arc<Self> {
         Arc::new(Self {
             router: router(Arc::clone(&gateway)),
@@ -83,6 +84,8 @@ impl PublicGate {
         })
     }
 
+    /// Answers one request from `client` in its lane: an order, floodgate's own endpoints, or
+    /// the shop's.
     async fn answer(&self, mut request: Request<Incoming>, client: &ClientAddr) -> Response {
         let gateway = &self.gateway;
         let path = request.uri().path();
