@@ -96,7 +96,7 @@ impl PublicGate {
             })
             .await;
         }
-        if OWN_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
+        if is_own_path(path) {
             // The router's fallback (a shop path such as `/api/drops/spring/reviews`) needs the
             // client.
             request.extensions_mut().insert(client.clone());
@@ -108,6 +108,11 @@ impl PublicGate {
         })
         .await
     }
+}
+
+/// Whether `path` is under one of [`OWN_PREFIXES`], where the router may serve it.
+fn is_own_path(path: &str) -> bool {
+    OWN_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
 }
 
 /// The drop of an order, `POST /api/drops/{drop}/orders`, taken straight from the path: the
@@ -359,10 +364,6 @@ pub(crate) fn order_json(order: &Order) -> Value {
 mod tests {
     use super::*;
 
-    fn own(path: &str) -> bool {
-        OWN_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
-    }
-
     #[test]
     fn every_route_of_the_router_is_under_an_own_prefix() {
         // One path per route of `router` and `queue_api::routes`: a route added outside the
@@ -378,10 +379,10 @@ mod tests {
             "/api/queue/ticket",
             "/api/queue/ticket/events",
         ] {
-            assert!(own(path), "{path}");
+            assert!(is_own_path(path), "{path}");
         }
-        assert!(!own("/shop/rods/muskie"));
-        assert!(!own("/api/cart"));
+        assert!(!is_own_path("/shop/rods/muskie"));
+        assert!(!is_own_path("/api/cart"));
     }
 
     #[test]
