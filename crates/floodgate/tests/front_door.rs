@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
 use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 fn binary() -> &'static Path {
@@ -263,6 +264,19 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
         grown < (20 * MIB) as u64,
         "40 MB each way grew peak memory by {grown} bytes"
     );
+    // A body without a length (the client's chunks) goes on in chunks, whole.
+    let address = gateway.public_url.trim_start_matches("http://");
+    let mut raw = tokio::net::TcpStream::connect(address).await.unwrap();
+    raw.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"bytes":8}"#), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,14 +247,20 @@ impl EdgeCache {
         {
             return None;
         }
-        let mut kept = headers.clone();
-        for transient in [
+        let transient = [
             header::AGE,
             X_CACHE,
             header::CONNECTION,
             header::TRANSFER_ENCODING,
-        ] {
-            kept.remove(transient);
+        ];
+        // Values copied: an upstream's header values share its connection's read buffer, which
+        // an entry must not keep alive (the cache counts an entry's own bytes).
+        let mut kept = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers.iter().filter(|(name, _)| !transient.contains(name)) {
+            let mut copied = HeaderValue::from_bytes(value.as_bytes())
+                .expect("a header value's own bytes are a valid value");
+            copied.set_sensitive(value.is_sensitive());
+            kept.append(name.clone(), copied);
         }
         Some(Entry {
             status,

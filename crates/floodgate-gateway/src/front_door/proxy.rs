@@ -172,7 +172,7 @@ pub(crate) fn prepare_response_headers(headers: &mut HeaderMap) {
 /// The upstream's response as the client gets it; `permit` is held until the body has streamed.
 pub(crate) fn relay<B>(mut parts: Parts, body: B, permit: Option<Permit>) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin + Send + 'static,
 {
     prepare_response_headers(&mut parts.headers);
     Response::from_parts(parts, Body::new(Guarded { body, permit }))
@@ -220,7 +220,7 @@ pub(crate) struct Prefixed {
 
 impl hyper::body::Body for Prefixed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -241,10 +241,10 @@ struct Guarded<B> {
 
 impl<B> hyper::body::Body for Guarded<B>
 where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -1,0 +1,672 @@
+//! HTTP/1.1 as floodgate speaks it to an upstream (RFC 9112), without I/O: a request head
+//! written into one buffer, a response head parsed in place from the read buffer, and the
+//! response body taken out of that buffer by its framing.
+//!
+//! The proxy forwards a head it has already parsed, to a server the shop runs, so this side
+//! needs no more than that: headers are copied through as they are (the proxy has removed the
+//! hop-by-hop ones), and header values point into the read buffer rather than being copied.
+
+use std::ops::Range;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// The longest response head accepted, and the most trailer bytes after a chunked body.
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header lines in a response head.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (the size and any extensions).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// What is wrong with an upstream's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WireError {
+    /// The head does not parse as an HTTP/1.x response.
+    #[error("malformed response head: {0}")]
+    Syntax(httparse::Error),
+    /// The head parses, but says something floodgate cannot take.
+    #[error("unusable response head: {0}")]
+    Head(&'static str),
+    /// The head is longer than [`MAX_HEAD_BYTES`] or has more than [`MAX_HEADERS`] lines.
+    #[error("response head too large")]
+    HeadTooLarge,
+    /// A `Content-Length` that is not one number.
+    #[error("invalid content-length")]
+    ContentLength,
+    /// A chunk-size line or chunk end that breaks the chunked framing.
+    #[error("malformed chunked body")]
+    Chunk,
+    /// The connection ended before the body did.
+    #[error("connection closed inside the body")]
+    Truncated,
+}
+
+/// How a request's body follows its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunks, their length not known in advance.
+    Chunked,
+}
+
+/// Appends the request head to `out`: the request line with `target` (origin form), every
+/// header but the framing ones, and the framing header for `framing`.
+pub(crate) fn encode_request_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty => {}
+        RequestFraming::Length(length) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(length.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the line that opens a chunk of `length` bytes (a chunk of 0 ends the body).
+pub(crate) fn encode_chunk_start(length: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{length:x}\r\n").as_bytes());
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseFraming {
+    /// No body, whatever the headers say (a `HEAD` request's answer, `204`, `304`).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunks, ended by a chunk of size 0 and any trailers.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) framing: ResponseFraming,
+    /// Whether the connection may carry another request once the body has been read.
+    pub(crate) keep_alive: bool,
+}
+
+/// Takes the final response head (after any `1xx` interim answers) to a request with `method`
+/// off the front of `buffer`; `None` while it is incomplete.
+pub(crate) fn parse_response_head(
+    buffer: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, WireError> {
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut lines);
+        let length = match response.parse(buffer) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
+                return Err(WireError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(WireError::HeadTooLarge),
+            Err(error) => return Err(WireError::Syntax(error)),
+        };
+        if length > MAX_HEAD_BYTES {
+            return Err(WireError::HeadTooLarge);
+        }
+        let code = response.code.ok_or(WireError::Head("no status"))?;
+        let status = StatusCode::from_u16(code).map_err(|_| WireError::Head("bad status"))?;
+        // `101` would switch protocols, and `Upgrade` is never forwarded: no upstream should.
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buffer.advance(length);
+            continue;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(WireError::Head("unexpected 101"));
+        }
+        let http_1_1 = response.version == Some(1);
+        let names_and_spans = collect_headers(response.headers, buffer)?;
+        let head = buffer.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(names_and_spans.len());
+        for (name, span) in names_and_spans {
+            let value = HeaderValue::from_maybe_shared(head.slice(span))
+                .map_err(|_| WireError::Head("bad header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing_of(&headers, status, method)?;
+        let keep_alive = http_1_1
+            && framing != ResponseFraming::UntilClose
+            && !has_token(&headers, header::CONNECTION, "close");
+        return Ok(Some(ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// Each header's name, and where its value lies in `buffer`, so the values can be shared out
+/// of it once the head is split off.
+fn collect_headers(
+    lines: &[httparse::Header<'_>],
+    buffer: &[u8],
+) -> Result<Vec<(HeaderName, Range<usize>)>, WireError> {
+    let base = buffer.as_ptr() as usize;
+    lines
+        .iter()
+        .map(|line| {
+            let name = HeaderName::from_bytes(line.name.as_bytes())
+                .map_err(|_| WireError::Head("bad header name"))?;
+            if line.value.is_empty() {
+                return Ok((name, 0..0));
+            }
+            let start = line.value.as_ptr() as usize - base;
+            Ok((name, start..start + line.value.len()))
+        })
+        .collect()
+}
+
+fn framing_of(
+    headers: &HeaderMap,
+    status: StatusCode,
+    method: &Method,
+) -> Result<ResponseFraming, WireError> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(ResponseFraming::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only if it is the last coding applied; otherwise the end is the close.
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked,
+            _ => ResponseFraming::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| WireError::ContentLength)?;
+        // A list of equal values is one length (RFC 9110 §8.6); differing ones are an error.
+        for each in text.split(',') {
+            let each = each.trim();
+            if each.is_empty() || !each.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(WireError::ContentLength);
+            }
+            let parsed: u64 = each.parse().map_err(|_| WireError::ContentLength)?;
+            if length.is_some_and(|known| known != parsed) {
+                return Err(WireError::ContentLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
+}
+
+/// Whether the comma-separated header `name` lists `token`.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|each| each.trim().eq_ignore_ascii_case(token))
+}
+
+/// Takes a response body out of the read buffer, piece by piece, by its framing.
+#[derive(Debug)]
+pub(crate) struct BodyDecoder {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes left of a body with a length.
+    Length(u64),
+    /// Next: a chunk-size line.
+    ChunkSize,
+    /// This many bytes left of the current chunk.
+    ChunkData(u64),
+    /// Next: the CRLF that closes a chunk.
+    ChunkEnd,
+    /// After the last chunk: trailer lines until an empty one; this many trailer bytes so far.
+    Trailers(usize),
+    /// Until the connection closes.
+    UntilClose,
+    /// The body has ended.
+    Done,
+}
+
+/// One step of decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// The next piece of the body.
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more from the connection.
+    NeedMore,
+    /// The body has ended.
+    Done,
+}
+
+impl BodyDecoder {
+    /// A decoder for a body with `framing`.
+    pub(crate) fn new(framing: ResponseFraming) -> Self {
+        let state = match framing {
+            ResponseFraming::Empty | ResponseFraming::Length(0) => State::Done,
+            ResponseFraming::Length(length) => State::Length(length),
+            ResponseFraming::Chunked => State::ChunkSize,
+            ResponseFraming::UntilClose => State::UntilClose,
+        };
+        Self { state }
+    }
+
+    /// Takes the next piece of the body from the front of `buffer`.
+    pub(crate) fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, WireError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::Done),
+                _ if buffer.is_empty() => return Ok(Decoded::NeedMore),
+                State::Length(left) => {
+                    let data = take_up_to(buffer, left);
+                    let left = left - data.len() as u64;
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length(left)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                State::UntilClose => return Ok(Decoded::Data(buffer.split().freeze())),
+                State::ChunkData(left) => {
+                    let data = take_up_to(buffer, left);
+                    let left = left - data.len() as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                State::ChunkSize => {
+                    let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    self.state = match chunk_size(&line)? {
+                        0 => State::Trailers(0),
+                        size => State::ChunkData(size),
+                    };
+                }
+                State::ChunkEnd => {
+                    if buffer.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buffer[..2] != b"\r\n" {
+                        return Err(WireError::Chunk);
+                    }
+                    buffer.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers(read) => {
+                    let Some(line) = take_line(buffer, MAX_HEAD_BYTES - read)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    // Trailers are not forwarded: the proxy streams bodies, and few clients
+                    // ask for them.
+                    self.state = if line.is_empty() {
+                        State::Done
+                    } else {
+                        State::Trailers(read + line.len() + 2)
+                    };
+                }
+            }
+        }
+    }
+
+    /// The connection has ended: fine for a body that runs until the close (which then ends
+    /// too), an error for one that had not.
+    pub(crate) fn finish_at_close(&mut self) -> Result<(), WireError> {
+        match self.state {
+            State::UntilClose | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(WireError::Truncated),
+        }
+    }
+
+    /// Whether the body has ended.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The bytes still to come, when the framing says.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(left) => Some(left),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// Up to `limit` bytes off the front of `buffer` (which is not empty).
+fn take_up_to(buffer: &mut BytesMut, limit: u64) -> Bytes {
+    let length = usize::try_from(limit).map_or(buffer.len(), |limit| limit.min(buffer.len()));
+    buffer.split_to(length).freeze()
+}
+
+/// The line at the front of `buffer` without its CRLF, once it is complete; an error if it is
+/// longer than `limit`.
+fn take_line(buffer: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, WireError> {
+    match buffer.windows(2).position(|pair| pair == b"\r\n") {
+        Some(end) if end <= limit => {
+            let line = buffer.split_to(end);
+            buffer.advance(2);
+            Ok(Some(line))
+        }
+        Some(_) => Err(WireError::Chunk),
+        None if buffer.len() > limit => Err(WireError::Chunk),
+        None => Ok(None),
+    }
+}
+
+/// The size in a chunk-size line: hex digits, then optional extensions after `;`.
+fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    let digits = line
+        .split(|&byte| byte == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(WireError::Chunk);
+    }
+    digits.iter().try_fold(0u64, |size, &digit| {
+        let value = char::from(digit).to_digit(16).ok_or(WireError::Chunk)?;
+        Ok(size << 4 | u64::from(value))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn head(bytes: &[u8], method: &Method) -> Result<Option<ResponseHead>, WireError> {
+        parse_response_head(&mut BytesMut::from(bytes), method)
+    }
+
+    fn framing(bytes: &[u8]) -> ResponseFraming {
+        head(bytes, &Method::GET).unwrap().unwrap().framing
+    }
+
+    /// The whole body of `wire` (a head and what follows), decoded from pieces of `split` bytes.
+    fn body_of(wire: &[u8], split: usize, method: &Method) -> Result<(Vec<u8>, bool), WireError> {
+        let mut pieces = wire.chunks(split.max(1));
+        let mut buffer = BytesMut::new();
+        let parsed = loop {
+            if let Some(parsed) = parse_response_head(&mut buffer, method)? {
+                break parsed;
+            }
+            buffer.extend_from_slice(pieces.next().ok_or(WireError::Truncated)?);
+        };
+        let mut decoder = BodyDecoder::new(parsed.framing);
+        let mut body = Vec::new();
+        loop {
+            match decoder.decode(&mut buffer)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::Done => return Ok((body, buffer.is_empty())),
+                Decoded::NeedMore => match pieces.next() {
+                    Some(piece) => buffer.extend_from_slice(piece),
+                    None => {
+                        decoder.finish_at_close()?;
+                        return Ok((body, true));
+                    }
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_head_carries_the_headers_and_its_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        headers.append("x-tag", HeaderValue::from_static("a"));
+        headers.append("x-tag", HeaderValue::from_static("b"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let mut out = Vec::new();
+        let framing = RequestFraming::Length(5);
+        encode_request_head(&Method::POST, "/cart?x=1", &headers, framing, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /cart?x=1 HTTP/1.1\r\nhost: shop.example\r\nx-tag: a\r\nx-tag: b\r\n\
+             content-length: 5\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_request_head(
+            &Method::GET,
+            "/",
+            &HeaderMap::new(),
+            RequestFraming::Chunked,
+            &mut out,
+        );
+        assert_eq!(out, b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+        let mut out = Vec::new();
+        encode_chunk_start(255, &mut out);
+        assert_eq!(out, b"ff\r\n");
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_complete_and_its_values_are_kept() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Tag: a\r\nx-tag: b\r\n\r\nabc";
+        assert!(head(&wire[..20], &Method::GET).unwrap().is_none());
+        let mut buffer = BytesMut::from(&wire[..]);
+        let parsed = parse_response_head(&mut buffer, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.status, StatusCode::OK);
+        let tags: Vec<_> = parsed.headers.get_all("x-tag").iter().collect();
+        assert_eq!(tags, ["a", "b"]);
+        assert_eq!(parsed.framing, ResponseFraming::Length(3));
+        assert!(parsed.keep_alive);
+        assert_eq!(&buffer[..], b"abc", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn interim_answers_are_skipped() {
+        let wire =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                     HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let parsed = head(wire, &Method::POST).unwrap().unwrap();
+        assert_eq!(parsed.status, StatusCode::CREATED);
+        assert!(!parsed.headers.contains_key("link"));
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert!(head(switching, &Method::GET).is_err());
+    }
+
+    #[test]
+    fn the_framing_follows_rfc_9112() {
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"),
+            ResponseFraming::Length(7)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n"),
+            ResponseFraming::Length(7)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 7\r\n\r\n"
+            ),
+            ResponseFraming::Chunked
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            ResponseFraming::UntilClose
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\n\r\n"),
+            ResponseFraming::UntilClose
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"),
+            ResponseFraming::Empty
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"),
+            ResponseFraming::Empty
+        );
+        let to_head = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(to_head.unwrap().unwrap().framing, ResponseFraming::Empty);
+        for bad in ["7, 8", "-1", "+7", "", "0x10", "99999999999999999999999"] {
+            let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(
+                head(wire.as_bytes(), &Method::GET).unwrap_err(),
+                WireError::ContentLength,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_is_kept_only_when_http_1_1_says_so_and_the_body_has_an_end() {
+        let keep = |wire: &[u8]| head(wire, &Method::GET).unwrap().unwrap().keep_alive;
+        assert!(keep(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keep(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep(b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn oversized_and_malformed_heads_are_refused() {
+        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b"x-filler: 0123456789\r\n".as_slice(), 4000).flatten());
+        assert_eq!(
+            head(&long, &Method::GET).unwrap_err(),
+            WireError::HeadTooLarge
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        many.extend(std::iter::repeat_n(b"x: 1\r\n".as_slice(), MAX_HEADERS + 1).flatten());
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            head(&many, &Method::GET).unwrap_err(),
+            WireError::HeadTooLarge
+        );
+        assert!(head(b"SSH-2.0-OpenSSH\r\n\r\n", &Method::GET).is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", &Method::GET).is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     3;name=value\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-Sum: 1\r\n\r\n";
+        let (body, clean) = body_of(wire, wire.len(), &Method::GET).unwrap();
+        assert_eq!(body, b"abc0123456789abcdef");
+        assert!(clean);
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcXY",
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+        ] {
+            let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            wire.extend_from_slice(bad);
+            wire.extend_from_slice(b"0\r\n\r\n");
+            assert_eq!(
+                body_of(&wire, wire.len(), &Method::GET).unwrap_err(),
+                WireError::Chunk
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_cut_short_is_an_error_unless_it_runs_to_the_close() {
+        let cut = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+        assert_eq!(
+            body_of(cut, 4, &Method::GET).unwrap_err(),
+            WireError::Truncated
+        );
+        let chunk_cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab";
+        assert_eq!(
+            body_of(chunk_cut, 4, &Method::GET).unwrap_err(),
+            WireError::Truncated
+        );
+        let to_close = b"HTTP/1.1 200 OK\r\n\r\nall of it";
+        assert_eq!(body_of(to_close, 4, &Method::GET).unwrap().0, b"all of it");
+    }
+
+    #[test]
+    fn bytes_after_the_body_stay_in_the_buffer() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1";
+        let (body, clean) = body_of(wire, wire.len(), &Method::GET).unwrap();
+        assert_eq!(body, b"ok");
+        assert!(!clean, "a connection with stray bytes must not be reused");
+    }
+
+    proptest! {
+        /// However the bytes arrive, a chunked body decodes to what was sent, and nothing of
+        /// it is left over.
+        #[test]
+        fn chunked_bodies_decode_whatever_the_read_sizes(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..40), 0..8),
+            split in 1usize..64,
+        ) {
+            let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for chunk in &chunks {
+                encode_chunk_start(chunk.len(), &mut wire);
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let (body, clean) = body_of(&wire, split, &Method::GET).unwrap();
+            prop_assert_eq!(body, chunks.concat());
+            prop_assert!(clean);
+        }
+
+        /// Whatever an upstream sends, parsing and decoding end in a body or an error, never a
+        /// panic, and a body with a length is never longer than it.
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(wire in prop::collection::vec(any::<u8>(), 0..200), split in 1usize..32) {
+            let mut wire_with_head = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n".to_vec();
+            wire_with_head.extend_from_slice(&wire);
+            if let Ok((body, _)) = body_of(&wire_with_head, split, &Method::GET) {
+                prop_assert!(body.len() <= 20);
+            }
+            let _ = body_of(&wire, split, &Method::GET);
+        }
+    }
+}
