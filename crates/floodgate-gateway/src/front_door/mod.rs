@@ -39,6 +39,7 @@ use rate_limit::{GlobalLimiter, KeyedLimiter};
 use upstream::UpstreamBody;
 
 pub use proxy::prepare_request_headers;
+pub use upstream::wire;
 
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;

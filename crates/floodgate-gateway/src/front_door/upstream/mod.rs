@@ -18,7 +18,7 @@
 //! pre-warm opens its connections on each loop; those opened on any other thread (a pre-warm
 //! page fetch, a test) wait in a list of their own.
 
-mod wire;
+pub mod wire;
 
 use std::io;
 use std::pin::Pin;

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use bytes::{Buf, Bytes, BytesMut};
 
 /// The longest response head accepted, and the most trailer bytes after a chunked body.
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header lines in a response head.
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (the size and any extensions).
@@ -20,7 +20,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// What is wrong with an upstream's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum WireError {
+pub enum WireError {
     /// The head does not parse as an HTTP/1.x response.
     #[error("malformed response head: {0}")]
     Syntax(httparse::Error),
@@ -43,7 +43,7 @@ pub(crate) enum WireError {
 
 /// How a request's body follows its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RequestFraming {
+pub enum RequestFraming {
     /// No body.
     Empty,
     /// Exactly this many bytes.
@@ -54,7 +54,7 @@ pub(crate) enum RequestFraming {
 
 /// Appends the request head to `out`: the request line with `target` (origin form), every
 /// header but the framing ones, and the framing header for `framing`.
-pub(crate) fn encode_request_head(
+pub fn encode_request_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
@@ -87,13 +87,13 @@ pub(crate) fn encode_request_head(
 }
 
 /// Appends the line that opens a chunk of `length` bytes (a chunk of 0 ends the body).
-pub(crate) fn encode_chunk_start(length: usize, out: &mut Vec<u8>) {
+pub fn encode_chunk_start(length: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(format!("{length:x}\r\n").as_bytes());
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResponseFraming {
+pub enum ResponseFraming {
     /// No body, whatever the headers say (a `HEAD` request's answer, `204`, `304`).
     Empty,
     /// Exactly this many bytes.
@@ -106,17 +106,20 @@ pub(crate) enum ResponseFraming {
 
 /// A parsed response head.
 #[derive(Debug)]
-pub(crate) struct ResponseHead {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) framing: ResponseFraming,
+pub struct ResponseHead {
+    /// The final status (interim `1xx` answers are skipped).
+    pub status: StatusCode,
+    /// Every header as the upstream sent it; the values share the read buffer.
+    pub headers: HeaderMap,
+    /// How the body that follows is delimited.
+    pub framing: ResponseFraming,
     /// Whether the connection may carry another request once the body has been read.
-    pub(crate) keep_alive: bool,
+    pub keep_alive: bool,
 }
 
 /// Takes the final response head (after any `1xx` interim answers) to a request with `method`
 /// off the front of `buffer`; `None` while it is incomplete.
-pub(crate) fn parse_response_head(
+pub fn parse_response_head(
     buffer: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
@@ -244,7 +247,7 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// Takes a response body out of the read buffer, piece by piece, by its framing.
 #[derive(Debug)]
-pub(crate) struct BodyDecoder {
+pub struct BodyDecoder {
     state: State,
 }
 
@@ -268,7 +271,7 @@ enum State {
 
 /// One step of decoding.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decoded {
+pub enum Decoded {
     /// The next piece of the body.
     Data(Bytes),
     /// The buffer holds no more of the body: read more from the connection.
@@ -279,7 +282,7 @@ pub(crate) enum Decoded {
 
 impl BodyDecoder {
     /// A decoder for a body with `framing`.
-    pub(crate) fn new(framing: ResponseFraming) -> Self {
+    pub fn new(framing: ResponseFraming) -> Self {
         let state = match framing {
             ResponseFraming::Empty | ResponseFraming::Length(0) => State::Done,
             ResponseFraming::Length(length) => State::Length(length),
@@ -290,7 +293,7 @@ impl BodyDecoder {
     }
 
     /// Takes the next piece of the body from the front of `buffer`.
-    pub(crate) fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, WireError> {
+    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, WireError> {
         loop {
             match self.state {
                 State::Done => return Ok(Decoded::Done),
@@ -353,7 +356,7 @@ impl BodyDecoder {
 
     /// The connection has ended: fine for a body that runs until the close (which then ends
     /// too), an error for one that had not.
-    pub(crate) fn finish_at_close(&mut self) -> Result<(), WireError> {
+    pub fn finish_at_close(&mut self) -> Result<(), WireError> {
         match self.state {
             State::UntilClose | State::Done => {
                 self.state = State::Done;
@@ -364,12 +367,12 @@ impl BodyDecoder {
     }
 
     /// Whether the body has ended.
-    pub(crate) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// The bytes still to come, when the framing says.
-    pub(crate) fn remaining(&self) -> Option<u64> {
+    pub fn remaining(&self) -> Option<u64> {
         match self.state {
             State::Length(left) => Some(left),
             State::Done => Some(0),
