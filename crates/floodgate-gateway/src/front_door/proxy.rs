@@ -17,20 +17,8 @@ use hyper::body::{Frame, SizeHint};
 use super::ClientAddr;
 use super::admission::Permit;
 use super::pool::Upstream;
+use super::upstream::wire::HOP_BY_HOP;
 use super::upstream::{SendError, UpstreamBody};
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). A `static`: a
-/// `const` array would be built (and dropped) again at every use.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -106,7 +94,7 @@ fn put_under(base: &Uri, uri: &mut Uri) -> Result<(), ProxyError> {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names. One pass over the
 /// names, since usually none is one: removing each of the eight by name hashed every one.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named_by_connection: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -163,9 +151,9 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: &ClientAddr) {
     append(headers, header::VIA, VIA_FLOODGATE);
 }
 
-/// Cleans an upstream response head for the client: hop-by-hop headers out, `Via` in.
+/// Marks an upstream's answer as passed on (`Via`). Its hop-by-hop headers never got this far:
+/// the upstream codec leaves them out as it reads the head (see [`super::upstream::wire`]).
 pub(crate) fn prepare_response_headers(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
     append(headers, header::VIA, VIA_FLOODGATE);
 }
 

@@ -11,6 +11,19 @@ use std::ops::Range;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf, Bytes, BytesMut};
 
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). A `static`: a
+/// `const` array would be built (and dropped) again at every use.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// The longest response head accepted, and the most trailer bytes after a chunked body.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header lines in a response head.
@@ -148,8 +161,12 @@ pub fn parse_response_head(
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(WireError::Head("unexpected 101"));
         }
-        let http_1_1 = response.version == Some(1);
-        let names_and_spans = collect_headers(response.headers, buffer)?;
+        let lines = &*response.headers;
+        let framing = framing_of(lines, status, method)?;
+        let keep_alive = response.version == Some(1)
+            && framing != ResponseFraming::UntilClose
+            && !tokens(lines, "connection").any(|option| option.eq_ignore_ascii_case(b"close"));
+        let names_and_spans = message_headers(lines, buffer)?;
         let head = buffer.split_to(length).freeze();
         let mut headers = HeaderMap::with_capacity(names_and_spans.len());
         for (name, span) in names_and_spans {
@@ -157,10 +174,6 @@ pub fn parse_response_head(
                 .map_err(|_| WireError::Head("bad header value"))?;
             headers.append(name, value);
         }
-        let framing = framing_of(&headers, status, method)?;
-        let keep_alive = http_1_1
-            && framing != ResponseFraming::UntilClose
-            && !has_token(&headers, header::CONNECTION, "close");
         return Ok(Some(ResponseHead {
             status,
             headers,
@@ -170,29 +183,55 @@ pub fn parse_response_head(
     }
 }
 
-/// Each header's name, and where its value lies in `buffer`, so the values can be shared out
-/// of it once the head is split off.
-fn collect_headers(
+/// The headers of the message itself, each with where its value lies in `buffer` (so the
+/// values can be shared out of it once the head is split off). Those that describe the
+/// connection are left out: the hop-by-hop ones and any `Connection` names (RFC 9110 §7.6.1),
+/// which is the proxy's duty, done here in the pass that reads them.
+fn message_headers(
     lines: &[httparse::Header<'_>],
     buffer: &[u8],
 ) -> Result<Vec<(HeaderName, Range<usize>)>, WireError> {
     let base = buffer.as_ptr() as usize;
+    // Usually `Connection` names nothing beyond `keep-alive` or `close`: then no line needs
+    // its options read again.
+    let names_more = tokens(lines, "connection").any(|option| {
+        !option.eq_ignore_ascii_case(b"keep-alive") && !option.eq_ignore_ascii_case(b"close")
+    });
+    let mut kept = Vec::with_capacity(lines.len());
+    for line in lines {
+        let name = HeaderName::from_bytes(line.name.as_bytes())
+            .map_err(|_| WireError::Head("bad header name"))?;
+        let named_by_connection =
+            || tokens(lines, "connection").any(|option| option.eq_ignore_ascii_case(name.as_ref()));
+        if HOP_BY_HOP.contains(&name) || (names_more && named_by_connection()) {
+            continue;
+        }
+        let span = if line.value.is_empty() {
+            0..0
+        } else {
+            let start = line.value.as_ptr() as usize - base;
+            start..start + line.value.len()
+        };
+        kept.push((name, span));
+    }
+    Ok(kept)
+}
+
+/// The comma-separated elements of every header line named `name`, trimmed, empty ones left out.
+fn tokens<'a>(
+    lines: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     lines
         .iter()
-        .map(|line| {
-            let name = HeaderName::from_bytes(line.name.as_bytes())
-                .map_err(|_| WireError::Head("bad header name"))?;
-            if line.value.is_empty() {
-                return Ok((name, 0..0));
-            }
-            let start = line.value.as_ptr() as usize - base;
-            Ok((name, start..start + line.value.len()))
-        })
-        .collect()
+        .filter(move |line| line.name.eq_ignore_ascii_case(name))
+        .flat_map(|line| line.value.split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
 }
 
 fn framing_of(
-    headers: &HeaderMap,
+    lines: &[httparse::Header<'_>],
     status: StatusCode,
     method: &Method,
 ) -> Result<ResponseFraming, WireError> {
@@ -202,47 +241,42 @@ fn framing_of(
     {
         return Ok(ResponseFraming::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Chunked only if it is the last coding applied; otherwise the end is the close.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .map(str::trim);
+    // With a Transfer-Encoding, chunked only if it is the last coding applied; otherwise the
+    // end is the close. Content-Length is then ignored.
+    let transfer_encoding = "transfer-encoding";
+    if lines
+        .iter()
+        .any(|line| line.name.eq_ignore_ascii_case(transfer_encoding))
+    {
+        let last = tokens(lines, transfer_encoding).last();
         return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked,
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
             _ => ResponseFraming::UntilClose,
         });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| WireError::ContentLength)?;
-        // A list of equal values is one length (RFC 9110 §8.6); differing ones are an error.
-        for each in text.split(',') {
-            let each = each.trim();
-            if each.is_empty() || !each.bytes().all(|byte| byte.is_ascii_digit()) {
-                return Err(WireError::ContentLength);
-            }
-            let parsed: u64 = each.parse().map_err(|_| WireError::ContentLength)?;
-            if length.is_some_and(|known| known != parsed) {
-                return Err(WireError::ContentLength);
-            }
-            length = Some(parsed);
+    // A list of equal values is one length (RFC 9110 §8.6); differing ones are an error.
+    for each in content_lengths(lines) {
+        let parsed = std::str::from_utf8(each)
+            .ok()
+            .filter(|digits| digits.bytes().all(|byte| byte.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u64>().ok())
+            .ok_or(WireError::ContentLength)?;
+        if length.is_some_and(|known| known != parsed) {
+            return Err(WireError::ContentLength);
         }
+        length = Some(parsed);
     }
     Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
 }
 
-/// Whether the comma-separated header `name` lists `token`.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
+/// Every element of every `Content-Length` line, empty ones included (they are errors there).
+fn content_lengths<'a>(lines: &'a [httparse::Header<'a>]) -> impl Iterator<Item = &'a [u8]> {
+    lines
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|each| each.trim().eq_ignore_ascii_case(token))
+        .filter(|line| line.name.eq_ignore_ascii_case("content-length"))
+        .flat_map(|line| line.value.split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Takes a response body out of the read buffer, piece by piece, by its framing.
@@ -502,6 +536,18 @@ mod tests {
         assert_eq!(parsed.framing, ResponseFraming::Length(3));
         assert!(parsed.keep_alive);
         assert_eq!(&buffer[..], b"abc", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn the_connections_own_headers_are_left_out() {
+        let wire = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Upstream-Node\r\n\
+                     Keep-Alive: timeout=5\r\nX-Upstream-Node: 7\r\nTransfer-Encoding: chunked\r\n\
+                     Trailer: x-sum\r\nCache-Control: max-age=60\r\n\r\n";
+        let parsed = head(wire, &Method::GET).unwrap().unwrap();
+        let names: Vec<_> = parsed.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["cache-control"]);
+        assert_eq!(parsed.framing, ResponseFraming::Chunked);
+        assert!(parsed.keep_alive);
     }
 
     #[test]
