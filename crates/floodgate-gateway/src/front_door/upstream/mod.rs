@@ -9,7 +9,7 @@
 //! The protocol is [`wire`]'s, not hyper's client: the head is written as the proxy holds it
 //! and the answer parsed in place, with no dispatcher, request channel or answer callback in
 //! between. Measured against hyper's client driven the same way: a proxied request 43.5 k ->
-//! 36.4 k instructions (callgrind), and 24 % less CPU (`bench/proxy.sh`).
+//! 34.9 k instructions (callgrind), and 8-30 % less CPU (`bench/proxy.sh`, six paired runs).
 //!
 //! One idle list per connection loop, as each nginx worker keeps its own: a socket wakes the
 //! loop whose reactor it was opened on, so a connection opened on one loop and taken by a
