@@ -122,7 +122,8 @@ pub enum ResponseFraming {
 pub struct ResponseHead {
     /// The final status (interim `1xx` answers are skipped).
     pub status: StatusCode,
-    /// Every header as the upstream sent it; the values share the read buffer.
+    /// The message's headers, without those of the connection; the values share the read
+    /// buffer.
     pub headers: HeaderMap,
     /// How the body that follows is delimited.
     pub framing: ResponseFraming,
@@ -163,10 +164,14 @@ pub fn parse_response_head(
         }
         let lines = &*response.headers;
         let framing = framing_of(lines, status, method)?;
+        // Both framings at once is how responses are split (RFC 9112 §6.3): the chunked one is
+        // read, the length is not passed on, and the connection is not used again.
+        let both_framings = has_line(lines, TRANSFER_ENCODING) && has_line(lines, CONTENT_LENGTH);
         let keep_alive = response.version == Some(1)
             && framing != ResponseFraming::UntilClose
+            && !both_framings
             && !tokens(lines, "connection").any(|option| option.eq_ignore_ascii_case(b"close"));
-        let names_and_spans = message_headers(lines, buffer)?;
+        let names_and_spans = message_headers(lines, buffer, both_framings)?;
         let head = buffer.split_to(length).freeze();
         let mut headers = HeaderMap::with_capacity(names_and_spans.len());
         for (name, span) in names_and_spans {
@@ -190,6 +195,7 @@ pub fn parse_response_head(
 fn message_headers(
     lines: &[httparse::Header<'_>],
     buffer: &[u8],
+    without_length: bool,
 ) -> Result<Vec<(HeaderName, Range<usize>)>, WireError> {
     let base = buffer.as_ptr() as usize;
     // Usually `Connection` names nothing beyond `keep-alive` or `close`: then no line needs
@@ -203,7 +209,10 @@ fn message_headers(
             .map_err(|_| WireError::Head("bad header name"))?;
         let named_by_connection =
             || tokens(lines, "connection").any(|option| option.eq_ignore_ascii_case(name.as_ref()));
-        if HOP_BY_HOP.contains(&name) || (names_more && named_by_connection()) {
+        if HOP_BY_HOP.contains(&name)
+            || (names_more && named_by_connection())
+            || (without_length && name == header::CONTENT_LENGTH)
+        {
             continue;
         }
         let span = if line.value.is_empty() {
@@ -243,12 +252,8 @@ fn framing_of(
     }
     // With a Transfer-Encoding, chunked only if it is the last coding applied; otherwise the
     // end is the close. Content-Length is then ignored.
-    let transfer_encoding = "transfer-encoding";
-    if lines
-        .iter()
-        .any(|line| line.name.eq_ignore_ascii_case(transfer_encoding))
-    {
-        let last = tokens(lines, transfer_encoding).last();
+    if has_line(lines, TRANSFER_ENCODING) {
+        let last = tokens(lines, TRANSFER_ENCODING).last();
         return Ok(match last {
             Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
             _ => ResponseFraming::UntilClose,
@@ -270,11 +275,21 @@ fn framing_of(
     Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
 }
 
+const TRANSFER_ENCODING: &str = "transfer-encoding";
+const CONTENT_LENGTH: &str = "content-length";
+
+/// Whether a header line is named `name`.
+fn has_line(lines: &[httparse::Header<'_>], name: &str) -> bool {
+    lines
+        .iter()
+        .any(|line| line.name.eq_ignore_ascii_case(name))
+}
+
 /// Every element of every `Content-Length` line, empty ones included (they are errors there).
 fn content_lengths<'a>(lines: &'a [httparse::Header<'a>]) -> impl Iterator<Item = &'a [u8]> {
     lines
         .iter()
-        .filter(|line| line.name.eq_ignore_ascii_case("content-length"))
+        .filter(|line| line.name.eq_ignore_ascii_case(CONTENT_LENGTH))
         .flat_map(|line| line.value.split(|&byte| byte == b','))
         .map(<[u8]>::trim_ascii)
 }
@@ -548,6 +563,17 @@ mod tests {
         assert_eq!(names, ["cache-control"]);
         assert_eq!(parsed.framing, ResponseFraming::Chunked);
         assert!(parsed.keep_alive);
+    }
+
+    #[test]
+    fn an_answer_with_both_framings_is_read_by_its_chunks_and_ends_its_connection() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     5\r\nhello\r\n0\r\n\r\n";
+        let parsed = head(wire, &Method::GET).unwrap().unwrap();
+        assert_eq!(parsed.framing, ResponseFraming::Chunked);
+        assert!(!parsed.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!parsed.keep_alive);
+        assert_eq!(body_of(wire, 7, &Method::GET).unwrap().0, b"hello");
     }
 
     #[test]
