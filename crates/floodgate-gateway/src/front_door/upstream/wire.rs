@@ -347,27 +347,18 @@ impl BodyDecoder {
             match self.state {
                 State::Done => return Ok(Decoded::Done),
                 _ if buffer.is_empty() => return Ok(Decoded::NeedMore),
-                State::Length(left) => {
+                State::Length(left) | State::ChunkData(left) => {
                     let data = take_up_to(buffer, left);
                     let left = left - data.len() as u64;
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), left) => State::Length(left),
+                        (_, 0) => State::ChunkEnd,
+                        (_, left) => State::ChunkData(left),
                     };
                     return Ok(Decoded::Data(data));
                 }
                 State::UntilClose => return Ok(Decoded::Data(buffer.split().freeze())),
-                State::ChunkData(left) => {
-                    let data = take_up_to(buffer, left);
-                    let left = left - data.len() as u64;
-                    self.state = if left == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(left)
-                    };
-                    return Ok(Decoded::Data(data));
-                }
                 State::ChunkSize => {
                     let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
                         return Ok(Decoded::NeedMore);
