@@ -3,8 +3,9 @@
 //! response body taken out of that buffer by its framing.
 //!
 //! The proxy forwards a head it has already parsed, to a server the shop runs, so this side
-//! needs no more than that: headers are copied through as they are (the proxy has removed the
-//! hop-by-hop ones), and header values point into the read buffer rather than being copied.
+//! needs no more than that: a request's headers are written as the proxy prepared them (its
+//! hop-by-hop ones already removed), and an answer's are read with those of the upstream's
+//! connection left out, their values pointing into the read buffer rather than copied.
 
 use std::ops::Range;
 
