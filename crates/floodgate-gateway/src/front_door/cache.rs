@@ -247,12 +247,8 @@ impl EdgeCache {
         {
             return None;
         }
-        let transient = [
-            header::AGE,
-            X_CACHE,
-            header::CONNECTION,
-            header::TRANSFER_ENCODING,
-        ];
+        // The connection's own headers never get here: the upstream codec leaves them out.
+        let transient = [header::AGE, X_CACHE];
         // Values copied: an upstream's header values share its connection's read buffer, which
         // an entry must not keep alive (the cache counts an entry's own bytes).
         let mut kept = HeaderMap::with_capacity(headers.len());

@@ -26,7 +26,7 @@ pub static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The longest response head accepted, and the most trailer bytes after a chunked body.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header lines in a response head.
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (the size and any extensions).
