@@ -10,15 +10,15 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::header::Entry;
 use axum::http::response::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
 use super::ClientAddr;
 use super::admission::Permit;
 use super::pool::Upstream;
+use super::upstream::UpstreamBody;
 use super::upstream::wire::HOP_BY_HOP;
-use super::upstream::{SendError, UpstreamBody};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -35,8 +35,6 @@ pub(crate) enum ProxyError {
 }
 
 /// Sends `request` to `upstream` and returns its response head with the body still streaming.
-/// A request without a body that fails on a reused connection (the upstream may have closed
-/// it while idle) is tried once more.
 pub(crate) async fn forward(
     upstream: &Upstream,
     mut request: Request<Body>,
@@ -52,28 +50,10 @@ pub(crate) async fn forward(
     {
         request.headers_mut().insert(header::HOST, host);
     }
-    let replay = matches!(*request.method(), Method::GET | Method::HEAD).then(|| {
-        let mut head = Request::new(Body::empty());
-        *head.method_mut() = request.method().clone();
-        *head.uri_mut() = request.uri().clone();
-        *head.headers_mut() = request.headers().clone();
-        head
-    });
-    // Every future here is built where it is awaited: one held in a variable, or awaited in a
-    // `match` scrutinee, keeps its space in this future beside the next one's, and each
-    // request's future is copied whole when the router boxes it.
-    tokio::time::timeout(timeout, async {
-        let sent = connections.send(request).await;
-        match sent {
-            Err(SendError::Exchange { reused: true, .. }) if replay.is_some() => {
-                connections.send(replay.expect("checked")).await
-            }
-            sent => sent,
-        }
-    })
-    .await
-    .map_err(|_| ProxyError::Timeout)?
-    .map_err(|error| ProxyError::Unreachable(error.to_string()))
+    tokio::time::timeout(timeout, connections.send(request))
+        .await
+        .map_err(|_| ProxyError::Timeout)?
+        .map_err(|error| ProxyError::Unreachable(error.to_string()))
 }
 
 /// Rewrites `uri` to the request's path and query under `base`'s path, in origin form; a URI

@@ -77,10 +77,9 @@ pub(crate) enum SendError {
     /// No connection could be made.
     #[error("cannot connect: {0}")]
     Connect(io::Error),
-    /// The exchange failed; `reused` says whether the connection came from the idle list (where
-    /// the upstream may have closed it meanwhile).
-    #[error("connection failed: {error}")]
-    Exchange { error: ExchangeError, reused: bool },
+    /// The exchange failed.
+    #[error("connection failed: {0}")]
+    Exchange(ExchangeError),
 }
 
 /// What broke an exchange on a connection.
@@ -284,26 +283,35 @@ impl Connections {
         &self.authority
     }
 
-    /// Sends `request` on an idle connection or a new one, and reads the answer head.
+    /// Sends `request` on an idle connection or a new one, and reads the answer head. A `GET`
+    /// or `HEAD` without a body that fails on an idle connection (the upstream may have closed
+    /// it meanwhile) is sent once more on a new one: its head, already written out, is all
+    /// there is to send again.
     pub(crate) async fn send(
         &self,
         request: Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (mut link, reused) = match self.checkout() {
-            Some(link) => (link, true),
-            None => (self.connect().await?, false),
-        };
         let (parts, body) = request.into_parts();
         let framing = request_framing(&parts.method, &body);
         let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let mut head = Vec::with_capacity(512);
         wire::encode_request_head(&parts.method, target, &parts.headers, framing, &mut head);
-        let exchanged = async {
-            link.send_request(&head, body, framing).await?;
-            link.read_head(&parts.method).await
-        }
-        .await;
-        let answer = exchanged.map_err(|error| SendError::Exchange { error, reused })?;
+        let replayable =
+            framing == RequestFraming::Empty && matches!(parts.method, Method::GET | Method::HEAD);
+        let exchanged = match self.checkout() {
+            Some(link) => match exchange(link, &head, body, framing, &parts.method).await {
+                Err(_) if replayable => {
+                    let link = self.connect().await?;
+                    exchange(link, &head, Body::empty(), framing, &parts.method).await
+                }
+                exchanged => exchanged,
+            },
+            None => {
+                let link = self.connect().await?;
+                exchange(link, &head, body, framing, &parts.method).await
+            }
+        };
+        let (link, answer) = exchanged.map_err(SendError::Exchange)?;
         let mut body = UpstreamBody {
             link: Some(link),
             keep_alive: answer.keep_alive,
@@ -318,6 +326,21 @@ impl Connections {
         *response.headers_mut() = answer.headers;
         Ok(response)
     }
+}
+
+/// Sends a request (its encoded `head`, then `body` by `framing`) on `link`, and reads the
+/// answer head to it.
+async fn exchange(
+    link: Box<Link>,
+    head: &[u8],
+    body: Body,
+    framing: RequestFraming,
+    method: &Method,
+) -> Result<(Box<Link>, wire::ResponseHead), ExchangeError> {
+    let mut link = link;
+    link.send_request(head, body, framing).await?;
+    let answer = link.read_head(method).await?;
+    Ok((link, answer))
 }
 
 /// An answer body that reads its connection and hands it back to its idle list at its end.
@@ -408,5 +431,84 @@ impl hyper::body::Body for UpstreamBody {
         self.decoder
             .remaining()
             .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::StatusCode;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An origin that answers the first request on each connection, keeps the connection, and
+    /// closes it when the next request arrives, as one whose keep-alive timeout struck just as
+    /// the request went out; the requests it has seen, counted.
+    async fn forgetful_origin() -> (Connections, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buffer = [0; 4096];
+                    for answered in [true, false] {
+                        if stream.read(&mut buffer).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        if answered {
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            stream.write_all(answer).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (Connections::to(authority), requests)
+    }
+
+    fn request(method: Method, body: &'static str) -> Request<Body> {
+        let mut request = Request::new(Body::from(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = "/page".parse().unwrap();
+        request
+    }
+
+    /// Sends a request and reads its answer to the end, so its connection goes back idle.
+    async fn exchange_whole(connections: &Connections, sent: Request<Body>) -> Option<StatusCode> {
+        let answer = connections.send(sent).await.ok()?;
+        let status = answer.status();
+        answer.into_body().collect().await.ok()?;
+        Some(status)
+    }
+
+    #[tokio::test]
+    async fn a_get_that_finds_its_idle_connection_closed_goes_again_on_a_new_one() {
+        let (connections, requests) = forgetful_origin().await;
+        let first = exchange_whole(&connections, request(Method::GET, "")).await;
+        assert_eq!(first, Some(StatusCode::OK));
+        let second = exchange_whole(&connections, request(Method::GET, "")).await;
+        assert_eq!(
+            second,
+            Some(StatusCode::OK),
+            "sent again on a new connection"
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_post_is_never_sent_twice() {
+        let (connections, requests) = forgetful_origin().await;
+        let first = exchange_whole(&connections, request(Method::POST, "{}")).await;
+        assert_eq!(first, Some(StatusCode::OK));
+        let second = connections.send(request(Method::POST, "{}")).await;
+        assert!(matches!(second, Err(SendError::Exchange(_))));
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
     }
 }

@@ -138,7 +138,9 @@ pub fn parse_response_head(
     buffer: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
-    loop {
+    // Nothing yet is the usual first look, before the upstream has answered: it needs no header
+    // slots (4 KiB to set up each time).
+    while !buffer.is_empty() {
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut lines);
         let length = match response.parse(buffer) {
@@ -164,15 +166,13 @@ pub fn parse_response_head(
             return Err(WireError::Head("unexpected 101"));
         }
         let lines = &*response.headers;
-        let framing = framing_of(lines, status, method)?;
-        // Both framings at once is how responses are split (RFC 9112 §6.3): the chunked one is
-        // read, the length is not passed on, and the connection is not used again.
-        let both_framings = has_line(lines, TRANSFER_ENCODING) && has_line(lines, CONTENT_LENGTH);
+        let facts = LineFacts::of(lines);
+        let framing = facts.framing(status, method)?;
         let keep_alive = response.version == Some(1)
             && framing != ResponseFraming::UntilClose
-            && !both_framings
-            && !tokens(lines, "connection").any(|option| option.eq_ignore_ascii_case(b"close"));
-        let names_and_spans = message_headers(lines, buffer, both_framings)?;
+            && !facts.both_framings()
+            && !facts.close;
+        let names_and_spans = message_headers(lines, buffer, &facts)?;
         let head = buffer.split_to(length).freeze();
         let mut headers = HeaderMap::with_capacity(names_and_spans.len());
         for (name, span) in names_and_spans {
@@ -187,31 +187,126 @@ pub fn parse_response_head(
             keep_alive,
         }));
     }
+    Ok(None)
+}
+
+/// What a head's lines say about its body's framing and its connection, read in one pass.
+struct LineFacts<'a> {
+    /// Whether there is a `Transfer-Encoding` line.
+    transfer_encoding: bool,
+    /// The last coding the `Transfer-Encoding` lines name: the one applied last.
+    last_coding: Option<&'a [u8]>,
+    /// What the `Content-Length` lines say, if there are any: one length, or an error.
+    content_length: Option<Result<u64, WireError>>,
+    /// Whether `Connection` says `close`.
+    close: bool,
+    /// Whether `Connection` names headers (anything beyond `keep-alive` and `close`): usually
+    /// not, and then no line needs its options read again.
+    names_headers: bool,
+}
+
+impl<'a> LineFacts<'a> {
+    fn of(lines: &'a [httparse::Header<'a>]) -> Self {
+        let mut facts = Self {
+            transfer_encoding: false,
+            last_coding: None,
+            content_length: None,
+            close: false,
+            names_headers: false,
+        };
+        for line in lines {
+            if line.name.eq_ignore_ascii_case(TRANSFER_ENCODING) {
+                facts.transfer_encoding = true;
+                facts.last_coding = list(line.value).last().or(facts.last_coding);
+            } else if line.name.eq_ignore_ascii_case(CONTENT_LENGTH) {
+                // A list of equal values is one length (RFC 9110 §8.6); differing ones, or an
+                // empty element, are an error.
+                for each in line.value.split(|&byte| byte == b',') {
+                    let parsed = content_length(each.trim_ascii());
+                    facts.content_length = Some(match (facts.content_length.take(), parsed) {
+                        (Some(Err(error)), _) | (_, Err(error)) => Err(error),
+                        (Some(Ok(known)), Ok(length)) if known != length => {
+                            Err(WireError::ContentLength)
+                        }
+                        (_, Ok(length)) => Ok(length),
+                    });
+                }
+            } else if line.name.eq_ignore_ascii_case(CONNECTION) {
+                for option in list(line.value) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        facts.close = true;
+                    } else if !option.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.names_headers = true;
+                    }
+                }
+            }
+        }
+        facts
+    }
+
+    /// Both framings at once is how responses are split (RFC 9112 §6.3): the chunked one is
+    /// read, the length is not passed on, and the connection is not used again.
+    fn both_framings(&self) -> bool {
+        self.transfer_encoding && self.content_length.is_some()
+    }
+
+    /// How the body of an answer with `status` to a `method` request is delimited.
+    fn framing(&self, status: StatusCode, method: &Method) -> Result<ResponseFraming, WireError> {
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(ResponseFraming::Empty);
+        }
+        // With a Transfer-Encoding, chunked only if it is the last coding applied; otherwise the
+        // end is the close. Content-Length is then ignored.
+        if self.transfer_encoding {
+            return Ok(match self.last_coding {
+                Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
+                _ => ResponseFraming::UntilClose,
+            });
+        }
+        match &self.content_length {
+            None => Ok(ResponseFraming::UntilClose),
+            Some(Ok(length)) => Ok(ResponseFraming::Length(*length)),
+            Some(Err(error)) => Err(error.clone()),
+        }
+    }
+}
+
+/// One `Content-Length` element: digits only (no sign, no spaces inside).
+fn content_length(digits: &[u8]) -> Result<u64, WireError> {
+    std::str::from_utf8(digits)
+        .ok()
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .ok_or(WireError::ContentLength)
 }
 
 /// The headers of the message itself, each with where its value lies in `buffer` (so the
 /// values can be shared out of it once the head is split off). Those that describe the
 /// connection are left out: the hop-by-hop ones and any `Connection` names (RFC 9110 §7.6.1),
-/// which is the proxy's duty, done here in the pass that reads them.
+/// which is the proxy's duty, done here in the pass that reads them. With both framings, the
+/// length is left out too.
 fn message_headers(
     lines: &[httparse::Header<'_>],
     buffer: &[u8],
-    without_length: bool,
+    facts: &LineFacts<'_>,
 ) -> Result<Vec<(HeaderName, Range<usize>)>, WireError> {
     let base = buffer.as_ptr() as usize;
-    // Usually `Connection` names nothing beyond `keep-alive` or `close`: then no line needs
-    // its options read again.
-    let names_more = tokens(lines, "connection").any(|option| {
-        !option.eq_ignore_ascii_case(b"keep-alive") && !option.eq_ignore_ascii_case(b"close")
-    });
+    let without_length = facts.both_framings();
     let mut kept = Vec::with_capacity(lines.len());
     for line in lines {
         let name = HeaderName::from_bytes(line.name.as_bytes())
             .map_err(|_| WireError::Head("bad header name"))?;
-        let named_by_connection =
-            || tokens(lines, "connection").any(|option| option.eq_ignore_ascii_case(name.as_ref()));
+        let named_by_connection = || {
+            (lines.iter())
+                .filter(|line| line.name.eq_ignore_ascii_case(CONNECTION))
+                .flat_map(|line| list(line.value))
+                .any(|option| option.eq_ignore_ascii_case(name.as_ref()))
+        };
         if HOP_BY_HOP.contains(&name)
-            || (names_more && named_by_connection())
+            || (facts.names_headers && named_by_connection())
             || (without_length && name == header::CONTENT_LENGTH)
         {
             continue;
@@ -227,73 +322,17 @@ fn message_headers(
     Ok(kept)
 }
 
-/// The comma-separated elements of every header line named `name`, trimmed, empty ones left out.
-fn tokens<'a>(
-    lines: &'a [httparse::Header<'a>],
-    name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    lines
-        .iter()
-        .filter(move |line| line.name.eq_ignore_ascii_case(name))
-        .flat_map(|line| line.value.split(|&byte| byte == b','))
+/// The elements of a comma-separated header value, trimmed, empty ones left out.
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
         .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty())
-}
-
-fn framing_of(
-    lines: &[httparse::Header<'_>],
-    status: StatusCode,
-    method: &Method,
-) -> Result<ResponseFraming, WireError> {
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(ResponseFraming::Empty);
-    }
-    // With a Transfer-Encoding, chunked only if it is the last coding applied; otherwise the
-    // end is the close. Content-Length is then ignored.
-    if has_line(lines, TRANSFER_ENCODING) {
-        let last = tokens(lines, TRANSFER_ENCODING).last();
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
-            _ => ResponseFraming::UntilClose,
-        });
-    }
-    let mut length = None;
-    // A list of equal values is one length (RFC 9110 §8.6); differing ones are an error.
-    for each in content_lengths(lines) {
-        let parsed = std::str::from_utf8(each)
-            .ok()
-            .filter(|digits| digits.bytes().all(|byte| byte.is_ascii_digit()))
-            .and_then(|digits| digits.parse::<u64>().ok())
-            .ok_or(WireError::ContentLength)?;
-        if length.is_some_and(|known| known != parsed) {
-            return Err(WireError::ContentLength);
-        }
-        length = Some(parsed);
-    }
-    Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
+        .filter(|element| !element.is_empty())
 }
 
 const TRANSFER_ENCODING: &str = "transfer-encoding";
 const CONTENT_LENGTH: &str = "content-length";
-
-/// Whether a header line is named `name`.
-fn has_line(lines: &[httparse::Header<'_>], name: &str) -> bool {
-    lines
-        .iter()
-        .any(|line| line.name.eq_ignore_ascii_case(name))
-}
-
-/// Every element of every `Content-Length` line, empty ones included (they are errors there).
-fn content_lengths<'a>(lines: &'a [httparse::Header<'a>]) -> impl Iterator<Item = &'a [u8]> {
-    lines
-        .iter()
-        .filter(|line| line.name.eq_ignore_ascii_case(CONTENT_LENGTH))
-        .flat_map(|line| line.value.split(|&byte| byte == b','))
-        .map(<[u8]>::trim_ascii)
-}
+const CONNECTION: &str = "connection";
 
 /// Takes a response body out of the read buffer, piece by piece, by its framing.
 #[derive(Debug)]
