@@ -7,6 +7,7 @@
 //! hop-by-hop ones already removed), and an answer's are read with those of the upstream's
 //! connection left out, their values pointing into the read buffer rather than copied.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -138,12 +139,18 @@ pub fn parse_response_head(
     buffer: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
-    // Nothing yet is the usual first look, before the upstream has answered: it needs no header
-    // slots (4 KiB to set up each time).
+    // Nothing yet is the usual first look, before the upstream has answered.
     while !buffer.is_empty() {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut lines);
-        let length = match response.parse(buffer) {
+        // Left unset, since the parser sets those it fills: setting up all of them first was
+        // 4 KiB of stores, a twentieth of a proxied request's instructions.
+        let mut lines = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buffer,
+            &mut lines,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
                 return Err(WireError::HeadTooLarge);
