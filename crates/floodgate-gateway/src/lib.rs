@@ -13,6 +13,7 @@ mod dashboard;
 mod error;
 pub mod front_door;
 mod intake;
+pub mod log_lines;
 mod metrics;
 mod observe;
 mod prewarm;

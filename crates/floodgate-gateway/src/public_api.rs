@@ -21,7 +21,6 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use crate::Gateway;
 use crate::body::{idempotency_key, parse_json, read_request};
@@ -161,9 +160,9 @@ async fn tagged<F>(
 where
     F: Future<Output = Response>,
 {
-    let (id, span) = request_id::tag(&mut request);
+    let (id, label) = request_id::tag(&mut request);
     let timing = Timing::start(request.uri().path());
-    let mut response = handler(request).instrument(span).await;
+    let mut response = request_id::labelled(label, handler(request)).await;
     gateway.traffic.record(timing, &response);
     request_id::stamp(&mut response, id);
     response

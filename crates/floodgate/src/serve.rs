@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Leadership};
 use floodgate_gateway::config::{DownstreamConfig, StoreConfig};
-use floodgate_gateway::{Clock, Config, ConnectionLoops, Gateway, Listeners};
+use floodgate_gateway::{Clock, Config, ConnectionLoops, Gateway, Listeners, log_lines};
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 pub(crate) enum LogFormat {
     /// One readable line per event.
     Text,
-    /// One JSON object per event, with the fields of its spans (the request id among them).
+    /// One JSON object per event, with the id and line of the request it was logged for.
     Json,
 }
 
@@ -38,38 +38,21 @@ pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()>
 
 /// Sends log lines to stderr, filtered by `RUST_LOG` or else `default_filter`.
 pub(crate) fn init_logs(default_filter: &str, log_format: LogFormat) {
-    let at_a_terminal = std::io::stderr().is_terminal();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_filter.into()),
         )
-        // Colour codes only for a person at a terminal: a log file or journal gets plain text,
-        // and a request's span fields are not dressed in escapes nobody sees.
-        .with_ansi(at_a_terminal)
+        // Colour only for a person at a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match log_format {
-        LogFormat::Text if at_a_terminal => logs.init(),
-        // The same `name=value` text without the default formatter's styling, which paints
-        // each name and `=` even with an empty style. Every request's span fields are written
-        // when it opens: `/healthz` 22.7 k -> 21.5 k instructions (callgrind).
-        LogFormat::Text => logs.fmt_fields(plain_fields()).init(),
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Text => logs
+            .fmt_fields(log_lines::text_fields())
+            .event_format(log_lines::TextLines)
             .init(),
+        LogFormat::Json => logs.event_format(log_lines::JsonLines).init(),
     }
-}
-
-/// Fields as `name=value` (an event's message alone), separated by spaces.
-fn plain_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
-        "message" => write!(writer, "{value:?}"),
-        name => write!(writer, "{name}={value:?}"),
-    })
-    .delimited(" ")
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -267,51 +250,5 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    use super::*;
-
-    /// Log output kept in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn plain_fields_read_as_the_default_text_without_styling() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .without_time()
-            .with_writer(move || writer.clone())
-            .fmt_fields(plain_fields())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::error_span!("request", request_id = %"lb-42", line = %"GET /x");
-            let _entered = span.enter();
-            tracing::warn!(route = "shop", code = 502, "origin failed");
-        });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert!(
-            text.contains(
-                r#"request{request_id=lb-42 line=GET /x}: floodgate::serve::tests: origin failed route="shop" code=502"#
-            ),
-            "{text}"
-        );
     }
 }
