@@ -45,7 +45,11 @@ pub(crate) async fn serve<S, B>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // An answer's head and body in one buffer and one `write`: for the small answers of a
+        // surge, copying the body costs less than queueing it for `writev` (`/healthz` 18.9 k ->
+        // 18.3 k instructions, a proxied page 28.5 k -> 27.8 k).
+        .writev(false);
     let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
     loop {
