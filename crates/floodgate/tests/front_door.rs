@@ -212,6 +212,22 @@ async fn hop_by_hop_headers_stop_here_and_forwarding_headers_are_added() {
     assert_eq!(answer.headers["via"], "1.1 floodgate");
 }
 
+#[tokio::test]
+async fn a_request_naming_two_hosts_is_refused_before_the_origin() {
+    let shop = origin().await;
+    let (gateway, _data) = gateway(&format!("[origin]\nurl = \"{}\"\n", shop.url()));
+    let url = format!("{}/headers", gateway.public_url);
+    let hosts = [("host", "shop.example"), ("host", "other.example")];
+    let (status, _, body) = client()
+        .send_bytes(Method::GET, &url, &hosts, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert_eq!(shop.hits("/headers"), 0, "the origin never saw it");
+}
+
 /// Peak resident memory of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -38,7 +38,7 @@ use proxy::{Buffered, ProxyError};
 use rate_limit::{GlobalLimiter, KeyedLimiter};
 use upstream::UpstreamBody;
 
-pub use proxy::prepare_request_headers;
+pub use proxy::encode_forwarded_head;
 pub use upstream::wire;
 
 /// Waiters per pool, as a multiple of its maximum concurrency.
@@ -347,6 +347,23 @@ impl FrontDoor {
     /// Answers one request that none of floodgate's own endpoints took, marked with the class
     /// that served it.
     pub(crate) async fn handle(&self, request: Request<Body>, client: &ClientAddr) -> Response {
+        // One Host at most (RFC 9112 §3.2): given two, the cache and the origin could each go
+        // by a different one.
+        if request
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return refusal(
+                wants_html(request.headers()),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a request names one host",
+                None,
+            );
+        }
         let Some(route) = self.route(request.method(), request.uri().path()) else {
             self.not_found.fetch_add(1, Ordering::Relaxed);
             return refusal(

@@ -27,8 +27,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::uri::{Authority, PathAndQuery};
-use axum::http::{Method, Request, Response};
+use axum::http::uri::Authority;
+use axum::http::{Method, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
@@ -212,7 +212,7 @@ impl Link {
 /// How a request's body goes to the upstream: by its length when known (a client's
 /// `Content-Length`), else in chunks. A request without a body says so with a length of 0 when
 /// its method usually has one, as some servers refuse those without it (`411`).
-fn request_framing(method: &Method, body: &Body) -> RequestFraming {
+pub(crate) fn request_framing(method: &Method, body: &Body) -> RequestFraming {
     match hyper::body::Body::size_hint(body).exact() {
         Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
             RequestFraming::Empty
@@ -283,32 +283,30 @@ impl Connections {
         &self.authority
     }
 
-    /// Sends `request` on an idle connection or a new one, and reads the answer head. A `GET`
-    /// or `HEAD` without a body that fails on an idle connection (the upstream may have closed
-    /// it meanwhile) is sent once more on a new one: its head, already written out, is all
-    /// there is to send again.
+    /// Sends a request on an idle connection or a new one: its `head` (encoded with [`wire`],
+    /// `framing` said in it), then `body`; and reads the answer head. A `GET` or `HEAD` without
+    /// a body that fails on an idle connection (the upstream may have closed it meanwhile) is
+    /// sent once more on a new one: its head is all there is to send again.
     pub(crate) async fn send(
         &self,
-        request: Request<Body>,
+        method: &Method,
+        head: &[u8],
+        framing: RequestFraming,
+        body: Body,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (parts, body) = request.into_parts();
-        let framing = request_framing(&parts.method, &body);
-        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let mut head = Vec::with_capacity(512);
-        wire::encode_request_head(&parts.method, target, &parts.headers, framing, &mut head);
         let replayable =
-            framing == RequestFraming::Empty && matches!(parts.method, Method::GET | Method::HEAD);
+            framing == RequestFraming::Empty && matches!(*method, Method::GET | Method::HEAD);
         let exchanged = match self.checkout() {
-            Some(link) => match exchange(link, &head, body, framing, &parts.method).await {
+            Some(link) => match exchange(link, head, body, framing, method).await {
                 Err(_) if replayable => {
                     let link = self.connect().await?;
-                    exchange(link, &head, Body::empty(), framing, &parts.method).await
+                    exchange(link, head, Body::empty(), framing, method).await
                 }
                 exchanged => exchanged,
             },
             None => {
                 let link = self.connect().await?;
-                exchange(link, &head, body, framing, &parts.method).await
+                exchange(link, head, body, framing, method).await
             }
         };
         let (link, answer) = exchanged.map_err(SendError::Exchange)?;
@@ -473,16 +471,24 @@ mod tests {
         (Connections::to(authority), requests)
     }
 
-    fn request(method: Method, body: &'static str) -> Request<Body> {
-        let mut request = Request::new(Body::from(body));
-        *request.method_mut() = method;
-        *request.uri_mut() = "/page".parse().unwrap();
-        request
+    /// Sends `method /page` with `body`.
+    async fn send(
+        connections: &Connections,
+        method: Method,
+        body: &'static str,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let body = Body::from(body);
+        let framing = request_framing(&method, &body);
+        let mut head = Vec::new();
+        wire::encode_request_line(&method, "/page", &mut head);
+        wire::encode_head_end(framing, &mut head);
+        connections.send(&method, &head, framing, body).await
     }
 
     /// Sends a request and reads its answer to the end, so its connection goes back idle.
-    async fn exchange_whole(connections: &Connections, sent: Request<Body>) -> Option<StatusCode> {
-        let answer = connections.send(sent).await.ok()?;
+    async fn exchange_whole(connections: &Connections, method: Method) -> Option<StatusCode> {
+        let body = if method == Method::POST { "{}" } else { "" };
+        let answer = send(connections, method, body).await.ok()?;
         let status = answer.status();
         answer.into_body().collect().await.ok()?;
         Some(status)
@@ -491,9 +497,9 @@ mod tests {
     #[tokio::test]
     async fn a_get_that_finds_its_idle_connection_closed_goes_again_on_a_new_one() {
         let (connections, requests) = forgetful_origin().await;
-        let first = exchange_whole(&connections, request(Method::GET, "")).await;
+        let first = exchange_whole(&connections, Method::GET).await;
         assert_eq!(first, Some(StatusCode::OK));
-        let second = exchange_whole(&connections, request(Method::GET, "")).await;
+        let second = exchange_whole(&connections, Method::GET).await;
         assert_eq!(
             second,
             Some(StatusCode::OK),
@@ -505,9 +511,9 @@ mod tests {
     #[tokio::test]
     async fn a_post_is_never_sent_twice() {
         let (connections, requests) = forgetful_origin().await;
-        let first = exchange_whole(&connections, request(Method::POST, "{}")).await;
+        let first = exchange_whole(&connections, Method::POST).await;
         assert_eq!(first, Some(StatusCode::OK));
-        let second = connections.send(request(Method::POST, "{}")).await;
+        let second = send(&connections, Method::POST, "{}").await;
         assert!(matches!(second, Err(SendError::Exchange(_))));
         assert_eq!(requests.load(Ordering::SeqCst), 2);
     }

@@ -3,9 +3,10 @@
 //! response body taken out of that buffer by its framing.
 //!
 //! The proxy forwards a head it has already parsed, to a server the shop runs, so this side
-//! needs no more than that: a request's headers are written as the proxy prepared them (its
-//! hop-by-hop ones already removed), and an answer's are read with those of the upstream's
-//! connection left out, their values pointing into the read buffer rather than copied.
+//! needs no more than that: a request head is written line by line as the proxy chooses its
+//! lines (see `proxy::encode_forwarded_head`), the framing header always the codec's own, and
+//! an answer's headers are read with those of the upstream's connection left out, their values
+//! pointing into the read buffer rather than copied.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -67,28 +68,38 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Appends the request head to `out`: the request line with `target` (origin form), every
-/// header but the framing ones, and the framing header for `framing`.
-pub fn encode_request_head(
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    framing: RequestFraming,
-    out: &mut Vec<u8>,
-) {
+/// Appends the request line for `method` and `target` (origin form): a request head's start.
+pub fn encode_request_line(method: &Method, target: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the header line `name: ` with `values` joined by `, ` (one line for a list). The
+/// framing headers (`content-length`, `transfer-encoding`, lowercase as `HeaderName`s are) are
+/// left out: [`encode_head_end`] writes the head's own.
+pub fn encode_header<'a>(
+    name: &str,
+    values: impl IntoIterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+) {
+    if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        return;
     }
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    for (index, value) in values.into_iter().enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends a request head: the framing header for `framing`, then the blank line.
+pub fn encode_head_end(framing: RequestFraming, out: &mut Vec<u8>) {
     match framing {
         RequestFraming::Empty => {}
         RequestFraming::Length(length) => {
@@ -548,27 +559,20 @@ mod tests {
 
     #[test]
     fn the_request_head_carries_the_headers_and_its_own_framing() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("shop.example"));
-        headers.append("x-tag", HeaderValue::from_static("a"));
-        headers.append("x-tag", HeaderValue::from_static("b"));
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         let mut out = Vec::new();
-        let framing = RequestFraming::Length(5);
-        encode_request_head(&Method::POST, "/cart?x=1", &headers, framing, &mut out);
+        encode_request_line(&Method::POST, "/cart?x=1", &mut out);
+        encode_header("host", [b"shop.example".as_slice()], &mut out);
+        encode_header("x-tag", [b"a".as_slice(), b"b"], &mut out);
+        encode_header("content-length", [b"99".as_slice()], &mut out);
+        encode_head_end(RequestFraming::Length(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /cart?x=1 HTTP/1.1\r\nhost: shop.example\r\nx-tag: a\r\nx-tag: b\r\n\
+            "POST /cart?x=1 HTTP/1.1\r\nhost: shop.example\r\nx-tag: a, b\r\n\
              content-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_request_head(
-            &Method::GET,
-            "/",
-            &HeaderMap::new(),
-            RequestFraming::Chunked,
-            &mut out,
-        );
+        encode_request_line(&Method::GET, "/", &mut out);
+        encode_head_end(RequestFraming::Chunked, &mut out);
         assert_eq!(out, b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
         let mut out = Vec::new();
         encode_chunk_start(255, &mut out);
