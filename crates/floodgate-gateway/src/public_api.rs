@@ -141,7 +141,7 @@ pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
         .with_state(gateway)
 }
 
-/// Every public request gets an id and a span, and is timed into its lane. One middleware, not
+/// Every public request gets an id and a label, and is timed into its lane. One middleware, not
 /// two: each layer clones the inner service and boxes the request's future, per request.
 async fn tag_and_time(
     State(gateway): State<Arc<Gateway>>,
@@ -151,7 +151,7 @@ async fn tag_and_time(
     tagged(&gateway, request, |request| next.run(request)).await
 }
 
-/// Gives `request` its id and span, answers it with `handler`, and times it into its lane.
+/// Gives `request` its id and label, answers it with `handler`, and times it into its lane.
 async fn tagged<F>(
     gateway: &Gateway,
     mut request: Request,
