@@ -27,7 +27,7 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id"
 const MAX_ID_BYTES: usize = 128;
 
 /// What a request's log lines say about it: its id and its request line.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RequestLabel {
     id: HeaderValue,
     method: Method,
