@@ -132,18 +132,20 @@ pub fn encode_forwarded_head(
         !HOP_BY_HOP.contains(name)
             && !(named_by_connection.iter()).any(|token| token.eq_ignore_ascii_case(name.as_str()))
     };
-    // Forwarded as they are: the lists floodgate adds to come after the loop, joined.
+    // Forwarded as they are, but for the lists floodgate extends: those come after the loop,
+    // the earlier hops' values first (kept here: they are rare, and a vector allocates nothing
+    // until it holds one).
+    let (mut hops, mut vias) = (Vec::new(), Vec::new());
     let (mut proto, mut forwarded_host, mut host) = (false, false, None);
-    let (mut earlier_hops, mut earlier_vias) = (false, false);
     wire::encode_request_line(method, target, out);
     for (name, value) in headers {
         if !forwarded(name) {
             continue;
         }
         if *name == X_FORWARDED_FOR {
-            earlier_hops = true;
+            hops.push(value.as_bytes());
         } else if *name == header::VIA {
-            earlier_vias = true;
+            vias.push(value.as_bytes());
         } else {
             proto |= *name == X_FORWARDED_PROTO;
             forwarded_host |= *name == X_FORWARDED_HOST;
@@ -153,12 +155,7 @@ pub fn encode_forwarded_head(
             wire::encode_header(name.as_str(), [value.as_bytes()], out);
         }
     }
-    let earlier = |name: &HeaderName, present: bool| {
-        (present.then(|| headers.get_all(name).iter().map(HeaderValue::as_bytes)))
-            .into_iter()
-            .flatten()
-    };
-    let hops = earlier(&X_FORWARDED_FOR, earlier_hops).chain([client.ip().as_bytes()]);
+    let hops = hops.into_iter().chain([client.ip().as_bytes()]);
     wire::encode_header(X_FORWARDED_FOR.as_str(), hops, out);
     if !proto {
         wire::encode_header(X_FORWARDED_PROTO.as_str(), [b"http".as_slice()], out);
@@ -171,7 +168,7 @@ pub fn encode_forwarded_head(
         // HTTP/1.1 needs a Host; the client sent none (or named it in `Connection`).
         None => wire::encode_header(header::HOST.as_str(), [authority.as_str().as_bytes()], out),
     }
-    let vias = earlier(&header::VIA, earlier_vias).chain([VIA_FLOODGATE.as_bytes()]);
+    let vias = vias.into_iter().chain([VIA_FLOODGATE.as_bytes()]);
     wire::encode_header(header::VIA.as_str(), vias, out);
     wire::encode_head_end(framing, out);
 }

@@ -329,13 +329,12 @@ impl Connections {
 /// Sends a request (its encoded `head`, then `body` by `framing`) on `link`, and reads the
 /// answer head to it.
 async fn exchange(
-    link: Box<Link>,
+    mut link: Box<Link>,
     head: &[u8],
     body: Body,
     framing: RequestFraming,
     method: &Method,
 ) -> Result<(Box<Link>, wire::ResponseHead), ExchangeError> {
-    let mut link = link;
     link.send_request(head, body, framing).await?;
     let answer = link.read_head(method).await?;
     Ok((link, answer))
