@@ -109,14 +109,14 @@ fn start_loop(index: usize) -> std::io::Result<ConnectionLoop> {
     })
 }
 
-/// How far ahead the loop's anchor timer always is: less than any request timer (hyper's
-/// header read timeout, a route's timeout), so those never come first.
+/// How far ahead the loop's anchor timer always is: less than any request timer (the header
+/// read timeout, a route's timeout), so those never come first.
 const ANCHOR_PERIOD: Duration = Duration::from_millis(500);
 
 /// Keeps a timer pending on the loop at all times. Tokio's timer driver wakes its thread (a
 /// write to the loop's own eventfd, and one more trip through `epoll_wait`) whenever a new timer
-/// falls due before every pending one, which with no timer pending is every new timer: hyper's
-/// header read timeout, armed for each request, paid a system call per request that way
+/// falls due before every pending one, which with no timer pending is every new timer: the header
+/// read timeout, armed for each request, paid a system call per request that way
 /// (strace: one `write` per request on each loop). With this one always nearer, a request's
 /// timer wakes nothing; the anchor itself costs one wake-up per period.
 async fn keep_a_timer_armed() {

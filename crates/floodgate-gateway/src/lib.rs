@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodgate_store::{Store, StoreError};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -275,14 +274,16 @@ pub async fn run(
         limits,
         Arc::clone(&loops),
         stopped.clone(),
+        gateway.clock.clone(),
     ));
     let admin_router = admin_router(Arc::clone(&gateway));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
-        move |_client| TowerToHyperService::new(admin_router.clone()),
+        move |_client| admin_router.clone(),
         limits,
         loops,
         stopped.clone(),
+        gateway.clock.clone(),
     ));
     let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));
     let lease_keeper = tokio::spawn(tend_leases(Arc::clone(&gateway), stopped.clone()));

@@ -1,14 +1,12 @@
 //! The public listener: floodgate's own endpoints (health, drops, orders, the waiting room) on
 //! a router, and everything else through the front door.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -17,8 +15,6 @@ use axum::routing::{get, post};
 use floodgate_core::{
     DropId, DropLedger, DropState, Identity, KeyLookup, Order, OrderId, OrderRequest,
 };
-use hyper::body::Incoming;
-use hyper::service::Service;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -28,6 +24,7 @@ use crate::error::ApiError;
 use crate::front_door::ClientAddr;
 use crate::queue_api;
 use crate::request_id;
+use crate::server;
 use crate::traffic::Timing;
 
 /// How long `/readyz` waits for the store to prove it can commit.
@@ -62,35 +59,22 @@ impl PublicGate {
         })
     }
 
-    /// The service of one connection from `client`.
-    pub(crate) fn connection(
-        self: &Arc<Self>,
-        client: ClientAddr,
-    ) -> impl Service<
-        Request<Incoming>,
-        Response = Response,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Send
-    + use<> {
-        let connection = Arc::new((Arc::clone(self), client));
-        hyper::service::service_fn(move |request| {
-            let connection = Arc::clone(&connection);
-            async move {
-                let (gate, client) = &*connection;
-                Ok(gate.answer(request, client).await)
-            }
-        })
+    /// The handler of one connection's requests, from `client`.
+    pub(crate) fn connection(self: &Arc<Self>, client: ClientAddr) -> PublicConnection {
+        PublicConnection {
+            gate: Arc::clone(self),
+            client,
+        }
     }
 
     /// Answers one request from `client` in its lane: an order, floodgate's own endpoints, or
     /// the shop's.
-    async fn answer(&self, mut request: Request<Incoming>, client: &ClientAddr) -> Response {
+    async fn answer(&self, mut request: Request, client: &ClientAddr) -> Response {
         let gateway = &self.gateway;
         let path = request.uri().path();
         if let Some(drop) = order_drop(request.method(), path) {
             let drop = drop.to_owned();
-            return tagged(gateway, request.map(Body::new), |request| async move {
+            return tagged(gateway, request, |request| async move {
                 take_order(gateway, &drop, request).await.into_response()
             })
             .await;
@@ -102,10 +86,22 @@ impl PublicGate {
             let Ok(response) = self.router.clone().oneshot(request).await;
             return response;
         }
-        tagged(gateway, request.map(Body::new), |request| {
+        tagged(gateway, request, |request| {
             gateway.front_door.handle(request, client)
         })
         .await
+    }
+}
+
+/// The public listener's handler for one connection.
+pub(crate) struct PublicConnection {
+    gate: Arc<PublicGate>,
+    client: ClientAddr,
+}
+
+impl server::Handler for PublicConnection {
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send {
+        self.gate.answer(request, &self.client)
     }
 }
 

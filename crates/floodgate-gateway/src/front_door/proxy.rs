@@ -13,7 +13,7 @@ use axum::http::response::Parts;
 use axum::http::uri::{Authority, PathAndQuery};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use bytes::Bytes;
-use hyper::body::{Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 
 use super::ClientAddr;
 use super::admission::Permit;
@@ -182,7 +182,7 @@ pub(crate) fn prepare_response_headers(headers: &mut HeaderMap) {
 /// The upstream's response as the client gets it; `permit` is held until the body has streamed.
 pub(crate) fn relay<B>(mut parts: Parts, body: B, permit: Option<Permit>) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = std::io::Error> + Unpin + Send + 'static,
 {
     prepare_response_headers(&mut parts.headers);
     Response::from_parts(parts, Body::new(Guarded { body, permit }))
@@ -228,7 +228,7 @@ pub(crate) struct Prefixed {
     rest: UpstreamBody,
 }
 
-impl hyper::body::Body for Prefixed {
+impl http_body::Body for Prefixed {
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -249,9 +249,9 @@ struct Guarded<B> {
     permit: Option<Permit>,
 }
 
-impl<B> hyper::body::Body for Guarded<B>
+impl<B> http_body::Body for Guarded<B>
 where
-    B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin,
+    B: http_body::Body<Data = Bytes, Error = std::io::Error> + Unpin,
 {
     type Data = Bytes;
     type Error = std::io::Error;

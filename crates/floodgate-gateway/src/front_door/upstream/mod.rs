@@ -31,7 +31,7 @@ use axum::http::uri::Authority;
 use axum::http::{Method, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -213,7 +213,7 @@ impl Link {
 /// `Content-Length`), else in chunks. A request without a body says so with a length of 0 when
 /// its method usually has one, as some servers refuse those without it (`411`).
 pub(crate) fn request_framing(method: &Method, body: &Body) -> RequestFraming {
-    match hyper::body::Body::size_hint(body).exact() {
+    match http_body::Body::size_hint(body).exact() {
         Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
             RequestFraming::Empty
         }
@@ -378,7 +378,7 @@ impl UpstreamBody {
     }
 }
 
-impl hyper::body::Body for UpstreamBody {
+impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = io::Error;
 

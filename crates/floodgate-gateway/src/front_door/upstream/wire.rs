@@ -1,6 +1,7 @@
 //! HTTP/1.1 as floodgate speaks it to an upstream (RFC 9112), without I/O: a request head
 //! written into one buffer, a response head parsed in place from the read buffer, and the
-//! response body taken out of that buffer by its framing.
+//! response body taken out of that buffer by its framing. The framing rules and the body
+//! decoder serve the listeners' side too (`crate::server`), for the bodies clients send.
 //!
 //! The proxy forwards a head it has already parsed, to a server the shop runs, so this side
 //! needs no more than that: a request head is written line by line as the proxy chooses its
@@ -209,33 +210,46 @@ pub fn parse_response_head(
 }
 
 /// What a head's lines say about its body's framing and its connection, read in one pass.
-struct LineFacts<'a> {
+pub(crate) struct LineFacts<'a> {
     /// Whether there is a `Transfer-Encoding` line.
     transfer_encoding: bool,
+    /// How many codings the `Transfer-Encoding` lines name.
+    codings: usize,
     /// The last coding the `Transfer-Encoding` lines name: the one applied last.
     last_coding: Option<&'a [u8]>,
     /// What the `Content-Length` lines say, if there are any: one length, or an error.
     content_length: Option<Result<u64, WireError>>,
     /// Whether `Connection` says `close`.
-    close: bool,
+    pub(crate) close: bool,
+    /// Whether `Connection` says `keep-alive` (which an HTTP/1.0 client must, to keep it).
+    pub(crate) keep_alive: bool,
+    /// Whether the sender waits for a `100 Continue` before it sends the body.
+    pub(crate) expects_continue: bool,
     /// Whether `Connection` names headers (anything beyond `keep-alive` and `close`): usually
     /// not, and then no line needs its options read again.
     names_headers: bool,
 }
 
 impl<'a> LineFacts<'a> {
-    fn of(lines: &'a [httparse::Header<'a>]) -> Self {
+    /// The facts of a head's `lines`.
+    pub(crate) fn of(lines: &'a [httparse::Header<'a>]) -> Self {
         let mut facts = Self {
             transfer_encoding: false,
+            codings: 0,
             last_coding: None,
             content_length: None,
             close: false,
+            keep_alive: false,
+            expects_continue: false,
             names_headers: false,
         };
         for line in lines {
             if line.name.eq_ignore_ascii_case(TRANSFER_ENCODING) {
                 facts.transfer_encoding = true;
-                facts.last_coding = list(line.value).last().or(facts.last_coding);
+                for coding in list(line.value) {
+                    facts.codings += 1;
+                    facts.last_coding = Some(coding);
+                }
             } else if line.name.eq_ignore_ascii_case(CONTENT_LENGTH) {
                 // A list of equal values is one length (RFC 9110 §8.6); differing ones, or an
                 // empty element, are an error.
@@ -253,13 +267,49 @@ impl<'a> LineFacts<'a> {
                 for option in list(line.value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         facts.close = true;
-                    } else if !option.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.keep_alive = true;
+                    } else {
                         facts.names_headers = true;
                     }
                 }
+            } else if line.name.eq_ignore_ascii_case(EXPECT) {
+                facts.expects_continue |= line
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
             }
         }
         facts
+    }
+
+    /// How the body of a request in HTTP/1.`minor_version` is delimited (RFC 9112 §6.3), or
+    /// why it cannot be told safely. Where a client and a server before floodgate could read a
+    /// body's end differently (both framings, a list of lengths, `Transfer-Encoding` in
+    /// HTTP/1.0), requests could be smuggled past it: those are refused, not guessed at.
+    pub(crate) fn request_framing(
+        &self,
+        minor_version: u8,
+    ) -> Result<RequestFraming, FramingRefusal> {
+        if self.transfer_encoding {
+            if minor_version == 0 || self.content_length.is_some() {
+                return Err(FramingRefusal::Ambiguous);
+            }
+            return match self.last_coding {
+                Some(coding) if coding.eq_ignore_ascii_case(b"chunked") && self.codings == 1 => {
+                    Ok(RequestFraming::Chunked)
+                }
+                Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
+                    Err(FramingRefusal::UnknownCoding)
+                }
+                _ => Err(FramingRefusal::Ambiguous),
+            };
+        }
+        match &self.content_length {
+            None | Some(Ok(0)) => Ok(RequestFraming::Empty),
+            Some(Ok(length)) => Ok(RequestFraming::Length(*length)),
+            Some(Err(_)) => Err(FramingRefusal::Ambiguous),
+        }
     }
 
     /// Both framings at once is how responses are split (RFC 9112 §6.3): the chunked one is
@@ -290,6 +340,15 @@ impl<'a> LineFacts<'a> {
             Some(Err(error)) => Err(error.clone()),
         }
     }
+}
+
+/// Why a request's body framing is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FramingRefusal {
+    /// Its end could be read in more than one way (`400`).
+    Ambiguous,
+    /// It is chunked over a coding floodgate does not decode (`501`).
+    UnknownCoding,
 }
 
 /// One `Content-Length` element: digits only (no sign, no spaces inside).
@@ -351,6 +410,7 @@ fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 const TRANSFER_ENCODING: &str = "transfer-encoding";
 const CONTENT_LENGTH: &str = "content-length";
 const CONNECTION: &str = "connection";
+const EXPECT: &str = "expect";
 
 /// Takes a response body out of the read buffer, piece by piece, by its framing.
 #[derive(Debug)]
@@ -388,6 +448,15 @@ pub enum Decoded {
 }
 
 impl BodyDecoder {
+    /// A decoder for a request body with `framing`.
+    pub(crate) fn for_request(framing: RequestFraming) -> Self {
+        Self::new(match framing {
+            RequestFraming::Empty => ResponseFraming::Empty,
+            RequestFraming::Length(length) => ResponseFraming::Length(length),
+            RequestFraming::Chunked => ResponseFraming::Chunked,
+        })
+    }
+
     /// A decoder for a body with `framing`.
     pub fn new(framing: ResponseFraming) -> Self {
         let state = match framing {

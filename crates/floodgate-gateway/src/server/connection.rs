@@ -1,0 +1,436 @@
+//! One client connection, served as HTTP/1.1 (RFC 9112): request heads read off the socket with
+//! a deadline, bodies streamed to the handler as it reads them, answers written with their
+//! framing, and the connection kept for the next request when both sides allow it.
+//!
+//! One request at a time: the next head is read only after the answer to the last is written,
+//! so pipelined requests wait in the read buffer in order.
+
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Method, Request, Response, StatusCode, Version};
+use bytes::{Bytes, BytesMut};
+use floodgate_core::Clock;
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+
+use super::request_head::{Refusal, RequestHead, parse_request_head};
+use super::{Handler, date};
+use crate::front_door::wire::{self, BodyDecoder, Decoded, RequestFraming};
+
+/// Room made in the read buffer when it runs short of [`MIN_READ`].
+const READ_SIZE: usize = 16 * 1024;
+/// The least room a read is given.
+const MIN_READ: usize = 2 * 1024;
+/// An answer's bytes gathered before they are written, when its body is not all there yet.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// A connection and what it has read but not yet used.
+pub(super) struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+    /// The head of each request, and every read of a body, must arrive within this time.
+    read_timeout: Duration,
+    /// When the head being read is due.
+    deadline: Pin<Box<Sleep>>,
+    shutdown: watch::Receiver<bool>,
+    /// For the answers' `Date`.
+    clock: Clock,
+}
+
+impl Connection {
+    pub(super) fn new(
+        stream: TcpStream,
+        read_timeout: Duration,
+        shutdown: watch::Receiver<bool>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::with_capacity(4 * 1024),
+            read_timeout,
+            deadline: Box::pin(tokio::time::sleep(read_timeout)),
+            shutdown,
+            clock,
+        }
+    }
+
+    /// Answers requests with `handler` until the client or the handler closes the connection,
+    /// a head is late or refused, or shutdown has been asked for.
+    pub(super) async fn serve(mut self, handler: impl Handler) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(refusal) => {
+                    self.refuse(refusal).await;
+                    return;
+                }
+            };
+            let RequestHead {
+                request,
+                framing,
+                keep_alive,
+                expects_continue,
+            } = head;
+            let http_1_0 = request.version() == Version::HTTP_10;
+            let head_only = request.method() == Method::HEAD;
+            let (response, body_read) = self
+                .answer(request, framing, expects_continue, &handler)
+                .await;
+            // A body left unread lies between here and the next head.
+            let keep_alive = keep_alive && body_read && !*self.shutdown.borrow();
+            let written = self
+                .write_response(response, head_only, http_1_0, keep_alive)
+                .await;
+            if !matches!(written, Ok(true)) {
+                return;
+            }
+        }
+    }
+
+    /// Reads the next request head; `None` once the client has closed, has been silent for
+    /// the read timeout, or shutdown finds the connection between requests.
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, Refusal> {
+        let due = Instant::now() + self.read_timeout;
+        self.deadline.as_mut().reset(due);
+        loop {
+            if let Some(head) = parse_request_head(&mut self.read)? {
+                return Ok(Some(head));
+            }
+            let between_requests = self.read.is_empty();
+            if between_requests && *self.shutdown.borrow() {
+                return Ok(None);
+            }
+            if self.read.capacity() - self.read.len() < MIN_READ {
+                self.read.reserve(READ_SIZE);
+            }
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.read) => match read {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                },
+                () = &mut self.deadline => return Ok(None),
+                _ = self.shutdown.changed(), if between_requests => return Ok(None),
+            }
+        }
+    }
+
+    /// Answers a head's refusal, then the connection closes.
+    async fn refuse(&mut self, refusal: Refusal) {
+        let body = serde_json::json!({ "error": "bad_request", "message": refusal.message });
+        let mut response = Response::new(Body::from(body.to_string()));
+        *response.status_mut() = refusal.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let _ = self.write_response(response, false, false, false).await;
+    }
+
+    /// Hands `request` with its body to `handler`; its answer, and whether the body was read to
+    /// its end.
+    async fn answer(
+        &mut self,
+        request: Request<()>,
+        framing: RequestFraming,
+        expects_continue: bool,
+        handler: &impl Handler,
+    ) -> (Response<Body>, bool) {
+        let buffered = match framing {
+            RequestFraming::Empty => Some(Body::empty()),
+            RequestFraming::Length(length) if length <= self.read.len() as u64 => {
+                Some(Body::from(self.read.split_to(length as usize).freeze()))
+            }
+            _ => None,
+        };
+        if let Some(body) = buffered {
+            return (handler.handle(request.map(|()| body)).await, true);
+        }
+        let (body, feed) = StreamedBody::new(framing);
+        let mut answer = pin!(handler.handle(request.map(|()| Body::new(body))));
+        let mut feeding =
+            pin!(self.feed_body(BodyDecoder::for_request(framing), feed, expects_continue));
+        let mut body_read = None;
+        let response = std::future::poll_fn(|context| {
+            if body_read.is_none()
+                && let Poll::Ready(read) = feeding.as_mut().poll(context)
+            {
+                body_read = Some(read);
+            }
+            answer.as_mut().poll(context)
+        })
+        .await;
+        // A handler that read the body to its last byte and answered in the same turn has not
+        // let the feed see the body's end yet.
+        let body_read = body_read.or_else(|| feeding.now_or_never());
+        (response, body_read == Some(true))
+    }
+
+    /// Reads a request body off the connection as the handler asks for it, one piece at a time
+    /// into `feed`; whether it was read to its end.
+    async fn feed_body(
+        &mut self,
+        mut decoder: BodyDecoder,
+        feed: mpsc::Sender<io::Result<Bytes>>,
+        mut expects_continue: bool,
+    ) -> bool {
+        loop {
+            // Nothing is read until the handler wants more: a body it never reads stays unsent.
+            let Ok(slot) = feed.reserve().await else {
+                return false;
+            };
+            let piece = loop {
+                match decoder.decode(&mut self.read) {
+                    Ok(Decoded::Data(data)) => break Ok(data),
+                    Ok(Decoded::Done) => return true,
+                    Ok(Decoded::NeedMore) => {}
+                    Err(error) => break Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+                }
+                if std::mem::take(&mut expects_continue)
+                    && let Err(error) = self
+                        .stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                {
+                    break Err(error);
+                }
+                if self.read.capacity() - self.read.len() < MIN_READ {
+                    self.read.reserve(READ_SIZE);
+                }
+                match tokio::time::timeout(self.read_timeout, self.stream.read_buf(&mut self.read))
+                    .await
+                {
+                    Ok(Ok(0)) => break Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => break Err(error),
+                    Err(_) => break Err(io::ErrorKind::TimedOut.into()),
+                }
+            };
+            let broken = piece.is_err();
+            slot.send(piece);
+            if broken {
+                return false;
+            }
+        }
+    }
+
+    /// Writes `response` with its framing; whether the connection can carry another request.
+    /// `head_only` for an answer to `HEAD`, whose body is left out; `http_1_0` for a client that
+    /// cannot read chunks.
+    async fn write_response(
+        &mut self,
+        response: Response<Body>,
+        head_only: bool,
+        http_1_0: bool,
+        mut keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let bodiless = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(length) = body.size_hint().exact() {
+            Framing::Length(length)
+        } else if http_1_0 {
+            keep_alive = false;
+            Framing::UntilClose
+        } else {
+            Framing::Chunked
+        };
+        keep_alive &= !closes(&parts.headers);
+        let out = &mut self.write;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let (mut dated, mut has_length) = (false, false);
+        for (name, value) in &parts.headers {
+            // The framing and the connection are the server's to say; a bodiless answer keeps
+            // the length its handler gave (that of the body a `GET` would have had).
+            let framing_header =
+                *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING;
+            if (framing_header && !bodiless) || *name == header::CONNECTION {
+                continue;
+            }
+            dated |= *name == header::DATE;
+            has_length |= *name == header::CONTENT_LENGTH;
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !dated {
+            out.extend_from_slice(b"date: ");
+            date::append(self.clock.now(), out);
+            out.extend_from_slice(b"\r\n");
+        }
+        // A `HEAD` answer tells the length a `GET` would get, when its handler knows it.
+        let length = match framing {
+            Framing::Length(length) => Some(length),
+            Framing::None if head_only && !has_length => body.size_hint().exact(),
+            _ => None,
+        };
+        if let Some(length) = length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(length.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if http_1_0 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if framing == Framing::None {
+            self.stream.write_all(&self.write).await?;
+            return Ok(keep_alive);
+        }
+        let mut sent: u64 = 0;
+        loop {
+            // What the body has ready goes out with the head in one write; the batch is written
+            // only when the body must be waited for, or has grown large.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    self.flush().await?;
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers are not sent (see `wire`).
+                    Err(_) => continue,
+                },
+                // The answer broke off: the client must see it end short, not complete.
+                Some(Err(_)) => return Ok(false),
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            let out = &mut self.write;
+            match framing {
+                Framing::Length(length) if sent > length => return Ok(false),
+                Framing::Chunked => {
+                    wire::encode_chunk_start(data.len(), out);
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => out.extend_from_slice(&data),
+            }
+            if self.write.len() >= WRITE_BATCH {
+                self.flush().await?;
+            }
+        }
+        match framing {
+            Framing::Chunked => self.write.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Length(length) if sent < length => {
+                self.flush().await?;
+                return Ok(false);
+            }
+            _ => {}
+        }
+        self.flush().await?;
+        Ok(keep_alive)
+    }
+
+    /// Writes what is gathered.
+    async fn flush(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.write).await?;
+        self.write.clear();
+        Ok(())
+    }
+}
+
+/// How an answer's body follows its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Whether an answer's handler asked for the connection to close.
+fn closes(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+/// A request body the connection reads as the handler polls it.
+struct StreamedBody {
+    pieces: mpsc::Receiver<io::Result<Bytes>>,
+    /// The bytes still to come, when the client said how many.
+    remaining: Option<u64>,
+}
+
+impl StreamedBody {
+    fn new(framing: RequestFraming) -> (Self, mpsc::Sender<io::Result<Bytes>>) {
+        // One piece in hand at a time: the client's sending is held back by the handler's
+        // reading, as TCP's window then tells it.
+        let (feed, pieces) = mpsc::channel(1);
+        let remaining = match framing {
+            RequestFraming::Length(length) => Some(length),
+            RequestFraming::Empty => Some(0),
+            RequestFraming::Chunked => None,
+        };
+        (Self { pieces, remaining }, feed)
+    }
+}
+
+impl http_body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if self.remaining == Some(0) {
+            return Poll::Ready(None);
+        }
+        self.pieces.poll_recv(context).map(|piece| {
+            piece.map(|piece| {
+                let data = piece?;
+                if let Some(remaining) = &mut self.remaining {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
+                Ok(Frame::data(data))
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
