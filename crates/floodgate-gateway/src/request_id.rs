@@ -21,6 +21,8 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use floodgate_core::hex;
 
+use crate::front_door::wire::HeaderLines;
+
 /// The header, in and out (a `HeaderName`, so no lookup parses the name again).
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest id taken from a client; longer ones are replaced, so logs stay bounded.
@@ -137,8 +139,11 @@ impl Drop for Current<'_> {
     }
 }
 
-/// Puts the request's id on its answer.
+/// Puts the request's id on its answer, in place of any an upstream's answer carried.
 pub(crate) fn stamp(response: &mut Response, id: HeaderValue) {
+    if let Some(lines) = response.extensions_mut().get_mut::<HeaderLines>() {
+        lines.remove(REQUEST_ID.as_str());
+    }
     response.headers_mut().insert(REQUEST_ID, id);
 }
 

@@ -204,6 +204,8 @@ async fn serve(
         .and_then(|status| StatusCode::from_u16(status).ok())
         .unwrap_or(StatusCode::OK);
     let served = counts.total.load(Ordering::Relaxed);
+    // As many shops' frameworks do, the id a proxy put on the request comes back on the answer.
+    let request_id = request.headers().get("x-request-id").cloned();
     let mut response = full(
         status,
         "text/html; charset=utf-8",
@@ -213,6 +215,9 @@ async fn serve(
         && let Ok(value) = cache_control.parse()
     {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    if let Some(id) = request_id {
+        response.headers_mut().insert("x-request-id", id);
     }
     Ok(response)
 }

@@ -228,6 +228,47 @@ async fn a_request_naming_two_hosts_is_refused_before_the_origin() {
     assert_eq!(shop.hits("/headers"), 0, "the origin never saw it");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_answer_headers_pass_through_as_they_came() {
+    let shop = origin().await;
+    let (gateway, _data) = gateway(&format!("[origin]\nurl = \"{}\"\n", shop.url()));
+    let address = gateway.public_url.trim_start_matches("http://");
+    let mut raw = tokio::net::TcpStream::connect(address).await.unwrap();
+    raw.write_all(
+        b"GET /page?cc=max-age=5 HTTP/1.1\r\nHost: shop\r\nX-Request-Id: order-77\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let lines: Vec<String> = head.lines().skip(1).map(str::to_ascii_lowercase).collect();
+    let named = |name: &str| {
+        let prefix = format!("{name}: ");
+        lines
+            .iter()
+            .filter(|line| line.starts_with(&prefix))
+            .count()
+    };
+    assert!(lines.contains(&"cache-control: max-age=5".into()), "{head}");
+    assert!(
+        lines.contains(&"content-type: text/html; charset=utf-8".into()),
+        "{head}"
+    );
+    assert!(lines.contains(&"via: 1.1 floodgate".into()), "{head}");
+    assert!(lines.contains(&"x-request-id: order-77".into()), "{head}");
+    // One of each, though the origin sent its own length, date and (echoed) request id.
+    for name in ["x-request-id", "content-length", "date", "connection"] {
+        assert_eq!(named(name), 1, "{name} in {head}");
+    }
+    assert_eq!(named("transfer-encoding"), 0, "{head}");
+    assert!(
+        lines.contains(&format!("content-length: {}", body.len())),
+        "{head}"
+    );
+}
+
 /// Peak resident memory of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -505,12 +505,14 @@ async fn fetch_into_cache(
         return served;
     }
     let (mut parts, body) = response.into_parts();
+    // The cache reads the answer's headers, and adds its own.
+    proxy::read_answer_headers(&mut parts);
     match proxy::buffer(body, cache::MAX_ENTRY_BYTES).await {
         Buffered::Whole(bytes) => {
             if let Some(permit) = permit {
                 permit.finish(false);
             }
-            proxy::prepare_response_headers(&mut parts.headers);
+            proxy::mark_passed_on(&mut parts);
             let policy = target.cache.as_ref().expect("cached routes have a policy");
             let filled =
                 EdgeCache::entry_for(&head, parts.status, &parts.headers, bytes.clone(), policy)

@@ -18,7 +18,7 @@ use http_body::{Frame, SizeHint};
 use super::ClientAddr;
 use super::admission::Permit;
 use super::pool::Upstream;
-use super::upstream::wire::{self, HOP_BY_HOP, RequestFraming};
+use super::upstream::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
 use super::upstream::{UpstreamBody, request_framing};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -173,10 +173,23 @@ pub fn encode_forwarded_head(
     wire::encode_head_end(framing, out);
 }
 
-/// Marks an upstream's answer as passed on (`Via`). Its hop-by-hop headers never got this far:
-/// the upstream codec leaves them out as it reads the head (see [`super::upstream::wire`]).
-pub(crate) fn prepare_response_headers(headers: &mut HeaderMap) {
-    append(headers, header::VIA, VIA_FLOODGATE.clone());
+/// Marks an upstream's answer as passed on (`Via`), in its header lines as they came or in its
+/// header map once they have been read into it ([`read_answer_headers`]). Its hop-by-hop
+/// headers never got this far: the upstream codec leaves them out as it reads the head (see
+/// [`super::upstream::wire`]).
+pub(crate) fn mark_passed_on(parts: &mut Parts) {
+    match parts.extensions.get_mut::<HeaderLines>() {
+        // A line of its own: several `Via` lines are one list (RFC 9110 §5.3).
+        Some(lines) => lines.push(header::VIA.as_str().as_bytes(), VIA_FLOODGATE.as_bytes()),
+        None => append(&mut parts.headers, header::VIA, VIA_FLOODGATE.clone()),
+    }
+}
+
+/// Moves an upstream answer's header lines into its header map, for code that reads them.
+pub(crate) fn read_answer_headers(parts: &mut Parts) {
+    if let Some(lines) = parts.extensions.remove::<HeaderLines>() {
+        parts.headers.extend(lines.to_header_map());
+    }
 }
 
 /// The upstream's response as the client gets it; `permit` is held until the body has streamed.
@@ -184,7 +197,7 @@ pub(crate) fn relay<B>(mut parts: Parts, body: B, permit: Option<Permit>) -> Res
 where
     B: http_body::Body<Data = Bytes, Error = std::io::Error> + Unpin + Send + 'static,
 {
-    prepare_response_headers(&mut parts.headers);
+    mark_passed_on(&mut parts);
     Response::from_parts(parts, Body::new(Guarded { body, permit }))
 }
 

@@ -26,11 +26,12 @@ pub(crate) struct RequestHead {
     pub(crate) expects_continue: bool,
 }
 
-/// Why a head is refused: the status and a few words for the client; the connection is then
-/// closed, as what follows the head cannot be trusted to start a request.
+/// Why a head is refused: the status, the API's error code and a few words for the client; the
+/// connection is then closed, as what follows the head cannot be trusted to start a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
     pub(crate) message: &'static str,
 }
 
@@ -38,6 +39,7 @@ impl Refusal {
     const fn bad(message: &'static str) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
             message,
         }
     }
@@ -45,6 +47,7 @@ impl Refusal {
 
 const HEAD_TOO_LARGE: Refusal = Refusal {
     status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    code: "headers_too_large",
     message: "the request head is too large",
 };
 
@@ -77,6 +80,7 @@ pub(crate) fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<Request
             FramingRefusal::Ambiguous => Refusal::bad("the request body's length is ambiguous"),
             FramingRefusal::UnknownCoding => Refusal {
                 status: StatusCode::NOT_IMPLEMENTED,
+                code: "not_implemented",
                 message: "the request body's transfer coding is not supported",
             },
         })?;
@@ -104,7 +108,8 @@ pub(crate) fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<Request
     let head = buffer.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Refusal::bad("the request target is malformed"))?;
-    let mut header_map = HeaderMap::with_capacity(headers.len());
+    // Room for the request id the gateway adds: growing a full map rehashes it.
+    let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| Refusal::bad("a header value is malformed"))?;

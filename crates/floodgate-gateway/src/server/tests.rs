@@ -136,6 +136,19 @@ async fn a_client_that_expects_continue_is_told_to_send_its_body() {
 }
 
 #[tokio::test]
+async fn a_client_whose_body_is_not_wanted_is_not_asked_for_it() {
+    let (address, _stop, _served) = listener().await;
+    let answer = exchange(
+        &address,
+        b"POST /ignore HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_body_the_handler_left_unread_ends_the_connection() {
     let (address, _stop, _served) = listener().await;
     let mut stream = TcpStream::connect(&address).await.unwrap();
@@ -211,6 +224,13 @@ async fn a_refused_head_is_answered_and_the_connection_closed() {
     );
     assert_eq!(smuggled.matches("HTTP/1.1").count(), 1, "{smuggled}");
     assert!(smuggled.contains(r#""error":"bad_request""#), "{smuggled}");
+    let oversized = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+    let oversized = exchange(&address, oversized.as_bytes()).await;
+    assert!(oversized.starts_with("HTTP/1.1 431 "), "{oversized}");
+    assert!(
+        oversized.contains(r#""error":"headers_too_large""#),
+        "{oversized}"
+    );
 }
 
 #[tokio::test]

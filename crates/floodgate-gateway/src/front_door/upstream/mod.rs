@@ -30,8 +30,8 @@ use axum::body::Body;
 use axum::http::uri::Authority;
 use axum::http::{Method, Response};
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
 use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -321,7 +321,8 @@ impl Connections {
         }
         let mut response = Response::new(body);
         *response.status_mut() = answer.status;
-        *response.headers_mut() = answer.headers;
+        // Passed on as they came (see `wire::HeaderLines`).
+        response.extensions_mut().insert(answer.lines);
         Ok(response)
     }
 }

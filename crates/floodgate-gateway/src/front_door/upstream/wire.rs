@@ -10,7 +10,6 @@
 //! pointing into the read buffer rather than copied.
 
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf, Bytes, BytesMut};
@@ -136,9 +135,9 @@ pub enum ResponseFraming {
 pub struct ResponseHead {
     /// The final status (interim `1xx` answers are skipped).
     pub status: StatusCode,
-    /// The message's headers, without those of the connection; the values share the read
-    /// buffer.
-    pub headers: HeaderMap,
+    /// The message's header lines as they go on to the client: without those of the
+    /// connection, nor the length of a body (the client's side frames it anew).
+    pub lines: HeaderLines,
     /// How the body that follows is delimited.
     pub framing: ResponseFraming,
     /// Whether the connection may carry another request once the body has been read.
@@ -191,17 +190,11 @@ pub fn parse_response_head(
             && framing != ResponseFraming::UntilClose
             && !facts.both_framings()
             && !facts.close;
-        let names_and_spans = message_headers(lines, buffer, &facts)?;
-        let head = buffer.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(names_and_spans.len());
-        for (name, span) in names_and_spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(span))
-                .map_err(|_| WireError::Head("bad header value"))?;
-            headers.append(name, value);
-        }
+        let lines = message_lines(lines, &facts, framing, length);
+        buffer.advance(length);
         return Ok(Some(ResponseHead {
             status,
-            headers,
+            lines,
             framing,
             keep_alive,
         }));
@@ -360,43 +353,141 @@ fn content_length(digits: &[u8]) -> Result<u64, WireError> {
         .ok_or(WireError::ContentLength)
 }
 
-/// The headers of the message itself, each with where its value lies in `buffer` (so the
-/// values can be shared out of it once the head is split off). Those that describe the
-/// connection are left out: the hop-by-hop ones and any `Connection` names (RFC 9110 §7.6.1),
-/// which is the proxy's duty, done here in the pass that reads them. With both framings, the
-/// length is left out too.
-fn message_headers(
+/// The header lines of the message itself, copied in wire form from the `head_length` bytes
+/// of a head. Those that describe the connection are left out: the hop-by-hop ones and any
+/// `Connection` names (RFC 9110 §7.6.1), which is the proxy's duty, done here in the pass that
+/// reads them. So is the length of a body, which the client's side writes itself; an answer
+/// without one (to `HEAD`, a `304`) keeps it, as it tells the length a `GET` would get.
+fn message_lines(
     lines: &[httparse::Header<'_>],
-    buffer: &[u8],
     facts: &LineFacts<'_>,
-) -> Result<Vec<(HeaderName, Range<usize>)>, WireError> {
-    let base = buffer.as_ptr() as usize;
-    let without_length = facts.both_framings();
-    let mut kept = Vec::with_capacity(lines.len());
+    framing: ResponseFraming,
+    head_length: usize,
+) -> HeaderLines {
+    let without_length = framing != ResponseFraming::Empty;
+    let mut kept = HeaderLines::with_capacity(head_length);
     for line in lines {
-        let name = HeaderName::from_bytes(line.name.as_bytes())
-            .map_err(|_| WireError::Head("bad header name"))?;
+        let name = line.name.as_bytes();
         let named_by_connection = || {
             (lines.iter())
                 .filter(|line| line.name.eq_ignore_ascii_case(CONNECTION))
                 .flat_map(|line| list(line.value))
-                .any(|option| option.eq_ignore_ascii_case(name.as_ref()))
+                .any(|option| option.eq_ignore_ascii_case(name))
         };
-        if HOP_BY_HOP.contains(&name)
+        let hop_by_hop = HOP_BY_HOP
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()));
+        if hop_by_hop
             || (facts.names_headers && named_by_connection())
-            || (without_length && name == header::CONTENT_LENGTH)
+            || (without_length && name.eq_ignore_ascii_case(CONTENT_LENGTH.as_bytes()))
         {
             continue;
         }
-        let span = if line.value.is_empty() {
-            0..0
-        } else {
-            let start = line.value.as_ptr() as usize - base;
-            start..start + line.value.len()
-        };
-        kept.push((name, span));
+        kept.push(name, line.value);
     }
-    Ok(kept)
+    kept
+}
+
+/// Header lines in wire form, `name: value` and CRLF each: an upstream's answer headers passed
+/// on to the client as they were read, not parsed into a header map to be written out again
+/// (that was a fifth of a proxied request's instructions). The server writes them after the
+/// answer's own headers; code that must read them (the edge cache) parses them into a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderLines {
+    bytes: BytesMut,
+    /// Whether a line is the `Date`, or a `Content-Length`: the server writes its own otherwise,
+    /// and asks for every answer.
+    dated: bool,
+    with_length: bool,
+}
+
+impl HeaderLines {
+    /// No lines yet, with room for `bytes` of them.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: BytesMut::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a line. `name` and `value` must be a header's (as a parser has checked them).
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.dated |= name.eq_ignore_ascii_case(b"date");
+        self.with_length |= name.eq_ignore_ascii_case(CONTENT_LENGTH.as_bytes());
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(b": ");
+        self.bytes.extend_from_slice(value);
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    /// The lines, as they are written.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Whether there is a `Date` line.
+    pub fn has_date(&self) -> bool {
+        self.dated
+    }
+
+    /// Whether there is a `Content-Length` line.
+    pub fn has_length(&self) -> bool {
+        self.with_length
+    }
+
+    /// Each line without its CRLF.
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', &self.bytes).map(move |end| {
+            let line = &self.bytes[start..end - 1];
+            start = end + 1;
+            line
+        })
+    }
+
+    /// Each line's name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines().map(|line| {
+            let colon = memchr::memchr(b':', line).unwrap_or(line.len());
+            let value = line.get(colon + 1..).unwrap_or_default();
+            (&line[..colon], value.trim_ascii())
+        })
+    }
+
+    /// Whether a line is named `name` (in any case).
+    pub fn contains(&self, name: &str) -> bool {
+        let name = name.as_bytes();
+        self.lines().any(|line| {
+            line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name)
+        })
+    }
+
+    /// Leaves out the lines named `name` (in any case).
+    pub fn remove(&mut self, name: &str) {
+        if !self.contains(name) {
+            return;
+        }
+        let mut kept = Self::with_capacity(self.bytes.len());
+        for (line, value) in self.iter() {
+            if !line.eq_ignore_ascii_case(name.as_bytes()) {
+                kept.push(line, value);
+            }
+        }
+        *self = kept;
+    }
+
+    /// The lines as a header map; none are lost, having been checked when they were read.
+    pub fn to_header_map(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in self.iter() {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
 }
 
 /// The elements of a comma-separated header value, trimmed, empty ones left out.
@@ -657,7 +748,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(parsed.status, StatusCode::OK);
-        let tags: Vec<_> = parsed.headers.get_all("x-tag").iter().collect();
+        assert_eq!(
+            parsed.lines.as_bytes(),
+            b"X-Tag: a\r\nx-tag: b\r\n",
+            "the length is the server's to write"
+        );
+        let headers = parsed.lines.to_header_map();
+        let tags: Vec<_> = headers.get_all("x-tag").iter().collect();
         assert_eq!(tags, ["a", "b"]);
         assert_eq!(parsed.framing, ResponseFraming::Length(3));
         assert!(parsed.keep_alive);
@@ -670,10 +767,40 @@ mod tests {
                      Keep-Alive: timeout=5\r\nX-Upstream-Node: 7\r\nTransfer-Encoding: chunked\r\n\
                      Trailer: x-sum\r\nCache-Control: max-age=60\r\n\r\n";
         let parsed = head(wire, &Method::GET).unwrap().unwrap();
-        let names: Vec<_> = parsed.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["cache-control"]);
+        let lines: Vec<_> = parsed.lines.iter().collect();
+        assert_eq!(lines, [(&b"Cache-Control"[..], &b"max-age=60"[..])]);
         assert_eq!(parsed.framing, ResponseFraming::Chunked);
         assert!(parsed.keep_alive);
+    }
+
+    #[test]
+    fn an_answer_without_a_body_keeps_its_length_for_the_client() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: \"v1\"\r\n\r\n";
+        let parsed = head(wire, &Method::HEAD).unwrap().unwrap();
+        assert_eq!(parsed.framing, ResponseFraming::Empty);
+        assert_eq!(
+            parsed.lines.as_bytes(),
+            b"Content-Length: 1234\r\nETag: \"v1\"\r\n"
+        );
+    }
+
+    #[test]
+    fn header_lines_are_read_back_and_left_out_by_name() {
+        let mut lines = HeaderLines::default();
+        lines.push(b"X-Request-Id", b"up-1");
+        lines.push(b"Cache-Control", b"no-store");
+        lines.push(b"x-request-id", b"up-2");
+        assert!(lines.contains("x-REQUEST-id"));
+        lines.remove("x-request-id");
+        assert_eq!(lines.as_bytes(), b"Cache-Control: no-store\r\n");
+        let empty_value = {
+            let mut lines = HeaderLines::default();
+            lines.push(b"X-Empty", b"");
+            lines.to_header_map()
+        };
+        assert_eq!(empty_value["x-empty"], "");
+        lines.remove("absent");
+        assert_eq!(lines.to_header_map()["cache-control"], "no-store");
     }
 
     #[test]
@@ -682,7 +809,7 @@ mod tests {
                      5\r\nhello\r\n0\r\n\r\n";
         let parsed = head(wire, &Method::GET).unwrap().unwrap();
         assert_eq!(parsed.framing, ResponseFraming::Chunked);
-        assert!(!parsed.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!parsed.lines.contains("content-length"));
         assert!(!parsed.keep_alive);
         assert_eq!(body_of(wire, 7, &Method::GET).unwrap().0, b"hello");
     }
@@ -694,7 +821,7 @@ mod tests {
                      HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
         let parsed = head(wire, &Method::POST).unwrap().unwrap();
         assert_eq!(parsed.status, StatusCode::CREATED);
-        assert!(!parsed.headers.contains_key("link"));
+        assert!(!parsed.lines.contains("link"));
         let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
         assert!(head(switching, &Method::GET).is_err());
     }
