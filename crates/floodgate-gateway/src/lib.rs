@@ -21,7 +21,7 @@ mod public_api;
 mod queue_api;
 mod report;
 mod request_id;
-mod server;
+pub mod server;
 mod stock_leases;
 mod timeline;
 mod traffic;

@@ -25,6 +25,8 @@ use crate::connection_loops::ConnectionLoops;
 use crate::front_door::ClientAddr;
 use connection::Connection;
 
+pub use request_head::{MAX_HEAD_BYTES, Refusal, RequestHead, parse_request_head};
+
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

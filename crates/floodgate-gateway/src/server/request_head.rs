@@ -9,30 +9,33 @@ use bytes::BytesMut;
 use crate::front_door::wire::{FramingRefusal, LineFacts, RequestFraming};
 
 /// The longest request head accepted (nginx's `large_client_header_buffers` allow 32 KiB).
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header lines in a request head (hyper's default).
 const MAX_HEADERS: usize = 100;
 
 /// A parsed request head.
 #[derive(Debug)]
-pub(crate) struct RequestHead {
+pub struct RequestHead {
     /// The request, its body still to be read.
-    pub(crate) request: Request<()>,
+    pub request: Request<()>,
     /// How its body follows the head.
-    pub(crate) framing: RequestFraming,
+    pub framing: RequestFraming,
     /// Whether the client may send another request on the connection afterwards.
-    pub(crate) keep_alive: bool,
+    pub keep_alive: bool,
     /// Whether the client waits for `100 Continue` before it sends the body.
-    pub(crate) expects_continue: bool,
+    pub expects_continue: bool,
 }
 
 /// Why a head is refused: the status, the API's error code and a few words for the client; the
 /// connection is then closed, as what follows the head cannot be trusted to start a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) message: &'static str,
+pub struct Refusal {
+    /// The answer's status.
+    pub status: StatusCode,
+    /// The API's error code (`bad_request`, ...).
+    pub code: &'static str,
+    /// What is wrong, for the client.
+    pub message: &'static str,
 }
 
 impl Refusal {
@@ -52,7 +55,7 @@ const HEAD_TOO_LARGE: Refusal = Refusal {
 };
 
 /// Takes the request head off the front of `buffer`; `None` while it is incomplete.
-pub(crate) fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
+pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
     if buffer.is_empty() {
         return Ok(None);
     }

@@ -540,7 +540,7 @@ pub enum Decoded {
 
 impl BodyDecoder {
     /// A decoder for a request body with `framing`.
-    pub(crate) fn for_request(framing: RequestFraming) -> Self {
+    pub fn for_request(framing: RequestFraming) -> Self {
         Self::new(match framing {
             RequestFraming::Empty => ResponseFraming::Empty,
             RequestFraming::Length(length) => ResponseFraming::Length(length),
