@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::request_head::{Refusal, RequestHead, parse_request_head};
+use super::request_head::{MAX_HEAD_BYTES, Refusal, RequestHead, parse_request_head};
 use super::{Handler, date, stop_requested};
 use crate::front_door::wire::{self, BodyDecoder, Decoded, HeaderLines, RequestFraming};
 
@@ -101,9 +102,12 @@ impl Connection {
             } = head;
             let http_1_0 = request.version() == Version::HTTP_10;
             let head_only = request.method() == Method::HEAD;
-            let (response, body_read) = self
+            let answered = self
                 .answer(request, framing, expects_continue, &handler)
                 .await;
+            let Some((response, body_read)) = answered else {
+                return;
+            };
             // A body left unread lies between here and the next head.
             let keep_alive = keep_alive && body_read && !*self.shutdown.borrow();
             let written = self
@@ -189,15 +193,17 @@ impl Connection {
         let _ = self.write_response(response, false, false, false).await;
     }
 
-    /// Hands `request` with its body to `handler`; its answer, and whether the body was read to
-    /// its end.
+    /// Hands `request` with its body to `handler`, tending the client meanwhile: feeding it the
+    /// body as it reads, then watching for a hang-up. The answer, and whether the body was read
+    /// to its end; `None` if the client hung up first, whose handler is then dropped (as hyper's
+    /// server does): a shopper who gave up holds no slot at the origin.
     async fn answer(
         &mut self,
         request: Request<()>,
         framing: RequestFraming,
         expects_continue: bool,
         handler: &impl Handler,
-    ) -> (Response<Body>, bool) {
+    ) -> Option<(Response<Body>, bool)> {
         let buffered = match framing {
             RequestFraming::Empty => Some(Body::empty()),
             RequestFraming::Length(length) if length <= self.read.len() as u64 => {
@@ -205,29 +211,55 @@ impl Connection {
             }
             _ => None,
         };
-        if let Some(body) = buffered {
-            return (handler.handle(request.map(|()| body)).await, true);
-        }
-        // A client that waits for `100 Continue` is sent it once the handler reads the body,
-        // not before: one refused without it need not send it at all.
-        let wanted = expects_continue.then(|| Arc::new(Notify::new()));
-        let (body, feed) = StreamedBody::new(framing, wanted.clone());
-        let mut answer = pin!(handler.handle(request.map(|()| Body::new(body))));
-        let mut feeding = pin!(self.feed_body(BodyDecoder::for_request(framing), feed, wanted));
-        let mut body_read = None;
-        let response = std::future::poll_fn(|context| {
-            if body_read.is_none()
-                && let Poll::Ready(read) = feeding.as_mut().poll(context)
-            {
-                body_read = Some(read);
+        // Shared with the tending future (atomic only to be `Send`: both run on this task).
+        let body_read = AtomicBool::new(buffered.is_some());
+        let (body, feed) = match buffered {
+            Some(body) => (body, None),
+            None => {
+                // A client that waits for `100 Continue` is sent it once the handler reads the
+                // body, not before: one refused without it need not send it at all.
+                let wanted = expects_continue.then(|| Arc::new(Notify::new()));
+                let (body, feed) = StreamedBody::new(framing, wanted.clone());
+                let decoder = BodyDecoder::for_request(framing);
+                (Body::new(body), Some((decoder, feed, wanted)))
             }
-            answer.as_mut().poll(context)
+        };
+        let mut answer = pin!(handler.handle(request.map(|()| body)));
+        let mut tending = pin!(self.tend_client(feed, &body_read));
+        let response = std::future::poll_fn(|context| {
+            if let Poll::Ready(response) = answer.as_mut().poll(context) {
+                return Poll::Ready(Some(response));
+            }
+            tending.as_mut().poll(context).map(|()| None)
         })
-        .await;
+        .await?;
         // A handler that read the body to its last byte and answered in the same turn has not
         // let the feed see the body's end yet.
-        let body_read = body_read.or_else(|| feeding.now_or_never());
-        (response, body_read == Some(true))
+        if !body_read.load(Ordering::Relaxed) {
+            let _ = tending.now_or_never();
+        }
+        Some((response, body_read.load(Ordering::Relaxed)))
+    }
+
+    /// Feeds the request's body to the handler, if it is still to be read (noting in
+    /// `body_read` when it has been, whole), then watches for the client hanging up; completes
+    /// when it has.
+    async fn tend_client(&mut self, feed: Option<BodyFeed>, body_read: &AtomicBool) {
+        if let Some((decoder, feed, wanted)) = feed {
+            let read = self.feed_body(decoder, feed, wanted).await;
+            body_read.store(read, Ordering::Relaxed);
+        }
+        // What arrives meanwhile is the next request (pipelined): kept, up to a head's worth.
+        while self.read.len() < MAX_HEAD_BYTES {
+            if self.read.capacity() - self.read.len() < MIN_READ {
+                self.read.reserve(READ_SIZE);
+            }
+            match self.stream.read_buf(&mut self.read).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        std::future::pending().await
     }
 
     /// Reads a request body off the connection as the handler asks for it, one piece at a time
@@ -420,6 +452,14 @@ impl Connection {
         Ok(())
     }
 }
+
+/// What reads a request body to its handler: its decoder, where its pieces go, and who to tell
+/// when the handler first wants it (a client waiting for `100 Continue`).
+type BodyFeed = (
+    BodyDecoder,
+    mpsc::Sender<io::Result<Bytes>>,
+    Option<Arc<Notify>>,
+);
 
 /// How an answer's body follows its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

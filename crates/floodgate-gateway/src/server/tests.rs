@@ -1,6 +1,7 @@
 //! The listener's HTTP/1.1 as a client sees it on the socket.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -28,6 +29,14 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
         )
         .route("/ignore", post(|| async { "not read" }))
         .route(
+            "/slow",
+            get(|| async {
+                let _noted = NotedOnDrop;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        )
+        .route(
             "/stream",
             get(|| async {
                 let pieces =
@@ -52,6 +61,17 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
         floodgate_core::Clock::system(),
     ));
     (address, stop, served)
+}
+
+/// Slow handlers dropped before they answered.
+static SLOW_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+struct NotedOnDrop;
+
+impl Drop for NotedOnDrop {
+    fn drop(&mut self) {
+        SLOW_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Sends `wire` on a new connection and reads until the listener closes it.
@@ -268,4 +288,25 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_in_flight_finish() 
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_has_its_request_dropped() {
+    let (address, _stop, _served) = listener().await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(SLOW_DROPPED.load(Ordering::SeqCst), 0, "still working");
+    drop(stream);
+    let gone = async {
+        while SLOW_DROPPED.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the handler is dropped, not left to run its 30 s");
 }
