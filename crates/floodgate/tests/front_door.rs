@@ -267,6 +267,21 @@ async fn an_origins_answer_headers_pass_through_as_they_came() {
         lines.contains(&format!("content-length: {}", body.len())),
         "{head}"
     );
+    // A `HEAD` answer keeps the origin's length, once, and has no body.
+    let mut raw = tokio::net::TcpStream::connect(address).await.unwrap();
+    raw.write_all(b"HEAD /page HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let lengths: Vec<&str> = head
+        .lines()
+        .filter(|line| line.to_ascii_lowercase().starts_with("content-length: "))
+        .collect();
+    assert_eq!(lengths.len(), 1, "{head}");
+    assert_ne!(lengths[0][16..].trim(), "0", "{head}");
+    assert_eq!(body, "", "{answer}");
 }
 
 /// Peak resident memory of a process, in bytes.

@@ -370,10 +370,13 @@ impl Connection {
             date::append(self.clock.now(), out);
             out.extend_from_slice(b"\r\n");
         }
-        // A `HEAD` answer tells the length a `GET` would get, when its handler knows it.
+        // A `HEAD` answer tells the length a `GET` would get, when its handler knows it. A body
+        // of 0 tells nothing there: an upstream's answer to `HEAD` has none, whatever the length.
         let length = match framing {
             Framing::Length(length) => Some(length),
-            Framing::None if head_only && !has_length => body.size_hint().exact(),
+            Framing::None if head_only && !has_length => {
+                body.size_hint().exact().filter(|&length| length > 0)
+            }
             _ => None,
         };
         if let Some(length) = length {
