@@ -6,7 +6,8 @@
 
 use bytes::BytesMut;
 use floodgate_gateway::front_door::wire::{BodyDecoder, Decoded, RequestFraming, WireError};
-use floodgate_gateway::server::{Refusal, parse_request_head};
+use floodgate_gateway::ApiError;
+use floodgate_gateway::server::parse_request_head;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&[u8], u8)| {
@@ -25,7 +26,7 @@ fuzz_target!(|input: (&[u8], u8)| {
 fn read(
     wire: &[u8],
     piece: usize,
-) -> Result<Option<(RequestFraming, Result<Vec<u8>, WireError>)>, Refusal> {
+) -> Result<Option<(RequestFraming, Result<Vec<u8>, WireError>)>, ApiError> {
     let mut pieces = wire.chunks(piece);
     let mut buffer = BytesMut::new();
     let head = loop {

@@ -91,6 +91,15 @@ pub enum ApiError {
     /// The store's write queue is full or the node is shutting down.
     #[error("the gateway is at capacity; retry after the indicated delay")]
     Overloaded,
+    /// A request head that cannot be read safely; the connection closes after the answer.
+    #[error("{0}")]
+    MalformedRequest(&'static str),
+    /// A request head over the size limits; the connection closes after the answer.
+    #[error("the request head is too large (at most 64 KiB and 100 lines)")]
+    HeadTooLarge,
+    /// A request body in a transfer coding floodgate does not decode.
+    #[error("the request body's transfer coding is not supported")]
+    UnsupportedTransferCoding,
     /// Something failed that the client cannot fix.
     #[error("internal error; the request was not carried out")]
     Internal,
@@ -133,6 +142,12 @@ impl ApiError {
             Self::NotRedrivable(_) => (StatusCode::CONFLICT, "not_redrivable"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::MalformedRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::HeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
+            Self::UnsupportedTransferCoding => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

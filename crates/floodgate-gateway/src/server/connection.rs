@@ -14,8 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::header::{self, HeaderValue};
+use axum::http::header;
 use axum::http::{Method, Request, Response, StatusCode, Version};
+use axum::response::IntoResponse;
 use bytes::{Bytes, BytesMut};
 use floodgate_core::Clock;
 use futures_util::FutureExt;
@@ -26,14 +27,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::request_head::{MAX_HEAD_BYTES, Refusal, RequestHead, parse_request_head};
+use super::request_head::{MAX_HEAD_BYTES, RequestHead, parse_request_head};
 use super::{Handler, date, stop_requested};
+use crate::error::ApiError;
 use crate::front_door::wire::{self, BodyDecoder, Decoded, HeaderLines, RequestFraming};
 
-/// Room made in the read buffer when it runs short of [`MIN_READ`].
-const READ_SIZE: usize = 16 * 1024;
-/// The least room a read is given.
-const MIN_READ: usize = 2 * 1024;
 /// How long, and for how many bytes, a closing connection drops what still arrives.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
@@ -89,8 +87,8 @@ impl Connection {
             let head = match self.read_head().await {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
-                Err(refusal) => {
-                    self.refuse(refusal).await;
+                Err(error) => {
+                    self.refuse(error).await;
                     return self.linger().await;
                 }
             };
@@ -129,11 +127,11 @@ impl Connection {
         if self.stream.shutdown().await.is_err() {
             return;
         }
-        self.read.reserve(READ_SIZE);
         let drained = async {
             let mut dropped = 0;
             while dropped < LINGER_BYTES {
                 self.read.clear();
+                wire::make_read_room(&mut self.read);
                 match self.stream.read_buf(&mut self.read).await {
                     Ok(0) | Err(_) => return,
                     Ok(read) => dropped += read,
@@ -149,22 +147,19 @@ impl Connection {
     /// The timer is not set again for each head: when it fires, a head begun since is given
     /// the rest of its time then. Resetting it per request, with the timer wheel's lock, cost a
     /// request hundreds of instructions, where heads nearly always arrive in time.
-    async fn read_head(&mut self) -> Result<Option<RequestHead>, Refusal> {
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, ApiError> {
         self.waiting_since = Instant::now();
         loop {
             if let Some(head) = parse_request_head(&mut self.read)? {
                 return Ok(Some(head));
             }
             let between_requests = self.read.is_empty();
-            if between_requests && *self.shutdown.borrow() {
-                return Ok(None);
-            }
-            if self.read.capacity() - self.read.len() < MIN_READ {
-                self.read.reserve(READ_SIZE);
-            }
+            wire::make_read_room(&mut self.read);
             tokio::select! {
-                // In this order: no draw of which to poll first, per head.
+                // In this order, with no draw of which to poll first per head: shutdown first,
+                // so a connection between requests takes no new one once it is asked for.
                 biased;
+                () = &mut self.stopping, if between_requests => return Ok(None),
                 read = self.stream.read_buf(&mut self.read) => match read {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}
@@ -176,21 +171,15 @@ impl Connection {
                     }
                     self.deadline.as_mut().reset(due);
                 }
-                () = &mut self.stopping, if between_requests => return Ok(None),
             }
         }
     }
 
-    /// Answers a head's refusal, then the connection closes.
-    async fn refuse(&mut self, refusal: Refusal) {
-        let body = serde_json::json!({ "error": refusal.code, "message": refusal.message });
-        let mut response = Response::new(Body::from(body.to_string()));
-        *response.status_mut() = refusal.status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let _ = self.write_response(response, false, false, false).await;
+    /// Answers a refused head; the connection then closes.
+    async fn refuse(&mut self, error: ApiError) {
+        let _ = self
+            .write_response(error.into_response(), false, false, false)
+            .await;
     }
 
     /// Hands `request` with its body to `handler`, tending the client meanwhile: feeding it the
@@ -251,9 +240,7 @@ impl Connection {
         }
         // What arrives meanwhile is the next request (pipelined): kept, up to a head's worth.
         while self.read.len() < MAX_HEAD_BYTES {
-            if self.read.capacity() - self.read.len() < MIN_READ {
-                self.read.reserve(READ_SIZE);
-            }
+            wire::make_read_room(&mut self.read);
             match self.stream.read_buf(&mut self.read).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
@@ -289,9 +276,7 @@ impl Connection {
                         break Err(error);
                     }
                 }
-                if self.read.capacity() - self.read.len() < MIN_READ {
-                    self.read.reserve(READ_SIZE);
-                }
+                wire::make_read_room(&mut self.read);
                 match tokio::time::timeout(self.read_timeout, self.stream.read_buf(&mut self.read))
                     .await
                 {

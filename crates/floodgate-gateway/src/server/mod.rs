@@ -25,7 +25,7 @@ use crate::connection_loops::ConnectionLoops;
 use crate::front_door::ClientAddr;
 use connection::Connection;
 
-pub use request_head::{MAX_HEAD_BYTES, Refusal, RequestHead, parse_request_head};
+pub use request_head::{MAX_HEAD_BYTES, RequestHead, parse_request_head};
 
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]

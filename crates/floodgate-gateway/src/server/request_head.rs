@@ -1,11 +1,12 @@
 //! A client's request head (RFC 9112), taken off the front of the connection's read buffer as
-//! an `http` request, with how its body follows; or the refusal it gets instead.
+//! an `http` request, with how its body follows; or the error it is answered with instead.
 
 use std::mem::MaybeUninit;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use bytes::BytesMut;
 
+use crate::error::ApiError;
 use crate::front_door::wire::{FramingRefusal, LineFacts, RequestFraming};
 
 /// The longest request head accepted (nginx's `large_client_header_buffers` allow 32 KiB).
@@ -26,36 +27,10 @@ pub struct RequestHead {
     pub expects_continue: bool,
 }
 
-/// Why a head is refused: the status, the API's error code and a few words for the client; the
-/// connection is then closed, as what follows the head cannot be trusted to start a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    /// The answer's status.
-    pub status: StatusCode,
-    /// The API's error code (`bad_request`, ...).
-    pub code: &'static str,
-    /// What is wrong, for the client.
-    pub message: &'static str,
-}
-
-impl Refusal {
-    const fn bad(message: &'static str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message,
-        }
-    }
-}
-
-const HEAD_TOO_LARGE: Refusal = Refusal {
-    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-    code: "headers_too_large",
-    message: "the request head is too large",
-};
-
-/// Takes the request head off the front of `buffer`; `None` while it is incomplete.
-pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
+/// Takes the request head off the front of `buffer`; `None` while it is incomplete. A head that
+/// is refused is answered with the error, and the connection closed: what follows it cannot be
+/// trusted to start a request.
+pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, ApiError> {
     if buffer.is_empty() {
         return Ok(None);
     }
@@ -69,23 +44,21 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
     ) {
         Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD_BYTES => length,
         Ok(httparse::Status::Partial) if buffer.len() <= MAX_HEAD_BYTES => return Ok(None),
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(HEAD_TOO_LARGE),
-        Err(_) => return Err(Refusal::bad("the request head is malformed")),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ApiError::HeadTooLarge),
+        Err(_) => return Err(ApiError::MalformedRequest("the request head is malformed")),
     };
     let method = parsed.method.unwrap_or_default();
     let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| Refusal::bad("the request method is malformed"))?;
+        .map_err(|_| ApiError::MalformedRequest("the request method is malformed"))?;
     let minor_version = parsed.version.unwrap_or_default();
     let facts = LineFacts::of(parsed.headers);
     let framing = facts
         .request_framing(minor_version)
         .map_err(|refusal| match refusal {
-            FramingRefusal::Ambiguous => Refusal::bad("the request body's length is ambiguous"),
-            FramingRefusal::UnknownCoding => Refusal {
-                status: StatusCode::NOT_IMPLEMENTED,
-                code: "not_implemented",
-                message: "the request body's transfer coding is not supported",
-            },
+            FramingRefusal::Ambiguous => {
+                ApiError::MalformedRequest("the request body's length is ambiguous")
+            }
+            FramingRefusal::UnknownCoding => ApiError::UnsupportedTransferCoding,
         })?;
     let keep_alive = !facts.close && (minor_version == 1 || facts.keep_alive);
     let expects_continue = facts.expects_continue && minor_version == 1;
@@ -100,7 +73,7 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
     let mut headers = Vec::with_capacity(parsed.headers.len());
     for line in &*parsed.headers {
         let name = HeaderName::from_bytes(line.name.as_bytes())
-            .map_err(|_| Refusal::bad("a header name is malformed"))?;
+            .map_err(|_| ApiError::MalformedRequest("a header name is malformed"))?;
         let value = if line.value.is_empty() {
             0..0
         } else {
@@ -110,12 +83,12 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
     }
     let head = buffer.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
-        .map_err(|_| Refusal::bad("the request target is malformed"))?;
+        .map_err(|_| ApiError::MalformedRequest("the request target is malformed"))?;
     // Room for the request id the gateway adds: growing a full map rehashes it.
     let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| Refusal::bad("a header value is malformed"))?;
+            .map_err(|_| ApiError::MalformedRequest("a header value is malformed"))?;
         header_map.append(name, value);
     }
     let mut request = Request::new(());
@@ -137,14 +110,17 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
     use super::*;
 
-    fn parse(wire: &[u8]) -> Result<Option<RequestHead>, Refusal> {
+    fn parse(wire: &[u8]) -> Result<Option<RequestHead>, ApiError> {
         parse_request_head(&mut BytesMut::from(wire))
     }
 
     fn framing(wire: &str) -> Result<RequestFraming, StatusCode> {
-        let head = parse(wire.as_bytes()).map_err(|refusal| refusal.status)?;
+        let head = parse(wire.as_bytes()).map_err(|error| error.into_response().status())?;
         Ok(head.expect("a whole head").framing)
     }
 
@@ -223,7 +199,13 @@ mod tests {
             "GET / HTTP/1.1\r\nX-Big: {}\r\n",
             "a".repeat(MAX_HEAD_BYTES)
         );
-        let status = |wire: &[u8]| parse(wire).map(|_| ()).unwrap_err().status;
+        let status = |wire: &[u8]| {
+            parse(wire)
+                .map(|_| ())
+                .unwrap_err()
+                .into_response()
+                .status()
+        };
         assert_eq!(
             status(long.as_bytes()),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE

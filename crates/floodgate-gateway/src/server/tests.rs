@@ -1,8 +1,10 @@
 //! The listener's HTTP/1.1 as a client sees it on the socket.
 
 use std::num::NonZeroUsize;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::extract::Path;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -17,20 +19,19 @@ const READ_TIMEOUT: Duration = Duration::from_millis(300);
 async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let router = axum::Router::new()
         .route("/", get(|| async { "hello" }))
+        .route("/echo", post(echo))
         .route(
-            "/echo",
-            post(|body: Body| async move {
-                let read = body.collect().await.map(|body| body.to_bytes().len());
-                read.map_or_else(
-                    |error| format!("broken: {error}"),
-                    |bytes| format!("{bytes} bytes"),
-                )
+            "/held/{name}",
+            post(|Path(name): Path<String>, body: Body| async move {
+                note_start(name);
+                echo(body).await
             }),
         )
         .route("/ignore", post(|| async { "not read" }))
         .route(
             "/slow",
             get(|| async {
+                note_start("slow".into());
                 let _noted = NotedOnDrop;
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 "late"
@@ -61,6 +62,42 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
         floodgate_core::Clock::system(),
     ));
     (address, stop, served)
+}
+
+/// How many bytes of its body the handler read.
+async fn echo(body: Body) -> String {
+    let read = body.collect().await.map(|body| body.to_bytes().len());
+    read.map_or_else(
+        |error| format!("broken: {error}"),
+        |bytes| format!("{bytes} bytes"),
+    )
+}
+
+/// Handlers begun, by the name in their path: a test waits for its own to start.
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn note_start(name: String) {
+    STARTED.lock().unwrap().push(name);
+}
+
+fn has_started(name: &str) -> bool {
+    STARTED
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|started| started == name)
+}
+
+/// Waits, within a deadline, for `condition` to hold.
+async fn until(condition: impl Fn() -> bool, what: &str) {
+    let holds = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), holds)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
 }
 
 /// Slow handlers dropped before they answered.
@@ -114,12 +151,12 @@ async fn a_chunked_body_streams_to_the_handler_and_the_connection_goes_on() {
     let mut stream = TcpStream::connect(&address).await.unwrap();
     stream
         .write_all(
-            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"POST /held/chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
         )
         .await
         .unwrap();
-    // The rest arrives later, in pieces.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The rest arrives once the handler is reading, in pieces.
+    until(|| has_started("chunked"), "the handler starts").await;
     stream
         .write_all(b"3;ext=1\r\nabc\r\n0\r\n\r\n")
         .await
@@ -272,10 +309,10 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_in_flight_finish() 
     let (address, stop, served) = listener().await;
     let mut idle = TcpStream::connect(&address).await.unwrap();
     let mut busy = TcpStream::connect(&address).await.unwrap();
-    busy.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+    busy.write_all(b"POST /held/busy HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until(|| has_started("busy"), "the busy request is in flight").await;
     stop.send(true).unwrap();
     assert_eq!(read_to_close(&mut idle).await, "");
     busy.write_all(b"cd").await.unwrap();
@@ -298,15 +335,12 @@ async fn a_client_that_hangs_up_has_its_request_dropped() {
         .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until(|| has_started("slow"), "the slow handler starts").await;
     assert_eq!(SLOW_DROPPED.load(Ordering::SeqCst), 0, "still working");
     drop(stream);
-    let gone = async {
-        while SLOW_DROPPED.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), gone)
-        .await
-        .expect("the handler is dropped, not left to run its 30 s");
+    until(
+        || SLOW_DROPPED.load(Ordering::SeqCst) > 0,
+        "the handler is dropped, not left to run its 30 s",
+    )
+    .await;
 }

@@ -46,10 +46,6 @@ const IDLE_PER_UPSTREAM: usize = 1_024;
 const LOOP_LISTS: usize = 64;
 /// How long an idle connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Room made in a connection's read buffer when it runs short of [`MIN_READ`].
-const READ_SIZE: usize = 16 * 1024;
-/// The least room a read is given.
-const MIN_READ: usize = 2 * 1024;
 
 struct Link {
     stream: TcpStream,
@@ -128,9 +124,7 @@ impl Link {
 
     /// Reads what has arrived into the read buffer; `Ok(0)` once the upstream has closed.
     fn poll_fill(&mut self, context: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < MIN_READ {
-            self.read.reserve(READ_SIZE);
-        }
+        wire::make_read_room(&mut self.read);
         loop {
             ready!(self.stream.poll_read_ready(context))?;
             match self.stream.try_read_buf(&mut self.read) {

@@ -503,6 +503,19 @@ const CONTENT_LENGTH: &str = "content-length";
 const CONNECTION: &str = "connection";
 const EXPECT: &str = "expect";
 
+/// Room made in a connection's read buffer when it runs short of [`MIN_READ`].
+const READ_SIZE: usize = 16 * 1024;
+/// The least room a read is given.
+const MIN_READ: usize = 2 * 1024;
+
+/// Makes room in a connection's read buffer for the next read, in steps large enough that a
+/// head or a body piece rarely needs two (both sides of the proxy read this way).
+pub(crate) fn make_read_room(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < MIN_READ {
+        buffer.reserve(READ_SIZE);
+    }
+}
+
 /// Takes a response body out of the read buffer, piece by piece, by its framing.
 #[derive(Debug)]
 pub struct BodyDecoder {
