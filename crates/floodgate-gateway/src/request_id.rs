@@ -139,12 +139,16 @@ impl Drop for Current<'_> {
     }
 }
 
-/// Puts the request's id on its answer, in place of any an upstream's answer carried.
+/// Puts the request's id on its answer. An upstream's answer gets it among the lines it came
+/// with (which have left out the upstream's own id), so its header map stays empty: giving
+/// the map this one header cost an allocation and hashing, 0.4 k instructions.
 pub(crate) fn stamp(response: &mut Response, id: HeaderValue) {
-    if let Some(lines) = response.extensions_mut().get_mut::<HeaderLines>() {
-        lines.remove(REQUEST_ID.as_str());
+    match response.extensions_mut().get_mut::<HeaderLines>() {
+        Some(lines) => lines.push(REQUEST_ID.as_str().as_bytes(), id.as_bytes()),
+        None => {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
     }
-    response.headers_mut().insert(REQUEST_ID, id);
 }
 
 /// An id made here: a random prefix per process and a counter, 32 hex digits like a UUID's.

@@ -19,7 +19,7 @@ use super::ClientAddr;
 use super::admission::Permit;
 use super::pool::Upstream;
 use super::upstream::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
-use super::upstream::{UpstreamBody, request_framing};
+use super::upstream::{SendError, UpstreamBody, request_framing};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -57,13 +57,13 @@ pub(crate) async fn forward(
         framing,
         &mut head,
     );
-    tokio::time::timeout(
-        timeout,
-        connections.send(&parts.method, &head, framing, body),
-    )
-    .await
-    .map_err(|_| ProxyError::Timeout)?
-    .map_err(|error| ProxyError::Unreachable(error.to_string()))
+    connections
+        .send(&parts.method, &head, framing, body, timeout)
+        .await
+        .map_err(|error| match error {
+            SendError::TimedOut => ProxyError::Timeout,
+            error => ProxyError::Unreachable(error.to_string()),
+        })
 }
 
 /// Rewrites `uri` to the request's path and query under `base`'s path, in origin form; a URI

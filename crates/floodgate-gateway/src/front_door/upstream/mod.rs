@@ -20,8 +20,9 @@
 
 pub mod wire;
 
+use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -34,7 +35,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::connection_loops::current_loop;
 use wire::{BodyDecoder, Decoded, RequestFraming, WireError};
@@ -48,13 +49,24 @@ const LOOP_LISTS: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Link {
+    socket: Socket,
+    /// When the exchange under way must have its answer head. One timer for the connection's
+    /// life, moved later for each request: that only updates its deadline, where a timer made
+    /// per request was put into the runtime's timer wheel and taken out again, 0.9 k of a
+    /// proxied request's 21.8 k instructions. Left armed while the link is idle, it may wake
+    /// its last request's task once, for nothing.
+    deadline: Pin<Box<Sleep>>,
+    idle_since: Instant,
+    /// The idle list of the thread it was opened on, where it goes back.
+    home: IdleLinks,
+}
+
+/// A link's connection and what has been read from it.
+struct Socket {
     stream: TcpStream,
     /// Read and not yet taken: the rest of the current answer. A link that holds bytes after its
     /// answer has ended is closed, not reused.
     read: BytesMut,
-    idle_since: Instant,
-    /// The idle list of the thread it was opened on, where it goes back.
-    home: IdleLinks,
 }
 
 /// Boxed: a link moves through each request's futures and answer body.
@@ -73,6 +85,9 @@ pub(crate) enum SendError {
     /// No connection could be made.
     #[error("cannot connect: {0}")]
     Connect(io::Error),
+    /// No answer head came before the deadline.
+    #[error("no answer in time")]
+    TimedOut,
     /// The exchange failed.
     #[error("connection failed: {0}")]
     Exchange(ExchangeError),
@@ -93,14 +108,21 @@ pub(crate) enum ExchangeError {
     /// The request's own body failed while it was being sent.
     #[error("request body: {0}")]
     RequestBody(axum::Error),
+    /// No answer head came before the deadline.
+    #[error("no answer in time")]
+    TimedOut,
 }
 
 impl Link {
     fn new(stream: TcpStream, home: IdleLinks) -> Self {
+        let now = Instant::now();
         Self {
-            stream,
-            read: BytesMut::new(),
-            idle_since: Instant::now(),
+            socket: Socket {
+                stream,
+                read: BytesMut::new(),
+            },
+            deadline: Box::pin(tokio::time::sleep_until(now)),
+            idle_since: now,
             home,
         }
     }
@@ -110,18 +132,20 @@ impl Link {
     fn usable(&self, now: Instant) -> bool {
         let mut probe = [0; 1];
         now.duration_since(self.idle_since) < IDLE_TIMEOUT
-            && matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+            && matches!(self.socket.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Forgets that the socket was readable once an answer is read to its end, so the next
     /// answer is awaited on the poller's event, and [`Self::usable`] needs no system call. A
     /// later byte or close is a new event, so none is missed.
     fn expect_silence(&self) {
-        let _ = self.stream.try_io(Interest::READABLE, || {
+        let _ = self.socket.stream.try_io(Interest::READABLE, || {
             Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
     }
+}
 
+impl Socket {
     /// Reads what has arrived into the read buffer; `Ok(0)` once the upstream has closed.
     fn poll_fill(&mut self, context: &mut Context<'_>) -> Poll<io::Result<usize>> {
         wire::make_read_room(&mut self.read);
@@ -251,6 +275,13 @@ impl Connections {
         Ok(Box::new(Link::new(stream, Arc::clone(self.home()))))
     }
 
+    /// A new link, connected by `deadline`.
+    async fn connect_by(&self, deadline: Instant) -> Result<Box<Link>, SendError> {
+        tokio::time::timeout_at(deadline, self.connect())
+            .await
+            .unwrap_or(Err(SendError::TimedOut))
+    }
+
     /// Opens connections until `count` are idle in the current thread's list (bounded by its
     /// size), for a surge that is about to come; how many it opened.
     pub(crate) async fn open(&self, count: usize) -> usize {
@@ -278,32 +309,39 @@ impl Connections {
     }
 
     /// Sends a request on an idle connection or a new one: its `head` (encoded with [`wire`],
-    /// `framing` said in it), then `body`; and reads the answer head. A `GET` or `HEAD` without
-    /// a body that fails on an idle connection (the upstream may have closed it meanwhile) is
-    /// sent once more on a new one: its head is all there is to send again.
+    /// `framing` said in it), then `body`; and reads the answer head, all within `timeout`. A
+    /// `GET` or `HEAD` without a body that fails on an idle connection (the upstream may have
+    /// closed it meanwhile) is sent once more on a new one: its head is all there is to send
+    /// again.
     pub(crate) async fn send(
         &self,
         method: &Method,
         head: &[u8],
         framing: RequestFraming,
         body: Body,
+        timeout: Duration,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let deadline = Instant::now() + timeout;
         let replayable =
             framing == RequestFraming::Empty && matches!(*method, Method::GET | Method::HEAD);
         let exchanged = match self.checkout() {
-            Some(link) => match exchange(link, head, body, framing, method).await {
+            Some(link) => match exchange(link, head, body, framing, method, deadline).await {
+                Err(ExchangeError::TimedOut) => return Err(SendError::TimedOut),
                 Err(_) if replayable => {
-                    let link = self.connect().await?;
-                    exchange(link, head, Body::empty(), framing, method).await
+                    let link = self.connect_by(deadline).await?;
+                    exchange(link, head, Body::empty(), framing, method, deadline).await
                 }
                 exchanged => exchanged,
             },
             None => {
-                let link = self.connect().await?;
-                exchange(link, head, body, framing, method).await
+                let link = self.connect_by(deadline).await?;
+                exchange(link, head, body, framing, method, deadline).await
             }
         };
-        let (link, answer) = exchanged.map_err(SendError::Exchange)?;
+        let (link, answer) = exchanged.map_err(|error| match error {
+            ExchangeError::TimedOut => SendError::TimedOut,
+            error => SendError::Exchange(error),
+        })?;
         let mut body = UpstreamBody {
             link: Some(link),
             keep_alive: answer.keep_alive,
@@ -322,16 +360,35 @@ impl Connections {
 }
 
 /// Sends a request (its encoded `head`, then `body` by `framing`) on `link`, and reads the
-/// answer head to it.
+/// answer head to it, by `deadline`.
 async fn exchange(
     mut link: Box<Link>,
     head: &[u8],
     body: Body,
     framing: RequestFraming,
     method: &Method,
+    deadline: Instant,
 ) -> Result<(Box<Link>, wire::ResponseHead), ExchangeError> {
-    link.send_request(head, body, framing).await?;
-    let answer = link.read_head(method).await?;
+    let answer = {
+        let Link {
+            socket,
+            deadline: timer,
+            ..
+        } = &mut *link;
+        timer.as_mut().reset(deadline);
+        let mut answered = pin!(async {
+            socket.send_request(head, body, framing).await?;
+            socket.read_head(method).await
+        });
+        std::future::poll_fn(|context| {
+            if let Poll::Ready(answer) = answered.as_mut().poll(context) {
+                return Poll::Ready(answer);
+            }
+            ready!(timer.as_mut().poll(context));
+            Poll::Ready(Err(ExchangeError::TimedOut))
+        })
+        .await?
+    };
     Ok((link, answer))
 }
 
@@ -350,7 +407,7 @@ impl UpstreamBody {
         let Some(mut link) = self.link.take() else {
             return;
         };
-        if !self.keep_alive || !link.read.is_empty() {
+        if !self.keep_alive || !link.socket.read.is_empty() {
             return;
         }
         link.expect_silence();
@@ -386,7 +443,7 @@ impl http_body::Body for UpstreamBody {
             let Some(link) = this.link.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.decoder.decode(&mut link.read) {
+            match this.decoder.decode(&mut link.socket.read) {
                 Ok(Decoded::Data(data)) => {
                     // The server stops polling once a body says it has ended, so the last
                     // piece is the moment to give the connection back.
@@ -399,7 +456,7 @@ impl http_body::Body for UpstreamBody {
                     this.release();
                     return Poll::Ready(None);
                 }
-                Ok(Decoded::NeedMore) => match ready!(link.poll_fill(context)) {
+                Ok(Decoded::NeedMore) => match ready!(link.socket.poll_fill(context)) {
                     Ok(0) => {
                         this.link = None;
                         if let Err(error) = this.decoder.finish_at_close() {
@@ -436,10 +493,19 @@ mod tests {
 
     use super::*;
 
-    /// An origin that answers the first request on each connection, keeps the connection, and
-    /// closes it when the next request arrives, as one whose keep-alive timeout struck just as
-    /// the request went out; the requests it has seen, counted.
-    async fn forgetful_origin() -> (Connections, Arc<AtomicUsize>) {
+    /// What an origin does with the second request on a connection.
+    #[derive(Clone, Copy)]
+    enum Second {
+        /// Closes the connection, as one whose keep-alive timeout struck just as the request
+        /// went out.
+        Closes,
+        /// Never answers, holding the connection open.
+        Hangs,
+    }
+
+    /// An origin that answers the first request on each connection and treats the second as
+    /// `second` says; the requests it has seen, counted.
+    async fn origin(second: Second) -> (Connections, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -459,38 +525,64 @@ mod tests {
                             stream.write_all(answer).await.unwrap();
                         }
                     }
+                    if let Second::Hangs = second {
+                        // Until the client gives up and closes.
+                        while stream.read(&mut buffer).await.unwrap_or(0) > 0 {}
+                    }
                 });
             }
         });
         (Connections::to(authority), requests)
     }
 
-    /// Sends `method /page` with `body`.
+    /// Sends `method /page` with `body`, to be answered within `timeout`.
     async fn send(
         connections: &Connections,
         method: Method,
         body: &'static str,
+        timeout: Duration,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let body = Body::from(body);
         let framing = request_framing(&method, &body);
         let mut head = Vec::new();
         wire::encode_request_line(&method, "/page", &mut head);
         wire::encode_head_end(framing, &mut head);
-        connections.send(&method, &head, framing, body).await
+        connections
+            .send(&method, &head, framing, body, timeout)
+            .await
     }
 
     /// Sends a request and reads its answer to the end, so its connection goes back idle.
     async fn exchange_whole(connections: &Connections, method: Method) -> Option<StatusCode> {
         let body = if method == Method::POST { "{}" } else { "" };
-        let answer = send(connections, method, body).await.ok()?;
+        let answer = send(connections, method, body, Duration::from_secs(60))
+            .await
+            .ok()?;
         let status = answer.status();
         answer.into_body().collect().await.ok()?;
         Some(status)
     }
 
     #[tokio::test]
+    async fn a_kept_connection_holds_each_request_to_its_own_deadline() {
+        let (connections, requests) = origin(Second::Hangs).await;
+        // A minute for the first request, then 50 ms on the same connection: its timer is
+        // moved earlier, not only later.
+        let first = exchange_whole(&connections, Method::GET).await;
+        assert_eq!(first, Some(StatusCode::OK));
+        let started = Instant::now();
+        let second = send(&connections, Method::GET, "", Duration::from_millis(50)).await;
+        assert!(matches!(second, Err(SendError::TimedOut)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            requests.load(Ordering::SeqCst) <= 2,
+            "a request that timed out is not sent again"
+        );
+    }
+
+    #[tokio::test]
     async fn a_get_that_finds_its_idle_connection_closed_goes_again_on_a_new_one() {
-        let (connections, requests) = forgetful_origin().await;
+        let (connections, requests) = origin(Second::Closes).await;
         let first = exchange_whole(&connections, Method::GET).await;
         assert_eq!(first, Some(StatusCode::OK));
         let second = exchange_whole(&connections, Method::GET).await;
@@ -504,10 +596,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_post_is_never_sent_twice() {
-        let (connections, requests) = forgetful_origin().await;
+        let (connections, requests) = origin(Second::Closes).await;
         let first = exchange_whole(&connections, Method::POST).await;
         assert_eq!(first, Some(StatusCode::OK));
-        let second = send(&connections, Method::POST, "{}").await;
+        let second = send(&connections, Method::POST, "{}", Duration::from_secs(60)).await;
         assert!(matches!(second, Err(SendError::Exchange(_))));
         assert_eq!(requests.load(Ordering::SeqCst), 2);
     }

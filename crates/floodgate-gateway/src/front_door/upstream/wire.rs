@@ -14,6 +14,8 @@ use std::mem::MaybeUninit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::request_id::REQUEST_ID;
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1). A `static`: a
 /// `const` array would be built (and dropped) again at every use.
 pub static HOP_BY_HOP: [HeaderName; 8] = [
@@ -357,7 +359,9 @@ fn content_length(digits: &[u8]) -> Result<u64, WireError> {
 /// of a head. Those that describe the connection are left out: the hop-by-hop ones and any
 /// `Connection` names (RFC 9110 §7.6.1), which is the proxy's duty, done here in the pass that
 /// reads them. So is the length of a body, which the client's side writes itself; an answer
-/// without one (to `HEAD`, a `304`) keeps it, as it tells the length a `GET` would get.
+/// without one (to `HEAD`, a `304`) keeps it, as it tells the length a `GET` would get. So is
+/// the upstream's `X-Request-Id`: every answer carries the request's own
+/// (`request_id::stamp`).
 fn message_lines(
     lines: &[httparse::Header<'_>],
     facts: &LineFacts<'_>,
@@ -365,7 +369,7 @@ fn message_lines(
     head_length: usize,
 ) -> HeaderLines {
     let without_length = framing != ResponseFraming::Empty;
-    let mut kept = HeaderLines::with_capacity(head_length);
+    let mut kept = HeaderLines::with_capacity(head_length + ADDED_LINES_ROOM);
     for line in lines {
         let name = line.name.as_bytes();
         let named_by_connection = || {
@@ -380,6 +384,7 @@ fn message_lines(
         if hop_by_hop
             || (facts.names_headers && named_by_connection())
             || (without_length && name.eq_ignore_ascii_case(CONTENT_LENGTH.as_bytes()))
+            || name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes())
         {
             continue;
         }
@@ -454,28 +459,6 @@ impl HeaderLines {
         })
     }
 
-    /// Whether a line is named `name` (in any case).
-    pub fn contains(&self, name: &str) -> bool {
-        let name = name.as_bytes();
-        self.lines().any(|line| {
-            line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name)
-        })
-    }
-
-    /// Leaves out the lines named `name` (in any case).
-    pub fn remove(&mut self, name: &str) {
-        if !self.contains(name) {
-            return;
-        }
-        let mut kept = Self::with_capacity(self.bytes.len());
-        for (line, value) in self.iter() {
-            if !line.eq_ignore_ascii_case(name.as_bytes()) {
-                kept.push(line, value);
-            }
-        }
-        *self = kept;
-    }
-
     /// The lines as a header map; none are lost, having been checked when they were read.
     pub fn to_header_map(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -489,6 +472,10 @@ impl HeaderLines {
         headers
     }
 }
+
+/// Room kept in an answer's [`HeaderLines`] for the lines the gateway adds (`Via`, and an
+/// `X-Request-Id` of up to 128 bytes), so adding them does not copy the lines to a larger buffer.
+const ADDED_LINES_ROOM: usize = 192;
 
 /// The elements of a comma-separated header value, trimmed, empty ones left out.
 fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -797,23 +784,30 @@ mod tests {
         );
     }
 
+    /// Whether `lines` has one named `name` (in any case).
+    fn has_line(lines: &HeaderLines, name: &str) -> bool {
+        lines
+            .iter()
+            .any(|(line, _)| line.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
     #[test]
-    fn header_lines_are_read_back_and_left_out_by_name() {
+    fn header_lines_are_read_back_as_a_map() {
         let mut lines = HeaderLines::default();
-        lines.push(b"X-Request-Id", b"up-1");
         lines.push(b"Cache-Control", b"no-store");
-        lines.push(b"x-request-id", b"up-2");
-        assert!(lines.contains("x-REQUEST-id"));
-        lines.remove("x-request-id");
-        assert_eq!(lines.as_bytes(), b"Cache-Control: no-store\r\n");
-        let empty_value = {
-            let mut lines = HeaderLines::default();
-            lines.push(b"X-Empty", b"");
-            lines.to_header_map()
-        };
-        assert_eq!(empty_value["x-empty"], "");
-        lines.remove("absent");
-        assert_eq!(lines.to_header_map()["cache-control"], "no-store");
+        lines.push(b"X-Empty", b"");
+        lines.push(b"cache-control", b"private");
+        let headers = lines.to_header_map();
+        assert_eq!(headers["x-empty"], "");
+        let controls: Vec<_> = headers.get_all("cache-control").iter().collect();
+        assert_eq!(controls, ["no-store", "private"]);
+    }
+
+    #[test]
+    fn an_upstreams_request_id_is_left_for_the_gateways_own() {
+        let wire = b"HTTP/1.1 200 OK\r\nX-Request-Id: up-1\r\nETag: \"v1\"\r\n\r\n";
+        let parsed = head(wire, &Method::GET).unwrap().unwrap();
+        assert_eq!(parsed.lines.as_bytes(), b"ETag: \"v1\"\r\n");
     }
 
     #[test]
@@ -822,7 +816,7 @@ mod tests {
                      5\r\nhello\r\n0\r\n\r\n";
         let parsed = head(wire, &Method::GET).unwrap().unwrap();
         assert_eq!(parsed.framing, ResponseFraming::Chunked);
-        assert!(!parsed.lines.contains("content-length"));
+        assert!(!has_line(&parsed.lines, "content-length"));
         assert!(!parsed.keep_alive);
         assert_eq!(body_of(wire, 7, &Method::GET).unwrap().0, b"hello");
     }
@@ -834,7 +828,7 @@ mod tests {
                      HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
         let parsed = head(wire, &Method::POST).unwrap().unwrap();
         assert_eq!(parsed.status, StatusCode::CREATED);
-        assert!(!parsed.lines.contains("link"));
+        assert!(!has_line(&parsed.lines, "link"));
         let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
         assert!(head(switching, &Method::GET).is_err());
     }
