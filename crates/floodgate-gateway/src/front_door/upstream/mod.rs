@@ -254,9 +254,8 @@ impl Connections {
         &self.idle[current_loop().map_or(0, |index| 1 + index % LOOP_LISTS)]
     }
 
-    /// A usable idle link of the current thread's.
-    fn checkout(&self) -> Option<Box<Link>> {
-        let now = Instant::now();
+    /// A usable idle link of the current thread's, `now`.
+    fn checkout(&self, now: Instant) -> Option<Box<Link>> {
         let mut links = self.home().lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(link) = links.pop() {
             if link.usable(now) {
@@ -321,10 +320,11 @@ impl Connections {
         body: Body,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now + timeout;
         let replayable =
             framing == RequestFraming::Empty && matches!(*method, Method::GET | Method::HEAD);
-        let exchanged = match self.checkout() {
+        let exchanged = match self.checkout(now) {
             Some(link) => match exchange(link, head, body, framing, method, deadline).await {
                 Err(ExchangeError::TimedOut) => return Err(SendError::TimedOut),
                 Err(_) if replayable => {
