@@ -59,7 +59,8 @@ nginx_temp_paths() {
 
 # Runs wrk against $1 (with the Lua script $2, if given) using THREADS, CONNECTIONS, DURATION.
 # Prints "requests_per_second p99_ms non_2xx"; with CPU_OF set to process ids, two more fields:
-# the CPU time (user + system) those processes and wrk itself spent per request, in µs.
+# the CPU time (user + system) those processes and wrk itself spent per request, in µs. With
+# WRK_LOG set to a file, wrk's whole report is appended to it.
 run_wrk() {
   local out before ticks=0 wrk_cpu="" timing="$work/wrk-time.$BASHPID" TIMEFORMAT='%U %S'
   if [ -n "${2:-}" ]; then set -- wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1"
@@ -71,6 +72,7 @@ run_wrk() {
     wrk_cpu=$(<"$timing")
   fi
   rm -f "$timing"
+  [ -z "${WRK_LOG:-}" ] || printf '%s\n%s\n' "$*" "$out" >> "$WRK_LOG"
   python3 - "$out" "$ticks" "$(getconf CLK_TCK)" "$wrk_cpu" <<'PY'
 import re, sys
 out, ticks, ticks_per_second, wrk_cpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

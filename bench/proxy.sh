@@ -6,6 +6,7 @@
 #
 #   bash bench/proxy.sh                  # defaults: wrk 2 threads, 64 connections, 10 s, 3 rounds
 #   CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/proxy.sh
+#   WRK_LOG=/tmp/wrk.log bash bench/proxy.sh   # also keeps each wrk report (latency percentiles)
 #
 # Prints medians of requests/s and p99 and the ratios floodgate/nginx (targets: throughput
 # >= 1.0, p99 <= 1.0), and the CPU each proxy spent per request (/proc). Only loopback
