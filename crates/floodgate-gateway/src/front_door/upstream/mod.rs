@@ -113,6 +113,15 @@ pub(crate) enum ExchangeError {
     TimedOut,
 }
 
+impl From<ExchangeError> for SendError {
+    fn from(error: ExchangeError) -> Self {
+        match error {
+            ExchangeError::TimedOut => Self::TimedOut,
+            error => Self::Exchange(error),
+        }
+    }
+}
+
 impl Link {
     fn new(stream: TcpStream, home: IdleLinks) -> Self {
         let now = Instant::now();
@@ -326,8 +335,8 @@ impl Connections {
             framing == RequestFraming::Empty && matches!(*method, Method::GET | Method::HEAD);
         let exchanged = match self.checkout(now) {
             Some(link) => match exchange(link, head, body, framing, method, deadline).await {
-                Err(ExchangeError::TimedOut) => return Err(SendError::TimedOut),
-                Err(_) if replayable => {
+                // Not when out of time: the deadline is the whole request's.
+                Err(error) if replayable && !matches!(error, ExchangeError::TimedOut) => {
                     let link = self.connect_by(deadline).await?;
                     exchange(link, head, Body::empty(), framing, method, deadline).await
                 }
@@ -338,10 +347,7 @@ impl Connections {
                 exchange(link, head, body, framing, method, deadline).await
             }
         };
-        let (link, answer) = exchanged.map_err(|error| match error {
-            ExchangeError::TimedOut => SendError::TimedOut,
-            error => SendError::Exchange(error),
-        })?;
+        let (link, answer) = exchanged?;
         let mut body = UpstreamBody {
             link: Some(link),
             keep_alive: answer.keep_alive,
