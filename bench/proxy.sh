@@ -7,6 +7,7 @@
 #   bash bench/proxy.sh                  # defaults: wrk 2 threads, 64 connections, 10 s, 3 rounds
 #   CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/proxy.sh
 #   WRK_LOG=/tmp/wrk.log bash bench/proxy.sh   # also keeps each wrk report (latency percentiles)
+#   REFERENCE=bare bash bench/proxy.sh   # nginx passing requests on without forwarding headers
 #
 # Prints medians of requests/s and p99 and the ratios floodgate/nginx (targets: throughput
 # >= 1.0, p99 <= 1.0), and the CPU each proxy spent per request (/proc). Only loopback
@@ -46,13 +47,27 @@ start_nginx origin 1 "server { listen 127.0.0.1:$origin_port;
   location / { default_type text/html; add_header Cache-Control 'public, max-age=60';
     return 200 '<!doctype html><title>Muskie rod</title><p>In stock: 500 units.</p>'; } }"
 
+# What floodgate adds to every proxied request and answer, as an nginx reverse proxy is
+# configured to add it: the client's address, scheme and host, a request id (the same 32 hex
+# digits) and Via. Without them the reference would do less than the issue asks of floodgate,
+# and the origin would parse fewer headers behind it. REFERENCE=bare leaves them out.
+forwarded_headers() {
+  [ "${REFERENCE:-}" = bare ] && return
+  printf '%s ' 'proxy_set_header Host $http_host;' 'proxy_set_header X-Request-Id $request_id;' \
+    'proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;' \
+    'proxy_set_header X-Forwarded-Proto $scheme;' 'proxy_set_header X-Forwarded-Host $http_host;' \
+    "proxy_set_header Via '1.1 nginx';" 'add_header X-Request-Id $request_id;' \
+    "add_header Via '1.1 nginx';"
+}
+
 start_proxy_nginx() { # workers cache(on|off); sets nginx_url
   local port; port=$(free_port)
   local cache=""
   [ "$2" = on ] && cache="proxy_cache pages; proxy_cache_valid 200 60s;"
   start_nginx "nginx-$1-$2" "$1" "upstream origin { server 127.0.0.1:$origin_port; keepalive 256; }
   server { listen 127.0.0.1:$port;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ''; $cache } }"
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
+      $(forwarded_headers) $cache } }"
   nginx_url="http://127.0.0.1:$port/shop/rods/muskie"
 }
 
@@ -78,7 +93,7 @@ CONF
 }
 
 
-echo "wrk threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc)"
+echo "wrk threads=$THREADS connections=$CONNECTIONS duration=$DURATION rounds=$ROUNDS cores=$(nproc) reference=${REFERENCE:-forwarding}"
 summary=()
 for cache in off on; do
   for workers in 1 2; do
@@ -86,6 +101,8 @@ for cache in off on; do
     start_floodgate "$workers" "$cache"
     sleep 0.5
     curl -sf -o /dev/null "$nginx_url" && curl -sf -o /dev/null "$floodgate_url"
+    [ "${REFERENCE:-}" = bare ] || curl -sfI "$nginx_url" | grep -qi '^x-request-id:' ||
+      { echo "nginx's answer lacks the forwarding headers" >&2; exit 1; }
     nginx_procs=$(with_children "${pids[-2]}")
     n_runs=(); f_runs=()
     for round in $(seq "$ROUNDS"); do
