@@ -218,3 +218,60 @@ launch_floodgate() {
   public=$(sed -n 's/^floodgate public //p' "$2")
   admin=$(sed -n 's/^floodgate admin //p' "$2")
 }
+
+# Runs `floodgate loadtest` on scenario $1 against $2; prints the run's directory.
+loadtest() {
+  local dir
+  "$FLOODGATE" loadtest "$1" --target "$2" --runs-dir "$work/runs" --quiet > "$work/summary.md" 2> "$work/loadtest.err" || true
+  dir=$(sed -n 's/^run stored in //p' "$work/loadtest.err")
+  [ -n "$dir" ] || { cat "$work/loadtest.err" >&2; exit 1; }
+  echo "$dir"
+}
+
+# Runs `floodgate loadtest` at a constant $1 arrivals/s for DURATION against $2 (a base URL),
+# each arrival one GET of the path $3, over at most CONNECTIONS connections from
+# GENERATOR_THREADS lanes (default: as many as wrk's THREADS). Open-model, so both targets of
+# a comparison get the same load whatever their speed, unlike wrk's closed loop. Prints
+# "kept_up answers_per_second p99_ms": kept_up is 1 when the generator kept its schedule and
+# the answers kept pace with the arrivals; the p99 counts from each request's intended start,
+# so a stall is not hidden by the requests it holds back. The first and last seconds are left
+# out (connections opening, the drain).
+paced_run() {
+  local dir seconds=${DURATION%s}
+  cat > "$work/paced.toml" <<TOML
+name = "paced"
+[arrivals]
+shape = "constant"
+rate = $1
+duration_s = $seconds
+[http]
+max_connections = $CONNECTIONS
+[generator]
+drain_s = 10
+threads = ${GENERATOR_THREADS:-$THREADS}
+[[journeys]]
+name = "fixed"
+[[journeys.steps]]
+name = "get"
+get = "$3"
+TOML
+  dir=$(loadtest "$work/paced.toml" "$2")
+  python3 - "$dir/run.json" "$seconds" "$1" <<'PY'
+import json, sys
+record = json.load(open(sys.argv[1]))
+seconds, offered = int(sys.argv[2]), int(sys.argv[3])
+window = [s for s in record["timeline"] if 1 <= s["second"] < seconds - 1]
+answers = sum(sum(s["statuses"].values()) for s in window)
+pairs = sorted((v, c) for s in window for v, c in s["steps"].get("fixed/get", {}).get("response", []))
+total, seen, p99 = sum(c for _, c in pairs), 0, 0.0
+for v, c in pairs:
+    seen += c
+    if seen >= 0.99 * total:
+        p99 = v / 1000
+        break
+achieved = answers / len(window)
+# A target that falls behind turns an open-model run into a closed loop over the connections.
+kept_up = not record["generator"]["invalid"] and achieved >= 0.98 * offered
+print(int(kept_up), round(achieved), f"{p99:.2f}")
+PY
+}

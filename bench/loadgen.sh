@@ -26,62 +26,11 @@ source "$here/lib.sh"
 bench_setup
 PART=${PART:-all}
 SHOPPERS=${SHOPPERS:-300000}
-# As many lanes as wrk has threads.
-GENERATOR_THREADS=${GENERATOR_THREADS:-$THREADS}
-seconds=${DURATION%s}
 
-# Runs "floodgate loadtest" on scenario $1 against $2; prints the run directory.
-loadtest() {
-  local dir
-  "$FLOODGATE" loadtest "$1" --target "$2" --runs-dir "$work/runs" --quiet > "$work/summary.md" 2> "$work/loadtest.err" || true
-  dir=$(sed -n 's/^run stored in //p' "$work/loadtest.err")
-  [ -n "$dir" ] || { cat "$work/loadtest.err" >&2; exit 1; }
-  echo "$dir"
-}
-
-# Runs a constant-rate scenario of $1 arrivals/s against nginx; sets kept_up (1 when the run
-# kept up), achieved (answers/s) and p99_lt (ms from intended start).
+# One constant-rate run of $1 arrivals/s against nginx; sets kept_up, achieved and p99_lt.
 constant_run() {
-  local offered=$1 dir
-  cat > "$work/constant.toml" <<TOML
-name = "loadgen-constant"
-[arrivals]
-shape = "constant"
-rate = $offered
-duration_s = $seconds
-[http]
-max_connections = $CONNECTIONS
-[generator]
-drain_s = 10
-threads = $GENERATOR_THREADS
-[[journeys]]
-name = "fixed"
-[[journeys.steps]]
-name = "get"
-get = "/"
-TOML
-  dir=$(loadtest "$work/constant.toml" "http://127.0.0.1:$nginx_port")
-  read -r kept_up achieved p99_lt < <(python3 - "$dir/run.json" "$seconds" "$offered" <<'PY'
-import json, sys
-record = json.load(open(sys.argv[1]))
-seconds = int(sys.argv[2])
-# The schedule's whole seconds, less the first (connections opening) and the last.
-window = [s for s in record["timeline"] if 1 <= s["second"] < seconds - 1]
-answers = sum(sum(s["statuses"].values()) for s in window)
-pairs = sorted((v, c) for s in window for v, c in s["steps"].get("fixed/get", {}).get("response", []))
-total, seen, p99 = sum(c for _, c in pairs), 0, 0.0
-for v, c in pairs:
-    seen += c
-    if seen >= 0.99 * total:
-        p99 = v / 1000
-        break
-achieved = answers / len(window)
-# Kept up: the generator met its schedule, and the answers kept pace with the arrivals (a
-# target that falls behind turns an open-model run into a closed loop over the connections).
-kept_up = not record["generator"]["invalid"] and achieved >= 0.98 * int(sys.argv[3])
-print(int(kept_up), round(achieved), f"{p99:.2f}")
-PY
-)
+  local offered=$1
+  read -r kept_up achieved p99_lt < <(paced_run "$offered" "http://127.0.0.1:$nginx_port" /)
   echo "round $round   loadtest offered $offered/s: $achieved answers/s, kept up=$kept_up, p99 from intended start $p99_lt ms"
 }
 

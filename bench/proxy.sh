@@ -2,7 +2,11 @@
 # Reverse proxying to one origin (nginx serving a small fixed page): the same wrk load through
 # (a) nginx as a reverse proxy and (b) floodgate, each with the same number of worker threads
 # (1, then 2), measured in one run; then the same with caching on (nginx proxy_cache hits vs
-# floodgate edge-cache hits).
+# floodgate edge-cache hits). After each closed-loop comparison, the p99 of both at one offered
+# rate (open-model, from `floodgate loadtest`): PACED_SHARE (default 0.5) of the slower one's
+# closed-loop rate. wrk's closed loop offers a faster proxy more load, and once wrk's own
+# threads are the bottleneck (as with cache hits) its p99 is theirs waiting for a core; at one
+# rate the tails compare the proxies.
 #
 #   bash bench/proxy.sh                  # defaults: wrk 2 threads, 64 connections, 10 s, 3 rounds
 #   CONNECTIONS=128 DURATION=15s ROUNDS=5 bash bench/proxy.sh
@@ -10,13 +14,15 @@
 #   REFERENCE=bare bash bench/proxy.sh   # nginx passing requests on without forwarding headers
 #
 # Prints medians of requests/s and p99 and the ratios floodgate/nginx (targets: throughput
-# >= 1.0, p99 <= 1.0), and the CPU each proxy spent per request (/proc). Only loopback
-# addresses are used.
+# >= 1.0, p99 <= 1.0), the CPU each proxy spent per request (/proc), and the paced p99s and
+# their ratio. Only loopback addresses are used.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 bench_setup
+PACED_SHARE=${PACED_SHARE:-0.5}
+page=/shop/rods/muskie
 
 start_nginx() { # name workers server-block
   local dir="$work/$1"
@@ -60,7 +66,7 @@ forwarded_headers() {
     "add_header Via '1.1 nginx';"
 }
 
-start_proxy_nginx() { # workers cache(on|off); sets nginx_url
+start_proxy_nginx() { # workers cache(on|off); sets nginx_base
   local port; port=$(free_port)
   local cache=""
   [ "$2" = on ] && cache="proxy_cache pages; proxy_cache_valid 200 60s;"
@@ -68,10 +74,10 @@ start_proxy_nginx() { # workers cache(on|off); sets nginx_url
   server { listen 127.0.0.1:$port;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
       $(forwarded_headers) $cache } }"
-  nginx_url="http://127.0.0.1:$port/shop/rods/muskie"
+  nginx_base="http://127.0.0.1:$port"
 }
 
-start_floodgate() { # workers cache(on|off); sets floodgate_url
+start_floodgate() { # workers cache(on|off); sets floodgate_base
   local dir="$work/floodgate-$1-$2"
   mkdir -p "$dir"
   local route=""
@@ -89,7 +95,7 @@ max_concurrency = 4096
 $route
 CONF
   launch_floodgate "$dir/floodgate.toml" "$dir/out"
-  floodgate_url="$public/shop/rods/muskie"
+  floodgate_base=$public
 }
 
 
@@ -100,6 +106,7 @@ for cache in off on; do
     start_proxy_nginx "$workers" "$cache"
     start_floodgate "$workers" "$cache"
     sleep 0.5
+    nginx_url=$nginx_base$page floodgate_url=$floodgate_base$page
     curl -sf -o /dev/null "$nginx_url" && curl -sf -o /dev/null "$floodgate_url"
     [ "${REFERENCE:-}" = bare ] || curl -sfI "$nginx_url" | grep -qi '^x-request-id:' ||
       { echo "nginx's answer lacks the forwarding headers" >&2; exit 1; }
@@ -116,6 +123,17 @@ for cache in off on; do
     read -r n n99 _ ncpu _ < <(printf '%s\n' "${n_runs[@]}" | median_fields)
     read -r f f99 _ fcpu _ < <(printf '%s\n' "${f_runs[@]}" | median_fields)
     summary+=("cache=$cache workers=$workers: nginx ${n%.*} req/s p99 $n99 ms cpu $ncpu µs | floodgate ${f%.*} req/s p99 $f99 ms cpu $fcpu µs | throughput ratio $(ratio "$f" "$n") (target >= 1.0), p99 ratio $(ratio "$f99" "$n99") (target <= 1.0)")
+    offered=$(python3 -c "print(round(min($n, $f) * $PACED_SHARE))")
+    n_paced=(); f_paced=()
+    for round in $(seq "$ROUNDS"); do
+      n_paced+=("$(paced_run "$offered" "$nginx_base" "$page")")
+      echo "cache=$cache workers=$workers round $round paced at $offered/s: nginx     (kept up, answers/s, p99 ms) ${n_paced[-1]}"
+      f_paced+=("$(paced_run "$offered" "$floodgate_base" "$page")")
+      echo "cache=$cache workers=$workers round $round paced at $offered/s: floodgate (kept up, answers/s, p99 ms) ${f_paced[-1]}"
+    done
+    read -r n_kept _ n99 < <(printf '%s\n' "${n_paced[@]}" | median_fields)
+    read -r f_kept _ f99 < <(printf '%s\n' "${f_paced[@]}" | median_fields)
+    summary+=("  paced at $offered/s: nginx p99 $n99 ms | floodgate p99 $f99 ms | p99 ratio $(ratio "$f99" "$n99") (kept up in most rounds: nginx ${n_kept%.*}, floodgate ${f_kept%.*})")
     for pid in "${pids[@]: -2}"; do kill "$pid" 2>/dev/null || true; done
   done
 done
