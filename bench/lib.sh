@@ -5,8 +5,23 @@
 # Reads THREADS, CONNECTIONS, DURATION, ROUNDS (with defaults); sets root, work (a temporary
 # directory), pids (stopped, and work removed, on exit), NGINX and FLOODGATE (this checkout's
 # release build, unless FLOODGATE already names a binary: to measure another build).
+#
+# GENERATOR_CORES=K puts the load generators (wrk, `floodgate loadtest`) on the last K cores
+# and nginx and floodgate on the others, as a separate client machine would be; THREADS then
+# defaults to K. Sets server_cores, and the command prefixes on_generator and on_servers
+# (empty when the cores are shared, the default).
 bench_setup() {
-  THREADS=${THREADS:-2}
+  GENERATOR_CORES=${GENERATOR_CORES:-0}
+  local cores; cores=$(nproc)
+  [[ $GENERATOR_CORES =~ ^[0-9]+$ ]] && [ "$GENERATOR_CORES" -lt "$cores" ] ||
+    { echo "GENERATOR_CORES must be a whole number below the $cores cores here" >&2; exit 2; }
+  server_cores=$((cores - GENERATOR_CORES))
+  on_generator=(); on_servers=()
+  if [ "$GENERATOR_CORES" -gt 0 ]; then
+    on_generator=(taskset -c "$server_cores-$((cores - 1))")
+    on_servers=(taskset -c "0-$((server_cores - 1))")
+  fi
+  THREADS=${THREADS:-$([ "$GENERATOR_CORES" -gt 0 ] && echo "$GENERATOR_CORES" || echo 2)}
   CONNECTIONS=${CONNECTIONS:-64}
   DURATION=${DURATION:-10s}
   ROUNDS=${ROUNDS:-3}
@@ -63,8 +78,8 @@ nginx_temp_paths() {
 # WRK_LOG set to a file, wrk's whole report is appended to it.
 run_wrk() {
   local out before ticks=0 wrk_cpu="" timing="$work/wrk-time.$BASHPID" TIMEFORMAT='%U %S'
-  if [ -n "${2:-}" ]; then set -- wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1"
-  else set -- wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1"; fi
+  if [ -n "${2:-}" ]; then set -- -s "$2" "$1"; else set -- "$1"; fi
+  set -- ${on_generator[@]+"${on_generator[@]}"} wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@"
   before=$(cpu_ticks ${CPU_OF:-})
   { time out=$("$@"); } 2> "$timing"
   if [ -n "${CPU_OF:-}" ]; then
@@ -113,13 +128,13 @@ with_children() {
   echo "$1" $(pgrep -P "$1")
 }
 
-# Starts nginx in directory $1 on a free port, one worker per core, answering every request
+# Starts nginx in directory $1 on a free port, one worker per server core, answering every request
 # with a fixed 200 and the JSON body $2; sets nginx_port and adds its pid to pids.
 start_fixed_nginx() {
   nginx_port=$(free_port)
   mkdir -p "$1"
   cat > "$1/nginx.conf" <<CONF
-worker_processes $(nproc);
+worker_processes $server_cores;
 daemon off;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
@@ -134,7 +149,7 @@ http {
   }
 }
 CONF
-  "$NGINX" -c "$1/nginx.conf" -p "$1" &
+  ${on_servers[@]+"${on_servers[@]}"} "$NGINX" -c "$1/nginx.conf" -p "$1" &
   pids+=($!)
 }
 
@@ -210,7 +225,7 @@ put_drop() {
 # under the command in the array `wrap` if the script set one (valgrind, say); sets public and
 # admin to its listeners' URLs and adds its pid to pids.
 launch_floodgate() {
-  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error ${wrap[@]+"${wrap[@]}"} "$FLOODGATE" serve \
+  FLOODGATE_ADMIN_TOKEN=bench RUST_LOG=error ${on_servers[@]+"${on_servers[@]}"} ${wrap[@]+"${wrap[@]}"} "$FLOODGATE" serve \
     --config "$1" > "$2" &
   pids+=($!)
   # Long enough for a start under valgrind; a plain start announces within milliseconds.
@@ -222,7 +237,7 @@ launch_floodgate() {
 # Runs `floodgate loadtest` on scenario $1 against $2; prints the run's directory.
 loadtest() {
   local dir
-  "$FLOODGATE" loadtest "$1" --target "$2" --runs-dir "$work/runs" --quiet > "$work/summary.md" 2> "$work/loadtest.err" || true
+  ${on_generator[@]+"${on_generator[@]}"} "$FLOODGATE" loadtest "$1" --target "$2" --runs-dir "$work/runs" --quiet > "$work/summary.md" 2> "$work/loadtest.err" || true
   dir=$(sed -n 's/^run stored in //p' "$work/loadtest.err")
   [ -n "$dir" ] || { cat "$work/loadtest.err" >&2; exit 1; }
   echo "$dir"
