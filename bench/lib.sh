@@ -20,8 +20,9 @@ bench_setup() {
   if [ "$GENERATOR_CORES" -gt 0 ]; then
     on_generator=(taskset -c "$server_cores-$((cores - 1))")
     on_servers=(taskset -c "0-$((server_cores - 1))")
+    THREADS=${THREADS:-$GENERATOR_CORES}
   fi
-  THREADS=${THREADS:-$([ "$GENERATOR_CORES" -gt 0 ] && echo "$GENERATOR_CORES" || echo 2)}
+  THREADS=${THREADS:-2}
   CONNECTIONS=${CONNECTIONS:-64}
   DURATION=${DURATION:-10s}
   ROUNDS=${ROUNDS:-3}
