@@ -97,6 +97,9 @@ pub enum ApiError {
     /// A request head over the size limits; the connection closes after the answer.
     #[error("the request head is too large (at most 64 KiB and 100 lines)")]
     HeadTooLarge,
+    /// A method a gateway does not serve (`CONNECT`, `TRACE`).
+    #[error("this method is not served")]
+    MethodNotServed,
     /// A request body in a transfer coding floodgate does not decode.
     #[error("the request body's transfer coding is not supported")]
     UnsupportedTransferCoding,
@@ -147,6 +150,7 @@ impl ApiError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
             ),
+            Self::MethodNotServed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::UnsupportedTransferCoding => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

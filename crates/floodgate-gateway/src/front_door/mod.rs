@@ -347,23 +347,8 @@ impl FrontDoor {
     /// Answers one request that none of floodgate's own endpoints took, marked with the class
     /// that served it.
     pub(crate) async fn handle(&self, request: Request<Body>, client: &ClientAddr) -> Response {
-        // One Host at most (RFC 9112 §3.2): given two, the cache and the origin could each go
-        // by a different one.
-        if request
-            .headers()
-            .get_all(header::HOST)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            return refusal(
-                wants_html(request.headers()),
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "a request names one host",
-                None,
-            );
-        }
+        // The server has put the path in its one normal form and checked the one `Host`
+        // (`server::request_target`): the route matched here is the path the origin is sent.
         let Some(route) = self.route(request.method(), request.uri().path()) else {
             self.not_found.fetch_add(1, Ordering::Relaxed);
             return refusal(

@@ -9,6 +9,7 @@
 mod connection;
 mod date;
 mod request_head;
+mod request_target;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use bytes::BytesMut;
 
+use super::request_target::{TargetRefusal, normalise_target};
 use crate::error::ApiError;
 use crate::front_door::wire::{FramingRefusal, LineFacts, RequestFraming};
 
@@ -82,7 +83,7 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
         headers.push((name, value));
     }
     let head = buffer.split_to(length).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target))
+    let mut uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| ApiError::MalformedRequest("the request target is malformed"))?;
     // Room for the request id the gateway adds: growing a full map rehashes it.
     let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
@@ -91,14 +92,19 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
             .map_err(|_| ApiError::MalformedRequest("a header value is malformed"))?;
         header_map.append(name, value);
     }
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = if minor_version == 0 {
+    let version = if minor_version == 0 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
+    normalise_target(&method, version, &mut uri, &header_map).map_err(|refusal| match refusal {
+        TargetRefusal::Malformed(why) => ApiError::MalformedRequest(why),
+        TargetRefusal::MethodNotServed => ApiError::MethodNotServed,
+    })?;
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
     *request.headers_mut() = header_map;
     Ok(Some(RequestHead {
         request,
@@ -149,7 +155,7 @@ mod tests {
 
     #[test]
     fn the_body_framing_is_refused_wherever_two_readers_could_disagree() {
-        let head = |headers: &str| framing(&format!("POST /o HTTP/1.1\r\n{headers}\r\n"));
+        let head = |headers: &str| framing(&format!("POST /o HTTP/1.1\r\nHost: shop\r\n{headers}\r\n"));
         assert_eq!(
             head("Content-Length: 12\r\n"),
             Ok(RequestFraming::Length(12))
@@ -184,10 +190,10 @@ mod tests {
     #[test]
     fn keep_alive_and_continue_follow_the_version_and_connection() {
         let head = |wire: &str| parse(wire.as_bytes()).unwrap().unwrap();
-        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-        let waiting = head("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+        let waiting = head("POST / HTTP/1.1\r\nHost: shop\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
         assert!(waiting.expects_continue);
         let old = head("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
         assert!(!old.expects_continue, "HTTP/1.0 knows no 100");
