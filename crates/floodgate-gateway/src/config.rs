@@ -81,8 +81,27 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Admin bearer token; `FLOODGATE_ADMIN_TOKEN` overrides it. Empty: one is generated at start.
     pub admin_token: String,
-    /// Time a client has to send its request head.
+    /// Time a client has to send a whole request head, from its first byte (a connection's
+    /// first head: from the connection's start).
     pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no new request for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Slowest a request body may arrive once `body_grace_ms` is spent.
+    pub body_min_rate_bytes_per_s: u64,
+    /// Time a request body may take before its rate is held to the minimum.
+    pub body_grace_ms: u64,
+    /// A write of an answer that makes no progress for this long closes the connection.
+    pub send_timeout_ms: u64,
+    /// Requests one connection carries before it is closed.
+    pub max_requests_per_connection: u64,
+    /// Connections open at once on each listener; beyond, only health checks are answered.
+    pub max_connections: u64,
+    /// Connections open at once from one client address on each listener; beyond, only health
+    /// checks are answered.
+    pub max_connections_per_ip: u64,
+    /// Proxies (addresses or networks) whose `X-Forwarded-*` headers are believed; a
+    /// client's own are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request body accepted (`413` beyond).
     pub max_body_bytes: u64,
     /// Time shutdown waits for admitted requests.
@@ -170,6 +189,14 @@ impl Default for Config {
                 admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
                 admin_token: String::new(),
                 header_read_timeout_ms: 10_000,
+                idle_timeout_ms: 60_000,
+                body_min_rate_bytes_per_s: 240,
+                body_grace_ms: 5_000,
+                send_timeout_ms: 10_000,
+                max_requests_per_connection: 1_000,
+                max_connections: 10_000,
+                max_connections_per_ip: 1_024,
+                trusted_proxies: Vec::new(),
                 max_body_bytes: 64 * 1024,
                 shutdown_grace_ms: 10_000,
                 worker_threads: 0,
@@ -244,6 +271,46 @@ impl Config {
                 "header_read_timeout_ms",
                 defaults.server.header_read_timeout_ms,
                 integer(100, 600_000),
+            ),
+            idle_timeout_ms: server.get(
+                "idle_timeout_ms",
+                defaults.server.idle_timeout_ms,
+                integer(100, 3_600_000),
+            ),
+            body_min_rate_bytes_per_s: server.get(
+                "body_min_rate_bytes_per_s",
+                defaults.server.body_min_rate_bytes_per_s,
+                integer(1, 1 << 30),
+            ),
+            body_grace_ms: server.get(
+                "body_grace_ms",
+                defaults.server.body_grace_ms,
+                integer(0, 600_000),
+            ),
+            send_timeout_ms: server.get(
+                "send_timeout_ms",
+                defaults.server.send_timeout_ms,
+                integer(100, 600_000),
+            ),
+            max_requests_per_connection: server.get(
+                "max_requests_per_connection",
+                defaults.server.max_requests_per_connection,
+                integer(1, 1 << 32),
+            ),
+            max_connections: server.get(
+                "max_connections",
+                defaults.server.max_connections,
+                integer(1, 10_000_000),
+            ),
+            max_connections_per_ip: server.get(
+                "max_connections_per_ip",
+                defaults.server.max_connections_per_ip,
+                integer(1, 10_000_000),
+            ),
+            trusted_proxies: server.get(
+                "trusted_proxies",
+                defaults.server.trusted_proxies,
+                networks,
             ),
             max_body_bytes: server.get(
                 "max_body_bytes",
@@ -452,6 +519,7 @@ impl Config {
             }),
             front_door: self.front_door.clone(),
             max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
+            trusted_proxies: self.server.trusted_proxies.clone(),
             intake: IntakeLimits {
                 max_quantity_per_order: u32::try_from(self.intake.max_quantity_per_order)
                     .unwrap_or(u32::MAX),
@@ -465,9 +533,18 @@ impl Config {
 
     /// How listeners treat connections.
     pub fn connection_limits(&self) -> ConnectionLimits {
+        let count = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        let server = &self.server;
         ConnectionLimits {
-            header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),
-            shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+            body_min_rate_bytes_per_s: server.body_min_rate_bytes_per_s,
+            body_grace: Duration::from_millis(server.body_grace_ms),
+            send_timeout: Duration::from_millis(server.send_timeout_ms),
+            max_requests_per_connection: server.max_requests_per_connection,
+            max_connections: count(server.max_connections),
+            max_connections_per_ip: count(server.max_connections_per_ip),
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
         }
     }
 
@@ -620,6 +697,25 @@ fn http_url(value: &Value) -> Result<Uri, String> {
         )),
         _ => Err(format!("{text:?} is not {example}")),
     }
+}
+
+/// A list of addresses and networks: `"10.0.0.0/8"`, `"192.0.2.7"`, `"2001:db8::/32"`.
+fn networks(value: &Value) -> Result<Vec<ipnet::IpNet>, String> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| format!("must be an array of addresses, not {}", value.type_str()))?;
+    items
+        .iter()
+        .map(|item| {
+            let text = text_value(item)?;
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|network| network.trunc())
+                .map_err(|_| {
+                    format!("{text:?} is not an address or network such as \"10.0.0.0/8\"")
+                })
+        })
+        .collect()
 }
 
 fn postgres_url(value: &Value) -> Result<String, String> {

@@ -58,8 +58,13 @@ pub struct Gateway {
     clock: Clock,
     admin_token: String,
     max_body_bytes: usize,
+    /// Proxies whose forwarding headers are believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
     delivery: Option<DeliveryPace>,
     counters: metrics::Counters,
+    /// Each listener's connections, for `/metrics`.
+    public_connections: Arc<server::ConnectionStats>,
+    admin_connections: Arc<server::ConnectionStats>,
     /// Latency of the public listener's answers, by lane.
     traffic: traffic::Traffic,
     /// The once-a-second record behind the dashboard and the drop reports.
@@ -83,6 +88,8 @@ pub struct GatewaySettings {
     pub metrics_public: bool,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Proxies (`server.trusted_proxies`) whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Intake limits.
     pub intake: IntakeLimits,
     /// Routes, pools, rate limits and cache of the rest of the shop's traffic.
@@ -135,8 +142,11 @@ impl Gateway {
             clock,
             admin_token: settings.admin_token,
             max_body_bytes: settings.max_body_bytes,
+            trusted_proxies: settings.trusted_proxies,
             delivery: settings.delivery,
             counters: metrics::Counters::default(),
+            public_connections: Arc::default(),
+            admin_connections: Arc::default(),
             traffic: traffic::Traffic::default(),
             timeline: timeline::Timeline::default(),
             prewarm: prewarm::Prewarm::default(),
@@ -275,6 +285,7 @@ pub async fn run(
         Arc::clone(&loops),
         stopped.clone(),
         gateway.clock.clone(),
+        Arc::clone(&gateway.public_connections),
     ));
     let admin_router = admin_router(Arc::clone(&gateway));
     let admin = tokio::spawn(server::serve(
@@ -284,6 +295,7 @@ pub async fn run(
         loops,
         stopped.clone(),
         gateway.clock.clone(),
+        Arc::clone(&gateway.admin_connections),
     ));
     let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));
     let lease_keeper = tokio::spawn(tend_leases(Arc::clone(&gateway), stopped.clone()));

@@ -13,6 +13,7 @@ use floodgate_dispatch::BreakerState;
 use crate::Gateway;
 use crate::error::ApiError;
 use crate::intake::Placed;
+use crate::server::{ConnectionFigures, TimedOut};
 use crate::waiting_room::Occupancy;
 
 /// Order outcomes as `floodgate_orders_total` labels them.
@@ -236,6 +237,13 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         }
     }
 
+    connection_figures(
+        &mut page,
+        &[
+            ("public", gateway.public_connections.figures()),
+            ("admin", gateway.admin_connections.figures()),
+        ],
+    );
     if let Some(read) = gateway.delivery_reader.get() {
         delivery_figures(&mut page, &read());
     }
@@ -254,6 +262,51 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
         );
     }
     Ok(page.out)
+}
+
+fn connection_figures(page: &mut Exposition, listeners: &[(&str, ConnectionFigures)]) {
+    page.family(
+        "floodgate_connections_open",
+        "gauge",
+        "Client connections open, by listener.",
+    );
+    for (listener, figures) in listeners {
+        let labels = [("listener", *listener)];
+        page.sample("floodgate_connections_open", &labels, figures.open as f64);
+    }
+    page.family(
+        "floodgate_connections_beyond_cap_total",
+        "counter",
+        "Connections beyond a connection cap (max_connections, max_connections_per_ip): \
+         answered for a health check only, then closed.",
+    );
+    for (listener, figures) in listeners {
+        for (cap, count) in [
+            ("max_connections", figures.beyond_listener),
+            ("max_connections_per_ip", figures.beyond_client_address),
+        ] {
+            let labels = [("listener", *listener), ("cap", cap)];
+            page.sample("floodgate_connections_beyond_cap_total", &labels, count as f64);
+        }
+    }
+    page.family(
+        "floodgate_connections_timed_out_total",
+        "counter",
+        "Connections closed by a client-side limit: head (header_read_timeout_ms), idle \
+         (idle_timeout_ms), body (body_min_rate_bytes_per_s), send (send_timeout_ms).",
+    );
+    for (listener, figures) in listeners {
+        for (limit, count) in figures.timed_out {
+            let limit = match limit {
+                TimedOut::Head => "head",
+                TimedOut::Idle => "idle",
+                TimedOut::Body => "body",
+                TimedOut::Send => "send",
+            };
+            let labels = [("listener", *listener), ("limit", limit)];
+            page.sample("floodgate_connections_timed_out_total", &labels, count as f64);
+        }
+    }
 }
 
 fn store_figures(page: &mut Exposition, commits: &floodgate_store::CommitFigures) {

@@ -63,7 +63,7 @@ impl PublicGate {
     pub(crate) fn connection(self: &Arc<Self>, client: ClientAddr) -> PublicConnection {
         PublicConnection {
             gate: Arc::clone(self),
-            client,
+            client: client.trusted_if_in(&self.gateway.trusted_proxies),
         }
     }
 
@@ -102,6 +102,11 @@ pub(crate) struct PublicConnection {
 impl server::Handler for PublicConnection {
     fn handle(&self, request: Request) -> impl Future<Output = Response> + Send {
         self.gate.answer(request, &self.client)
+    }
+
+    /// Health checks keep their promise when the listener is full (DESIGN invariant 4).
+    fn serves_beyond_caps(&self, request: &axum::http::Request<()>) -> bool {
+        request.method() == Method::GET && matches!(request.uri().path(), "/healthz" | "/readyz")
     }
 }
 

@@ -96,6 +96,7 @@ impl Harness {
         let settings = GatewaySettings {
             admin_token: ADMIN_TOKEN.into(),
             metrics_public: false,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 4_096,
             front_door: Default::default(),
             token_keys: floodgate_core::TokenKeys::new((1, b"test secret".to_vec()), Vec::new()),

@@ -379,12 +379,42 @@ pub(crate) async fn followed(
     }
 }
 
+/// The part of an entry's key every variant shares: the URL, then what says which site it is
+/// of (the `Host`, and the forwarding headers that name a host or scheme when a client sent
+/// them). The URL comes first, so a purge by path prefix reaches every host's entries.
+///
+/// A forwarding header a client sent is dropped before the origin sees it unless the client
+/// is a trusted proxy (see `proxy`); keyed on whenever present, it can split entries, never
+/// let one site's answer be served for another.
 fn url_of<B>(request: &Request<B>) -> String {
-    request
+    let path = request
         .uri()
         .path_and_query()
-        .map_or_else(|| "/".to_owned(), |path| path.as_str().to_owned())
+        .map_or("/", |path| path.as_str());
+    let headers = request.headers();
+    let mut url = String::with_capacity(path.len() + 32);
+    url.push_str(path);
+    url.push_str("\n@");
+    if let Some(host) = headers.get(header::HOST) {
+        url.extend(host.as_bytes().iter().map(|byte| char::from(byte.to_ascii_lowercase())));
+    }
+    for name in &SITE_HEADERS {
+        for value in headers.get_all(name) {
+            url.push('\n');
+            url.push_str(name.as_str());
+            url.push(':');
+            url.extend(value.as_bytes().iter().map(|&byte| char::from(byte)));
+        }
+    }
+    url
 }
+
+/// Forwarding headers that tell the origin which site a request is for.
+const SITE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("forwarded"),
+];
 
 fn variant_key(url: &str, vary: Option<&Vec<HeaderName>>, headers: &HeaderMap) -> String {
     let mut key = url.to_owned();
@@ -517,13 +547,37 @@ mod tests {
             keep(&cache, &request(page, &[]), &cc, &body);
         }
         // Using /a makes /b the oldest.
-        assert!(matches!(cache.lookup("/a"), Lookup::Fresh(_)));
+        assert!(matches!(cache.lookup(&cache.key(&request("/a", &[]))), Lookup::Fresh(_)));
         keep(&cache, &request("/d", &[]), &cc, &body);
-        assert!(matches!(cache.lookup("/b"), Lookup::Miss));
+        assert!(matches!(cache.lookup(&cache.key(&request("/b", &[]))), Lookup::Miss));
         for kept in ["/a", "/c", "/d"] {
-            assert!(matches!(cache.lookup(kept), Lookup::Fresh(_)), "{kept}");
+            assert!(matches!(cache.lookup(&cache.key(&request(kept, &[]))), Lookup::Fresh(_)), "{kept}");
         }
         assert!(cache.store().bytes <= 3 * 1_200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_are_kept_apart_by_the_site_the_request_names() {
+        let cache = EdgeCache::new(1 << 20);
+        let cc = [("cache-control", "max-age=60")];
+        let poisoned = [
+            [("host", "evil.example")],
+            [("x-forwarded-host", "evil.example")],
+            [("x-forwarded-proto", "gopher")],
+            [("forwarded", "host=evil.example")],
+        ];
+        for headers in &poisoned {
+            keep(&cache, &request("/shop/rods", headers), &cc, "evil");
+        }
+        let plain = request("/shop/rods", &[("host", "shop.example")]);
+        assert!(matches!(cache.lookup(&cache.key(&plain)), Lookup::Miss), "no other site's answer");
+        keep(&cache, &plain, &cc, "rods");
+        let shouted = request("/shop/rods", &[("host", "SHOP.example")]);
+        let Lookup::Fresh(entry) = cache.lookup(&cache.key(&shouted)) else {
+            panic!("a host is one host in any case");
+        };
+        assert_eq!(entry.body, "rods");
+        assert_eq!(cache.purge("/shop/"), poisoned.len() + 1, "a purge reaches every site");
     }
 
     #[tokio::test(start_paused = true)]
@@ -534,8 +588,8 @@ mod tests {
             keep(&cache, &request(page, &[]), &cc, "x");
         }
         assert_eq!(cache.purge("/shop/"), 2);
-        assert!(matches!(cache.lookup("/shop/a"), Lookup::Miss));
-        assert!(matches!(cache.lookup("/blog/c"), Lookup::Fresh(_)));
+        assert!(matches!(cache.lookup(&cache.key(&request("/shop/a", &[]))), Lookup::Miss));
+        assert!(matches!(cache.lookup(&cache.key(&request("/blog/c", &[]))), Lookup::Fresh(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,23 +48,55 @@ const SHED_RETRY_AFTER_S: u32 = 2;
 
 /// The client of a connection, put on each of its requests by the server: its IP address as
 /// text, for `X-Forwarded-For` and per-IP rate limits, written once per connection rather than
-/// formatted per request.
+/// formatted per request; and whether it is a proxy the shop trusts (`server.trusted_proxies`),
+/// whose forwarding headers are believed.
 #[derive(Debug, Clone)]
 pub struct ClientAddr {
+    address: IpAddr,
     ip: HeaderValue,
+    trusted_proxy: bool,
 }
 
 impl ClientAddr {
-    /// The client at `ip`.
+    /// The client at `ip`, not trusted.
     pub fn new(ip: IpAddr) -> Self {
-        let ip =
+        let text =
             HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
-        Self { ip }
+        Self {
+            address: ip,
+            ip: text,
+            trusted_proxy: false,
+        }
+    }
+
+    /// The same client, trusted as a proxy when its address is in one of `trusted`.
+    pub(crate) fn trusted_if_in(mut self, trusted: &[ipnet::IpNet]) -> Self {
+        self.trusted_proxy = trusted.iter().any(|network| network.contains(&self.address));
+        self
     }
 
     /// The IP address, as text.
     pub(crate) fn ip(&self) -> &HeaderValue {
         &self.ip
+    }
+
+    /// Whether its forwarding headers are believed.
+    pub(crate) fn is_trusted_proxy(&self) -> bool {
+        self.trusted_proxy
+    }
+
+    /// The address a per-client limit counts against: for a trusted proxy, the address it
+    /// says it forwards for (the last of `X-Forwarded-For`, as nginx's `real_ip` takes it).
+    fn limited_address<'a>(&'a self, headers: &'a HeaderMap) -> &'a [u8] {
+        let forwarded_for = || {
+            let line = headers.get_all(proxy::X_FORWARDED_FOR).iter().last()?;
+            let last = line.as_bytes().rsplit(|&byte| byte == b',').next()?;
+            Some(last.trim_ascii()).filter(|address| !address.is_empty())
+        };
+        self.trusted_proxy
+            .then(forwarded_for)
+            .flatten()
+            .unwrap_or(self.ip.as_bytes())
     }
 }
 
@@ -641,7 +673,7 @@ impl Route {
             };
             let key = by_header
                 .and_then(|value| value.to_str().ok())
-                .or_else(|| client.ip().to_str().ok())
+                .or_else(|| std::str::from_utf8(client.limited_address(headers)).ok())
                 .unwrap_or_default();
             limiter.check(key)?;
         }

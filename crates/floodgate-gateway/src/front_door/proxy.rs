@@ -21,7 +21,7 @@ use super::pool::Upstream;
 use super::upstream::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
 use super::upstream::{SendError, UpstreamBody, request_framing};
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static VIA_FLOODGATE: HeaderValue = HeaderValue::from_static("1.1 floodgate");
@@ -104,11 +104,15 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 
 /// Appends the head of a request forwarded to the upstream at `authority`: `method` and
 /// `target` (origin form), then the client's `headers` without the hop-by-hop ones and any that
-/// `Connection` names (RFC 9110 §7.6.1), then who asked (`X-Forwarded-For`, after any that
-/// proxies before floodgate added), how (`X-Forwarded-Proto`, kept if a load balancer in front
-/// already set it), for which host (`X-Forwarded-Host`, kept likewise; `Host` itself is kept,
-/// so a shop that serves several domains still sees which, and is the upstream's own when the
+/// `Connection` names (RFC 9110 §7.6.1), then who asked (`X-Forwarded-For`), how
+/// (`X-Forwarded-Proto`) and for which host (`X-Forwarded-Host`; `Host` itself is kept, so a
+/// shop that serves several domains still sees which, and is the upstream's own when the
 /// client sent none), that floodgate passed it on (`Via`), and the body's `framing`.
+///
+/// What a client says of where a request comes from is believed only of a trusted proxy: its
+/// `X-Forwarded-For` is extended, its `-Proto` and `-Host` are kept. Anyone else's forwarding
+/// headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are left out, so an origin that builds
+/// links or checks addresses from them sees floodgate's word only.
 ///
 /// Written straight from the client's headers: adding these to the header map first, then
 /// writing it, cost a proxied request 2 k instructions, most of them hashing header names.
@@ -128,8 +132,10 @@ pub fn encode_forwarded_head(
         .flat_map(|value| value.split(','))
         .map(str::trim)
         .collect();
+    let trusted = client.is_trusted_proxy();
     let forwarded = |name: &HeaderName| {
         !HOP_BY_HOP.contains(name)
+            && (trusted || !claims_origin(name))
             && !(named_by_connection.iter()).any(|token| token.eq_ignore_ascii_case(name.as_str()))
     };
     // Forwarded as they are, but for the lists floodgate extends: those come after the loop,
@@ -171,6 +177,12 @@ pub fn encode_forwarded_head(
     let vias = vias.into_iter().chain([VIA_FLOODGATE.as_bytes()]);
     wire::encode_header(header::VIA.as_str(), vias, out);
     wire::encode_head_end(framing, out);
+}
+
+/// Whether a header says where a request came from, which only a trusted proxy may.
+fn claims_origin(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
 }
 
 /// Marks an upstream's answer as passed on (`Via`), in its header lines as they came or in its
@@ -319,8 +331,10 @@ mod tests {
 
     /// The head `encode_forwarded_head` writes for a GET of `/page` with `headers`, as the
     /// upstream reads it: the header lines in order.
-    fn forwarded_lines(headers: &HeaderMap) -> Vec<(String, String)> {
-        let client = ClientAddr::new("192.0.2.1".parse().unwrap());
+    fn forwarded_lines(headers: &HeaderMap, trusted: bool) -> Vec<(String, String)> {
+        let ip = "192.0.2.1".parse().unwrap();
+        let proxies = ["192.0.2.0/24".parse().unwrap()];
+        let client = ClientAddr::new(ip).trusted_if_in(if trusted { &proxies } else { &[] });
         let authority = Authority::from_static("origin.internal:8080");
         let mut head = Vec::new();
         let framing = RequestFraming::Empty;
@@ -367,7 +381,7 @@ mod tests {
         headers.insert(header::VIA, "1.1 cdn".parse().unwrap());
         headers.insert("x-customer", "c-1".parse().unwrap());
         headers.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
-        let lines = forwarded_lines(&headers);
+        let lines = forwarded_lines(&headers, true);
         for gone in [
             "connection",
             "keep-alive",
@@ -391,7 +405,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         headers.insert(X_FORWARDED_HOST, "shop.example".parse().unwrap());
-        let lines = forwarded_lines(&headers);
+        let lines = forwarded_lines(&headers, true);
         assert_eq!(value(&lines, "x-forwarded-proto"), Some("https"));
         assert_eq!(value(&lines, "x-forwarded-host"), Some("shop.example"));
         assert_eq!(value(&lines, "host"), Some("origin.internal:8080"));
@@ -401,7 +415,7 @@ mod tests {
         named.insert(header::HOST, "shop.example".parse().unwrap());
         named.insert(X_FORWARDED_FOR, "203.0.113.9".parse().unwrap());
         named.insert(header::CONNECTION, "host, x-forwarded-for".parse().unwrap());
-        let lines = forwarded_lines(&named);
+        let lines = forwarded_lines(&named, true);
         assert_eq!(
             value(&lines, "host"),
             Some("origin.internal:8080"),
@@ -409,5 +423,33 @@ mod tests {
         );
         assert_eq!(value(&lines, "x-forwarded-host"), None);
         assert_eq!(value(&lines, "x-forwarded-for"), Some("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_clients_own_word_on_where_it_comes_from_is_not_passed_on() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "shop.example".parse().unwrap());
+        for (name, value) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=10.0.0.1;host=evil.example"),
+            ("x-real-ip", "10.0.0.1"),
+        ] {
+            headers.insert(HeaderName::from_static(name), value.parse().unwrap());
+        }
+        let lines = forwarded_lines(&headers, false);
+        assert_eq!(value(&lines, "x-forwarded-for"), Some("192.0.2.1"));
+        assert_eq!(value(&lines, "x-forwarded-host"), Some("shop.example"));
+        assert_eq!(value(&lines, "x-forwarded-proto"), Some("http"));
+        for gone in ["x-forwarded-port", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
+            assert_eq!(value(&lines, gone), None, "{gone}");
+        }
+        let trusted = forwarded_lines(&headers, true);
+        assert_eq!(value(&trusted, "x-forwarded-for"), Some("10.0.0.1, 192.0.2.1"));
+        assert_eq!(value(&trusted, "x-forwarded-host"), Some("evil.example"));
+        assert_eq!(value(&trusted, "forwarded"), Some("for=10.0.0.1;host=evil.example"));
     }
 }

@@ -4,6 +4,11 @@
 //!
 //! One request at a time: the next head is read only after the answer to the last is written,
 //! so pipelined requests wait in the read buffer in order.
+//!
+//! Every wait on the client has a limit ([`ConnectionLimits`]): the head's deadline, the idle
+//! time between requests, the body's minimum rate (counted only while the client is waited
+//! for, not the handler), and the progress of each write. An idle connection holds no buffer:
+//! room is made to read only once the socket is readable, and given back while it waits.
 
 use std::future::Future;
 use std::io;
@@ -22,13 +27,14 @@ use floodgate_core::Clock;
 use futures_util::FutureExt;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::request_head::{MAX_HEAD_BYTES, RequestHead, parse_request_head};
-use super::{Handler, date, stop_requested};
+use super::seats::{Beyond, ConnectionStats, TimedOut};
+use super::{ConnectionLimits, Handler, date, stop_requested};
 use crate::error::ApiError;
 use crate::front_door::wire::{self, BodyDecoder, Decoded, HeaderLines, RequestFraming};
 
@@ -37,16 +43,22 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// An answer's bytes gathered before they are written, when its body is not all there yet.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Room made for an answer's head when the connection holds no write buffer.
+const WRITE_START: usize = 4 * 1024;
+/// The time a connection beyond the listener's caps has to send its one head: a health
+/// check's is sent at once.
+const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection and what it has read but not yet used.
 pub(super) struct Connection {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
-    /// The head of each request, and every read of a body, must arrive within this time.
-    read_timeout: Duration,
-    /// When the connection began to wait for the head being read.
-    waiting_since: Instant,
+    limits: ConnectionLimits,
+    /// The cap this connection is beyond, if it is: it then carries one health check at most.
+    beyond: Option<Beyond>,
+    /// Requests read so far.
+    requests: u64,
     /// Fires no later than the head being read is due (see [`Self::read_head`]).
     deadline: Pin<Box<Sleep>>,
     shutdown: watch::Receiver<bool>,
@@ -55,28 +67,36 @@ pub(super) struct Connection {
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// For the answers' `Date`.
     clock: Clock,
+    stats: Arc<ConnectionStats>,
 }
 
 impl Connection {
     pub(super) fn new(
         stream: TcpStream,
-        read_timeout: Duration,
+        mut limits: ConnectionLimits,
+        beyond: Option<Beyond>,
         shutdown: watch::Receiver<bool>,
         clock: Clock,
+        stats: Arc<ConnectionStats>,
     ) -> Self {
+        if beyond.is_some() {
+            limits.header_read_timeout = limits.header_read_timeout.min(OVERFLOW_HEAD_TIMEOUT);
+        }
         Self {
             stream,
             read: BytesMut::new(),
-            write: Vec::with_capacity(4 * 1024),
-            read_timeout,
-            waiting_since: Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(read_timeout)),
+            write: Vec::new(),
+            limits,
+            beyond,
+            requests: 0,
+            deadline: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
             stopping: {
                 let mut shutdown = shutdown.clone();
                 Box::pin(async move { stop_requested(&mut shutdown).await })
             },
             shutdown,
             clock,
+            stats,
         }
     }
 
@@ -98,6 +118,11 @@ impl Connection {
                 keep_alive,
                 expects_continue,
             } = head;
+            self.requests += 1;
+            if self.beyond.is_some() && !handler.serves_beyond_caps(&request) {
+                self.refuse(ApiError::Overloaded).await;
+                return self.linger().await;
+            }
             let http_1_0 = request.version() == Version::HTTP_10;
             let head_only = request.method() == Method::HEAD;
             let answered = self
@@ -107,7 +132,11 @@ impl Connection {
                 return;
             };
             // A body left unread lies between here and the next head.
-            let keep_alive = keep_alive && body_read && !*self.shutdown.borrow();
+            let keep_alive = keep_alive
+                && body_read
+                && !*self.shutdown.borrow()
+                && self.beyond.is_none()
+                && self.requests < self.limits.max_requests_per_connection;
             let written = self
                 .write_response(response, head_only, http_1_0, keep_alive)
                 .await;
@@ -141,14 +170,20 @@ impl Connection {
         let _ = tokio::time::timeout(LINGER_TIME, drained).await;
     }
 
-    /// Reads the next request head; `None` once the client has closed, has been silent for
-    /// the read timeout, or shutdown finds the connection between requests.
+    /// Reads the next request head; `None` once the client has closed, has sent no request
+    /// for the idle timeout or no whole head within the head's, or shutdown finds the
+    /// connection between requests.
     ///
-    /// The timer is not set again for each head: when it fires, a head begun since is given
-    /// the rest of its time then. Resetting it per request, with the timer wheel's lock, cost a
-    /// request hundreds of instructions, where heads nearly always arrive in time.
+    /// The timer is not set again for each head: when it fires, the head is given the rest of
+    /// its time then, and it is moved earlier only when the time left is shorter than it says.
+    /// Resetting it per request, with the timer wheel's lock, cost a request hundreds of
+    /// instructions, where heads nearly always arrive in time.
     async fn read_head(&mut self) -> Result<Option<RequestHead>, ApiError> {
-        self.waiting_since = Instant::now();
+        let started = Instant::now();
+        // When the head began: at once for a connection's first request (a connection that
+        // never speaks is a slow head) and for a pipelined one; else at its first byte.
+        let mut head_since = (self.requests == 0 || !self.read.is_empty()).then_some(started);
+        self.deadline_by(self.due(started, head_since).0);
         loop {
             if let Some(head) = parse_request_head(&mut self.read)? {
                 return Ok(Some(head));
@@ -159,23 +194,57 @@ impl Connection {
             if between_requests && *self.shutdown.borrow() {
                 return Ok(None);
             }
-            wire::make_read_room(&mut self.read);
+            if head_since.is_none() && !between_requests {
+                head_since = Some(Instant::now());
+                self.deadline_by(self.due(started, head_since).0);
+            }
+            // Whether the socket is known to be readable, with no system call.
+            if self.stream.try_io(Interest::READABLE, || Ok(())).is_ok() {
+                wire::make_read_room(&mut self.read);
+                match self.stream.try_read_buf(&mut self.read) {
+                    Ok(0) => return Ok(None),
+                    Ok(_) => continue,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Ok(None),
+                }
+            }
+            if between_requests {
+                // Waiting, perhaps for long: the buffers are made again when a request comes.
+                self.read = BytesMut::new();
+                self.write = Vec::new();
+            }
             tokio::select! {
                 // In this order: no draw of which to poll first, per head.
                 biased;
-                read = self.stream.read_buf(&mut self.read) => match read {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
+                ready = self.stream.readable() => if ready.is_err() {
+                    return Ok(None);
                 },
                 () = &mut self.deadline => {
-                    let due = self.waiting_since + self.read_timeout;
+                    let (due, limit) = self.due(started, head_since);
                     if Instant::now() >= due {
+                        self.stats.timed_out(limit);
                         return Ok(None);
                     }
                     self.deadline.as_mut().reset(due);
                 }
                 () = &mut self.stopping, if between_requests => return Ok(None),
             }
+        }
+    }
+
+    /// When the head being read is due, and the limit that says so: `header_read_timeout` from
+    /// `head_since` once it began, else `idle_timeout` from `started`.
+    fn due(&self, started: Instant, head_since: Option<Instant>) -> (Instant, TimedOut) {
+        match head_since {
+            Some(since) => (since + self.limits.header_read_timeout, TimedOut::Head),
+            None => (started + self.limits.idle_timeout, TimedOut::Idle),
+        }
+    }
+
+    /// Makes the timer fire by `due` at the latest.
+    fn deadline_by(&mut self, due: Instant) {
+        if self.deadline.deadline() > due {
+            self.deadline.as_mut().reset(due);
         }
     }
 
@@ -255,12 +324,17 @@ impl Connection {
 
     /// Reads a request body off the connection as the handler asks for it, one piece at a time
     /// into `feed`; whether it was read to its end.
+    ///
+    /// The client has `body_grace` and then as long as its bytes so far buy at the minimum
+    /// rate, counted only while it is waited for: a handler that reads slowly costs it nothing.
     async fn feed_body(
         &mut self,
         mut decoder: BodyDecoder,
         feed: mpsc::Sender<io::Result<Bytes>>,
         mut continue_when_wanted: Option<Arc<Notify>>,
     ) -> bool {
+        let (mut received, mut waited) = (0_u64, Duration::ZERO);
+        let rate = self.limits.body_min_rate_bytes_per_s.max(1);
         loop {
             // One piece read ahead of the handler at most: it holds the client back as it reads.
             let Ok(slot) = feed.reserve().await else {
@@ -275,19 +349,29 @@ impl Connection {
                 }
                 if let Some(wanted) = continue_when_wanted.take() {
                     wanted.notified().await;
-                    let interim = self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    let interim = self.send(b"HTTP/1.1 100 Continue\r\n\r\n");
                     if let Err(error) = interim.await {
                         break Err(error);
                     }
                 }
                 wire::make_read_room(&mut self.read);
-                match tokio::time::timeout(self.read_timeout, self.stream.read_buf(&mut self.read))
-                    .await
-                {
+                let earned = self.limits.body_grace + Duration::from_secs_f64(received as f64 / rate as f64);
+                let Some(budget) = earned.checked_sub(waited) else {
+                    self.stats.timed_out(TimedOut::Body);
+                    break Err(io::ErrorKind::TimedOut.into());
+                };
+                let before = self.read.len();
+                let began = Instant::now();
+                let read = tokio::time::timeout(budget, self.stream.read_buf(&mut self.read)).await;
+                waited += began.elapsed();
+                match read {
                     Ok(Ok(0)) => break Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => received += (self.read.len() - before) as u64,
                     Ok(Err(error)) => break Err(error),
-                    Err(_) => break Err(io::ErrorKind::TimedOut.into()),
+                    Err(_) => {
+                        self.stats.timed_out(TimedOut::Body);
+                        break Err(io::ErrorKind::TimedOut.into());
+                    }
                 }
             };
             let broken = piece.is_err();
@@ -327,6 +411,7 @@ impl Connection {
         keep_alive &= !closes(&parts.headers);
         let out = &mut self.write;
         out.clear();
+        out.reserve(WRITE_START);
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
@@ -383,7 +468,7 @@ impl Connection {
         }
         out.extend_from_slice(b"\r\n");
         if framing == Framing::None {
-            self.stream.write_all(&self.write).await?;
+            self.flush().await?;
             return Ok(keep_alive);
         }
         let mut sent: u64 = 0;
@@ -439,10 +524,40 @@ impl Connection {
 
     /// Writes what is gathered.
     async fn flush(&mut self) -> io::Result<()> {
-        self.stream.write_all(&self.write).await?;
+        let write = std::mem::take(&mut self.write);
+        let sent = self.send(&write).await;
+        self.write = write;
         self.write.clear();
-        Ok(())
+        sent
     }
+
+    /// Writes `bytes` whole, each write making progress within the send timeout.
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let sent = send_all(&self.stream, bytes, self.limits.send_timeout).await;
+        if sent.as_ref().is_err_and(|error| error.kind() == io::ErrorKind::TimedOut) {
+            self.stats.timed_out(TimedOut::Send);
+        }
+        sent
+    }
+}
+
+/// Writes `bytes` whole to `stream`; each write must make progress within `timeout`.
+async fn send_all(stream: &TcpStream, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            // As `std`'s `write_all` does: a socket that takes nothing will never take it.
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(timeout, stream.writable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// What reads a request body to its handler: its decoder, where its pieces go, and who to tell

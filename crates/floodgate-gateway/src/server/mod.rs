@@ -10,6 +10,7 @@ mod connection;
 mod date;
 mod request_head;
 mod request_target;
+mod seats;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,24 +26,60 @@ use tower::ServiceExt;
 use crate::connection_loops::ConnectionLoops;
 use crate::front_door::ClientAddr;
 use connection::Connection;
+use seats::Seats;
 
 pub use request_head::{MAX_HEAD_BYTES, RequestHead, parse_request_head};
+pub use seats::{ConnectionFigures, ConnectionStats, TimedOut};
 
-/// How a listener treats its connections.
+/// How a listener treats its connections: every limit a client meets before its request is
+/// answered, each bounding what one hostile client can hold.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// A client must send each request head within this time (counted from the end of the
-    /// previous answer, so an idle kept-alive connection closes after it too), and each piece
-    /// of a body within this time of the last; or the connection is closed.
+    /// A request head must arrive whole within this time of its first byte (for a connection's
+    /// first request, of the connection's start): a slowloris head holds a connection no longer.
     pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed: idle connections are
+    /// descriptors and memory the next shopper may need.
+    pub idle_timeout: Duration,
+    /// A request body must arrive at this many bytes a second at least, counted over the time
+    /// spent waiting for the client once `body_grace` is spent: a trickled body cannot hold a
+    /// handler, nor the origin slot it may have taken.
+    pub body_min_rate_bytes_per_s: u64,
+    /// The time a body may take before its rate is held to the minimum.
+    pub body_grace: Duration,
+    /// A write of an answer that makes no progress for this long closes the connection (as
+    /// nginx's `send_timeout`): a client that stops reading holds its answer no longer.
+    pub send_timeout: Duration,
+    /// Requests one connection may carry before it is closed after an answer (nginx's
+    /// `keepalive_requests`): a connection's memory is given back now and then.
+    pub max_requests_per_connection: u64,
+    /// Connections open at once on the listener; beyond, a new connection is only answered
+    /// for a health check, then closed: the descriptors are bounded below the process's limit.
+    pub max_connections: usize,
+    /// Connections open at once from one client address, with the same treatment beyond: one
+    /// client cannot take every connection (a shop behind a NAT may need it high).
+    pub max_connections_per_ip: usize,
     /// How long shutdown waits for admitted requests before closing their connections.
     pub shutdown_grace: Duration,
+}
+
+impl ConnectionLimits {
+    /// Limits fit for a test or an embedded listener: the config's defaults.
+    pub fn defaults() -> Self {
+        crate::Config::default().connection_limits()
+    }
 }
 
 /// What answers the requests of one connection, one at a time.
 pub(crate) trait Handler: Send + Sync + 'static {
     /// The answer to `request`.
     fn handle(&self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Whether `request` is answered on a connection beyond the listener's caps (a health
+    /// check, which must be answered whatever else holds the listener); others get `503`.
+    fn serves_beyond_caps(&self, _request: &Request<()>) -> bool {
+        false
+    }
 }
 
 /// A router answers each request with a clone of itself, as axum serves one.
@@ -57,8 +94,9 @@ impl Handler for axum::Router {
 }
 
 /// Serves each accepted connection on `loops` with the handler `serve_client` makes for its
-/// client (answers dated by `clock`), until `shutdown` turns true; then stops accepting, closes idle connections, and
-/// waits (at most the grace period) for every in-flight request to be answered.
+/// client (answers dated by `clock`, figures kept in `stats`), until `shutdown` turns true;
+/// then stops accepting, closes idle connections, and waits (at most the grace period) for
+/// every in-flight request to be answered.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     serve_client: impl Fn(ClientAddr) -> H,
@@ -66,9 +104,15 @@ pub(crate) async fn serve<H: Handler>(
     loops: Arc<ConnectionLoops>,
     mut shutdown: watch::Receiver<bool>,
     clock: Clock,
+    stats: Arc<ConnectionStats>,
 ) {
     // Every connection holds a sender; once all are dropped, every connection has ended.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let seats = Seats::new(
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        Arc::clone(&stats),
+    );
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -82,6 +126,10 @@ pub(crate) async fn serve<H: Handler>(
             },
             () = stop_requested(&mut shutdown) => break,
         };
+        let Some(seat) = seats.take(peer.ip()) else {
+            // Beyond the caps and the overflow seats: closed unread.
+            continue;
+        };
         // Small JSON answers must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         // Leaves this runtime's reactor, to join the loop's.
@@ -93,7 +141,12 @@ pub(crate) async fn serve<H: Handler>(
             }
         };
         let handler = serve_client(ClientAddr::new(peer.ip()));
-        let (open, shutdown, clock) = (open.clone(), shutdown.clone(), clock.clone());
+        let (open, shutdown, clock, stats) = (
+            open.clone(),
+            shutdown.clone(),
+            clock.clone(),
+            Arc::clone(&stats),
+        );
         loops.spawn(async move {
             // Registered from the loop's own task, so with the loop's reactor.
             let stream = match tokio::net::TcpStream::from_std(stream) {
@@ -103,10 +156,10 @@ pub(crate) async fn serve<H: Handler>(
                     return;
                 }
             };
-            Connection::new(stream, limits.header_read_timeout, shutdown, clock)
+            Connection::new(stream, limits, seat.beyond, shutdown, clock, stats)
                 .serve(handler)
                 .await;
-            drop(open);
+            drop((seat, open));
         });
     }
     drop(listener);

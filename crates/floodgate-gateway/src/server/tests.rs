@@ -51,7 +51,9 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
     let (stop, stopped) = watch::channel(false);
     let limits = ConnectionLimits {
         header_read_timeout: READ_TIMEOUT,
+        idle_timeout: READ_TIMEOUT,
         shutdown_grace: Duration::from_secs(5),
+        ..ConnectionLimits::defaults()
     };
     let served = tokio::spawn(serve(
         socket,
@@ -60,6 +62,7 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
         loops,
         stopped,
         floodgate_core::Clock::system(),
+        Arc::default(),
     ));
     (address, stop, served)
 }
