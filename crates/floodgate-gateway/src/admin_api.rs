@@ -21,10 +21,37 @@ use subtle::ConstantTimeEq;
 use crate::Gateway;
 use crate::body::{parse_json, read_limited, wants_html};
 use crate::error::ApiError;
+use crate::front_door::ClientAddr;
 use crate::public_api::{order_json, shopper_drop_json};
+
+/// Whole seconds to wait, at least one.
+fn wait_seconds(wait: std::time::Duration) -> u32 {
+    u32::try_from(wait.as_secs())
+        .unwrap_or(u32::MAX)
+        .saturating_add(u32::from(wait.subsec_nanos() > 0))
+        .max(1)
+}
 
 /// Most orders one listing page returns: keeps a page's memory and latency bounded.
 const MAX_ORDERS_PER_PAGE: u32 = 1_000;
+/// Failed authentications one client address may make in a burst, and then one a second: an
+/// operator who mistypes is not locked out, a guesser gets a second per guess. A locked-out
+/// address is answered `429` without its token being compared at all.
+pub(crate) const AUTH_FAILURE_BURST: u32 = 10;
+pub(crate) const AUTH_FAILURES_PER_S: u32 = 1;
+
+/// The admin listener's handler for one connection: the router, told the client's address.
+pub(crate) struct AdminConnection {
+    pub(crate) router: axum::Router,
+    pub(crate) client: ClientAddr,
+}
+
+impl crate::server::Handler for AdminConnection {
+    fn handle(&self, mut request: Request) -> impl std::future::Future<Output = Response> + Send {
+        request.extensions_mut().insert(self.client.clone());
+        crate::server::Handler::handle(&self.router, request)
+    }
+}
 
 /// The admin API's routes, behind the bearer-token check.
 pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
@@ -79,13 +106,28 @@ async fn require_admin_token(
             .then(|| crate::dashboard::cookie_token(request.headers()))
             .flatten()
     });
+    let address = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|client| client.ip().as_bytes().to_vec())
+        .unwrap_or_default();
+    let address = String::from_utf8_lossy(&address);
+    if let Err(wait) = gateway.admin_failures.peek(&address) {
+        return Err(ApiError::TooManyFailures(wait_seconds(wait)));
+    }
     let expected = gateway.admin_token.as_bytes();
     // `ct_eq` on slices of different lengths returns false without comparing contents; the
     // length of the token is not a secret worth hiding.
+    let presented_any = presented.is_some();
     let valid = presented.is_some_and(|presented| bool::from(presented.ct_eq(expected)));
     if valid && !expected.is_empty() {
-        Ok(next.run(request).await)
-    } else if reads && wants_html(request.headers()) {
+        return Ok(next.run(request).await);
+    }
+    if presented_any {
+        // Counted only when a token was tried: a browser's first visit presents none.
+        let _ = gateway.admin_failures.check(&address);
+    }
+    if reads && wants_html(request.headers()) {
         Ok(crate::dashboard::sign_in_page())
     } else {
         Err(ApiError::Unauthorized)

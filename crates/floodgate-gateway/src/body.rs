@@ -10,8 +10,13 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Reads the whole body, refusing more than `limit_bytes` with `413 body_too_large`.
+/// Reads the whole body, refusing more than `limit_bytes` with `413 body_too_large`: at once
+/// when its declared length is over (nothing of it is read, and no `100 Continue` asks for it),
+/// else as soon as it has grown over.
 pub(crate) async fn read_limited(body: Body, limit_bytes: usize) -> Result<Bytes, ApiError> {
+    if http_body::Body::size_hint(&body).lower() > limit_bytes as u64 {
+        return Err(ApiError::BodyTooLarge { limit_bytes });
+    }
     match Limited::new(body, limit_bytes).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit_bytes }),

@@ -88,6 +88,9 @@ pub enum ApiError {
     /// The admin token is missing or wrong.
     #[error("a valid admin bearer token is required")]
     Unauthorized,
+    /// Too many failed admin authentications from this address; retry after so many seconds.
+    #[error("too many failed authentications from this address; retry after the indicated delay")]
+    TooManyFailures(u32),
     /// The store's write queue is full or the node is shutting down.
     #[error("the gateway is at capacity; retry after the indicated delay")]
     Overloaded,
@@ -144,6 +147,7 @@ impl ApiError {
             Self::NoWaitingRoom => (StatusCode::CONFLICT, "no_waiting_room"),
             Self::NotRedrivable(_) => (StatusCode::CONFLICT, "not_redrivable"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::TooManyFailures(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_failures"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::MalformedRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::HeadTooLarge => (
@@ -217,6 +221,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TooManyFailures(seconds) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             _ => {}
         }

@@ -6,7 +6,7 @@
 //! who hangs up cannot leave a reservation or an idempotency key half-done.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub struct Intake {
     limits: IntakeLimits,
     /// When the store last refused a write for want of capacity (ms since the epoch; 0: never).
     last_overload: Arc<AtomicI64>,
+    /// Whether the store's last order commit failed (a full disk, an I/O error): `/readyz`
+    /// says so until a commit succeeds again.
+    commits_failing: Arc<AtomicBool>,
     /// Leases of stock, when the store is shared with other nodes.
     leases: Option<StockLeases>,
 }
@@ -107,6 +110,7 @@ impl Intake {
             definitions: tokio::sync::Mutex::new(()),
             limits,
             last_overload: Arc::new(AtomicI64::new(0)),
+            commits_failing: Arc::new(AtomicBool::new(false)),
             leases,
         })
     }
@@ -242,10 +246,16 @@ impl Intake {
         let order = new_order(drop_id.clone(), key, request, fingerprint, now);
         let store = Arc::clone(&self.store);
         let last_overload = Arc::clone(&self.last_overload);
+        let commits_failing = Arc::clone(&self.commits_failing);
         // Detached: once units are taken, the commit and its bookkeeping finish even if the
         // client hangs up and this future is dropped.
         let commit = tokio::spawn(async move {
             let stored = store.accept_order(order.clone()).await;
+            match &stored {
+                Ok(()) => commits_failing.store(false, Ordering::Relaxed),
+                Err(StoreError::Backend(_)) => commits_failing.store(true, Ordering::Relaxed),
+                Err(_) => {}
+            }
             let mut drop = lock(&ledger);
             match stored {
                 Ok(()) => {
@@ -275,11 +285,29 @@ impl Intake {
                     }
                     drop.release(&order.customer, &order.sku, order.quantity);
                     drop.keys.forget(&order.idempotency_key);
-                    Err(ApiError::from(error))
+                    match error {
+                        // The store cannot commit now (a full disk, say): nothing was taken,
+                        // and the shopper may retry, as from an overloaded store.
+                        StoreError::Backend(detail) => {
+                            tracing::error!(%detail, "an order's commit failed");
+                            Err(ApiError::Overloaded)
+                        }
+                        error => Err(ApiError::from(error)),
+                    }
                 }
             }
         });
         commit.await.unwrap_or(Err(ApiError::Internal))
+    }
+
+    /// Whether the last order commit failed, and none has succeeded since.
+    pub(crate) fn commits_failing(&self) -> bool {
+        self.commits_failing.load(Ordering::Relaxed)
+    }
+
+    /// The store proved it can commit again (the readiness probe's own commit succeeded).
+    pub(crate) fn commits_recovered(&self) {
+        self.commits_failing.store(false, Ordering::Relaxed);
     }
 
     /// Whether the store refused an order for want of capacity within `window` before `now`:

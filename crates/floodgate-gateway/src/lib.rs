@@ -62,6 +62,8 @@ pub struct Gateway {
     trusted_proxies: Vec<ipnet::IpNet>,
     delivery: Option<DeliveryPace>,
     counters: metrics::Counters,
+    /// Failed admin authentications by client address (see `admin_api`).
+    admin_failures: front_door::KeyedLimiter,
     /// Each listener's connections, for `/metrics`.
     public_connections: Arc<server::ConnectionStats>,
     admin_connections: Arc<server::ConnectionStats>,
@@ -145,6 +147,10 @@ impl Gateway {
             trusted_proxies: settings.trusted_proxies,
             delivery: settings.delivery,
             counters: metrics::Counters::default(),
+            admin_failures: front_door::KeyedLimiter::new(
+                admin_api::AUTH_FAILURES_PER_S,
+                admin_api::AUTH_FAILURE_BURST,
+            ),
             public_connections: Arc::default(),
             admin_connections: Arc::default(),
             traffic: traffic::Traffic::default(),
@@ -165,6 +171,27 @@ impl Gateway {
     /// Lets `/metrics` read the dispatcher's figures; a second reader is ignored.
     pub fn report_delivery(&self, reader: DeliveryReader) {
         let _ = self.delivery_reader.set(reader);
+    }
+
+    /// Who the holder of a token must be, by `drops.identity`: the trusted header's or the
+    /// visitor cookie's identity, which a request without them lacks (`None` in body mode, where
+    /// anyone can name anyone and a token is bound to nothing the request proves).
+    pub(crate) fn token_holder(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<floodgate_core::Identity>, ApiError> {
+        match &self.identity {
+            config::IdentitySource::Body => Ok(None),
+            config::IdentitySource::Header(header) => headers
+                .get(header)
+                .and_then(|value| value.to_str().ok())
+                .map(|name| Some(floodgate_core::Identity::of(name)))
+                .ok_or_else(|| ApiError::MissingIdentity(header.to_string())),
+            config::IdentitySource::Cookie => visitor_cookie(headers)
+                .and_then(|cookie| self.rooms.keys().open_value(cookie))
+                .map(|visitor| Some(floodgate_core::Identity::of(visitor)))
+                .ok_or(ApiError::MissingVisitor),
+        }
     }
 
     /// Who a request comes from, by `drops.identity`: the body's `customer` (checked against the
@@ -290,7 +317,10 @@ pub async fn run(
     let admin_router = admin_router(Arc::clone(&gateway));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
-        move |_client| admin_router.clone(),
+        move |client| admin_api::AdminConnection {
+            router: admin_router.clone(),
+            client,
+        },
         limits,
         loops,
         stopped.clone(),

@@ -286,7 +286,11 @@ fn connection_figures(page: &mut Exposition, listeners: &[(&str, ConnectionFigur
             ("max_connections_per_ip", figures.beyond_client_address),
         ] {
             let labels = [("listener", *listener), ("cap", cap)];
-            page.sample("floodgate_connections_beyond_cap_total", &labels, count as f64);
+            page.sample(
+                "floodgate_connections_beyond_cap_total",
+                &labels,
+                count as f64,
+            );
         }
     }
     page.family(
@@ -304,7 +308,11 @@ fn connection_figures(page: &mut Exposition, listeners: &[(&str, ConnectionFigur
                 TimedOut::Send => "send",
             };
             let labels = [("listener", *listener), ("limit", limit)];
-            page.sample("floodgate_connections_timed_out_total", &labels, count as f64);
+            page.sample(
+                "floodgate_connections_timed_out_total",
+                &labels,
+                count as f64,
+            );
         }
     }
 }

@@ -181,6 +181,9 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready while the store proves it can commit: its probe (a real commit, and room on its disk)
+/// succeeds and no order commit has failed since the last one that did. A failed order commit
+/// makes it `503` at once; the probe then clears it for the next check once it succeeds.
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     if gateway.draining.load(Ordering::Relaxed) {
         return (
@@ -189,17 +192,23 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         )
             .into_response();
     }
+    let failing = gateway.intake.commits_failing();
     let probe = tokio::time::timeout(
         READINESS_PROBE_TIMEOUT,
         gateway.intake.store().check_writable(),
     );
-    match probe.await {
-        Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
-        _ => (
+    let writable = matches!(probe.await, Ok(Ok(())));
+    if writable {
+        gateway.intake.commits_recovered();
+    }
+    if writable && !failing {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "store_unavailable" })),
         )
-            .into_response(),
+            .into_response()
     }
 }
 

@@ -130,20 +130,26 @@ async fn queue_view(
     Path(ticket): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let answer = poll(&gateway, &ticket).await?;
+    let holder = gateway.token_holder(request.headers())?;
+    let answer = poll(&gateway, &ticket, holder).await?;
     if wants_html(request.headers()) {
         return Ok(page(&gateway, &ticket, &answer).into_response());
     }
     queue_response(answer)
 }
 
-/// Where the holder of `ticket` stands now (a poll: it keeps the place).
-async fn poll(gateway: &Gateway, ticket: &str) -> Result<Answer, ApiError> {
+/// Where the holder of `ticket` stands now (a poll: it keeps the place); a ticket of another
+/// `holder` than the request proves is refused.
+async fn poll(
+    gateway: &Gateway,
+    ticket: &str,
+    holder: Option<Identity>,
+) -> Result<Answer, ApiError> {
     let now = gateway.clock.now();
     gateway.rooms.observe_intake(&gateway.intake, now);
     gateway
         .rooms
-        .poll(ticket, now, |drop_id| {
+        .poll(ticket, holder, now, |drop_id| {
             let (drop, state) = room_drop(gateway, drop_id.as_str(), now).ok()?;
             Some((drop, state == DropState::SoldOut))
         })
@@ -155,11 +161,13 @@ async fn poll(gateway: &Gateway, ticket: &str) -> Result<Answer, ApiError> {
 async fn queue_events(
     State(gateway): State<Arc<Gateway>>,
     Path(ticket): Path<String>,
+    request: Request,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let first = poll(&gateway, &ticket).await?;
+    let holder = gateway.token_holder(request.headers())?;
+    let first = poll(&gateway, &ticket, holder).await?;
     let stream = futures_util::stream::unfold(
         (gateway, ticket, Some(first), None::<Value>, false),
-        |(gateway, ticket, mut next, mut last, done)| async move {
+        move |(gateway, ticket, mut next, mut last, done)| async move {
             if done {
                 return None;
             }
@@ -168,7 +176,7 @@ async fn queue_events(
                     Some(answer) => Ok(answer),
                     None => {
                         tokio::time::sleep(EVENT_TICK).await;
-                        poll(&gateway, &ticket).await
+                        poll(&gateway, &ticket, holder).await
                     }
                 };
                 let (view, last_one) = match answer {

@@ -55,7 +55,14 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     writer: WriterHandle,
     readers: Arc<ReaderPool>,
+    /// The directory of the database, whose disk [`Store::check_writable`] measures.
+    data_dir: std::path::PathBuf,
 }
+
+/// Free space below which the store does not call itself writable: a write into space the
+/// write-ahead log already holds can succeed on a full disk while the next batch, or the
+/// checkpoint that moves it into the database, cannot.
+const MIN_FREE_BYTES: u64 = 8 * 1024 * 1024;
 
 impl SqliteStore {
     /// Opens (or creates) the store in `data_dir`, migrating its schema.
@@ -80,7 +87,11 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(options.readers.max(1)),
         });
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            data_dir: data_dir.to_owned(),
+        })
     }
 
     fn read<T, F>(&self, query: F) -> StoreFuture<'_, T>
@@ -177,7 +188,20 @@ impl Store for SqliteStore {
     }
 
     fn check_writable(&self) -> StoreFuture<'_, ()> {
-        Box::pin(self.writer.submit(Write::Heartbeat))
+        Box::pin(async move {
+            let free = rustix::fs::statvfs(&self.data_dir)
+                .map(|disk| disk.f_bavail.saturating_mul(disk.f_frsize))
+                .map_err(|error| {
+                    StoreError::Backend(format!("cannot measure the disk: {error}"))
+                })?;
+            if free < MIN_FREE_BYTES {
+                return Err(StoreError::Backend(format!(
+                    "{} has {free} bytes free, below {MIN_FREE_BYTES}",
+                    self.data_dir.display()
+                )));
+            }
+            self.writer.submit(Write::Heartbeat).await
+        })
     }
 
     fn commit_figures(&self) -> Option<CommitFigures> {

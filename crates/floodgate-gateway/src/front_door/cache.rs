@@ -396,7 +396,11 @@ fn url_of<B>(request: &Request<B>) -> String {
     url.push_str(path);
     url.push_str("\n@");
     if let Some(host) = headers.get(header::HOST) {
-        url.extend(host.as_bytes().iter().map(|byte| char::from(byte.to_ascii_lowercase())));
+        url.extend(
+            host.as_bytes()
+                .iter()
+                .map(|byte| char::from(byte.to_ascii_lowercase())),
+        );
     }
     for name in &SITE_HEADERS {
         for value in headers.get_all(name) {
@@ -547,11 +551,23 @@ mod tests {
             keep(&cache, &request(page, &[]), &cc, &body);
         }
         // Using /a makes /b the oldest.
-        assert!(matches!(cache.lookup(&cache.key(&request("/a", &[]))), Lookup::Fresh(_)));
+        assert!(matches!(
+            cache.lookup(&cache.key(&request("/a", &[]))),
+            Lookup::Fresh(_)
+        ));
         keep(&cache, &request("/d", &[]), &cc, &body);
-        assert!(matches!(cache.lookup(&cache.key(&request("/b", &[]))), Lookup::Miss));
+        assert!(matches!(
+            cache.lookup(&cache.key(&request("/b", &[]))),
+            Lookup::Miss
+        ));
         for kept in ["/a", "/c", "/d"] {
-            assert!(matches!(cache.lookup(&cache.key(&request(kept, &[]))), Lookup::Fresh(_)), "{kept}");
+            assert!(
+                matches!(
+                    cache.lookup(&cache.key(&request(kept, &[]))),
+                    Lookup::Fresh(_)
+                ),
+                "{kept}"
+            );
         }
         assert!(cache.store().bytes <= 3 * 1_200);
     }
@@ -570,14 +586,21 @@ mod tests {
             keep(&cache, &request("/shop/rods", headers), &cc, "evil");
         }
         let plain = request("/shop/rods", &[("host", "shop.example")]);
-        assert!(matches!(cache.lookup(&cache.key(&plain)), Lookup::Miss), "no other site's answer");
+        assert!(
+            matches!(cache.lookup(&cache.key(&plain)), Lookup::Miss),
+            "no other site's answer"
+        );
         keep(&cache, &plain, &cc, "rods");
         let shouted = request("/shop/rods", &[("host", "SHOP.example")]);
         let Lookup::Fresh(entry) = cache.lookup(&cache.key(&shouted)) else {
             panic!("a host is one host in any case");
         };
         assert_eq!(entry.body, "rods");
-        assert_eq!(cache.purge("/shop/"), poisoned.len() + 1, "a purge reaches every site");
+        assert_eq!(
+            cache.purge("/shop/"),
+            poisoned.len() + 1,
+            "a purge reaches every site"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -588,8 +611,14 @@ mod tests {
             keep(&cache, &request(page, &[]), &cc, "x");
         }
         assert_eq!(cache.purge("/shop/"), 2);
-        assert!(matches!(cache.lookup(&cache.key(&request("/shop/a", &[]))), Lookup::Miss));
-        assert!(matches!(cache.lookup(&cache.key(&request("/blog/c", &[]))), Lookup::Fresh(_)));
+        assert!(matches!(
+            cache.lookup(&cache.key(&request("/shop/a", &[]))),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            cache.lookup(&cache.key(&request("/blog/c", &[]))),
+            Lookup::Fresh(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

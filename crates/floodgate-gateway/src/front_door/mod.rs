@@ -35,16 +35,22 @@ use admission::{Admission, Permit};
 use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
 use pool::Pool;
 use proxy::{Buffered, ProxyError};
-use rate_limit::{GlobalLimiter, KeyedLimiter};
+use rate_limit::GlobalLimiter;
 use upstream::UpstreamBody;
 
 pub use proxy::encode_forwarded_head;
+pub(crate) use rate_limit::KeyedLimiter;
 pub use upstream::wire;
 
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;
 /// Seconds a shed shopper is told to wait.
 const SHED_RETRY_AFTER_S: u32 = 2;
+/// A request body up to this size is read whole before the request takes a slot in its pool,
+/// so a client that trickles it holds no origin connection (nginx's `client_body_buffer_size`
+/// is 16 KiB, beyond which it buffers to disk); a larger one streams, held to the listener's
+/// minimum body rate.
+const REQUEST_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The client of a connection, put on each of its requests by the server: its IP address as
 /// text, for `X-Forwarded-For` and per-IP rate limits, written once per connection rather than
@@ -71,7 +77,9 @@ impl ClientAddr {
 
     /// The same client, trusted as a proxy when its address is in one of `trusted`.
     pub(crate) fn trusted_if_in(mut self, trusted: &[ipnet::IpNet]) -> Self {
-        self.trusted_proxy = trusted.iter().any(|network| network.contains(&self.address));
+        self.trusted_proxy = trusted
+            .iter()
+            .any(|network| network.contains(&self.address));
         self
     }
 
@@ -127,16 +135,19 @@ pub(crate) enum Outcome {
     RateLimited,
     /// The origin did not answer, or not in time.
     OriginError,
+    /// The client's own body could not be read (`400`).
+    ClientError,
 }
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub(crate) const ALL: [Outcome; 5] = [
+    pub(crate) const ALL: [Outcome; 6] = [
         Self::Forwarded,
         Self::CacheHit,
         Self::Shed,
         Self::RateLimited,
         Self::OriginError,
+        Self::ClientError,
     ];
 
     /// Its metric label.
@@ -147,6 +158,7 @@ impl Outcome {
             Self::Shed => "shed",
             Self::RateLimited => "rate_limited",
             Self::OriginError => "origin_error",
+            Self::ClientError => "client_error",
         }
     }
 }
@@ -572,12 +584,14 @@ impl Target {
         entry.respond(method, served)
     }
 
-    /// Takes a slot in the pool (unless critical), forwards, and records the upstream's health.
+    /// Reads a small body whole, takes a slot in the pool (unless critical), forwards, and
+    /// records the upstream's health: only the upstream's own failures count against it.
     async fn fetch(
         &self,
         request: Request<Body>,
         client: &ClientAddr,
     ) -> Result<(axum::http::Response<UpstreamBody>, Option<Permit>), Failure> {
+        let request = self.read_small_body(request).await?;
         let permit = if !self.admitted {
             None
         } else {
@@ -595,6 +609,13 @@ impl Target {
                 self.counts.add(Outcome::Forwarded);
                 Ok((response, permit))
             }
+            Err(ProxyError::ClientBody) => {
+                self.counts.add(Outcome::ClientError);
+                if let Some(permit) = permit {
+                    permit.finish(false);
+                }
+                Err(Failure::Origin(ProxyError::ClientBody))
+            }
             Err(error) => {
                 chosen.upstream.record(false);
                 self.counts.add(Outcome::OriginError);
@@ -605,6 +626,26 @@ impl Target {
                 Err(Failure::Origin(error))
             }
         }
+    }
+}
+
+impl Target {
+    /// `request` with its body read whole when it is small (see [`REQUEST_BUFFER_BYTES`]),
+    /// else with what was read ahead of the rest; a body that breaks off is the client's `400`.
+    async fn read_small_body(&self, request: Request<Body>) -> Result<Request<Body>, Failure> {
+        if http_body::Body::is_end_stream(request.body()) {
+            return Ok(request);
+        }
+        let (parts, body) = request.into_parts();
+        let body = match proxy::buffer(body, REQUEST_BUFFER_BYTES).await {
+            Buffered::Whole(bytes) => Body::from(bytes),
+            Buffered::TooLarge(prefixed) => Body::new(*prefixed),
+            Buffered::Broken => {
+                self.counts.add(Outcome::ClientError);
+                return Err(Failure::Origin(ProxyError::ClientBody));
+            }
+        };
+        Ok(Request::from_parts(parts, body))
     }
 }
 
@@ -622,6 +663,13 @@ fn failure_response(html: bool, failure: Failure) -> Response {
             StatusCode::GATEWAY_TIMEOUT,
             "origin_timeout",
             "the shop did not answer in time",
+            None,
+        ),
+        Failure::Origin(ProxyError::ClientBody) => refusal(
+            html,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the request body could not be read",
             None,
         ),
         Failure::Origin(ProxyError::Unreachable(_)) => refusal(

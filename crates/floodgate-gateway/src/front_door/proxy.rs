@@ -19,7 +19,7 @@ use super::ClientAddr;
 use super::admission::Permit;
 use super::pool::Upstream;
 use super::upstream::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
-use super::upstream::{SendError, UpstreamBody, request_framing};
+use super::upstream::{ExchangeError, SendError, UpstreamBody, request_framing};
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -33,6 +33,9 @@ pub(crate) enum ProxyError {
     Timeout,
     /// No connection, or the connection broke before a response head.
     Unreachable(String),
+    /// The client's own body could not be read (malformed, cut short, or too slow): the
+    /// client's failure, never the upstream's.
+    ClientBody,
 }
 
 /// Sends `request` to `upstream` and returns its response head with the body still streaming.
@@ -62,6 +65,7 @@ pub(crate) async fn forward(
         .await
         .map_err(|error| match error {
             SendError::TimedOut => ProxyError::Timeout,
+            SendError::Exchange(ExchangeError::RequestBody(_)) => ProxyError::ClientBody,
             error => ProxyError::Unreachable(error.to_string()),
         })
 }
@@ -214,17 +218,21 @@ where
 }
 
 /// A body read as far as needed to know whether it fits in `limit` bytes.
-pub(crate) enum Buffered {
+pub(crate) enum Buffered<B> {
     /// All of it.
     Whole(Bytes),
     /// Too large: what was read, then the rest, still streaming.
-    TooLarge(Box<Prefixed>),
-    /// The upstream broke off.
+    TooLarge(Box<Prefixed<B>>),
+    /// The body broke off.
     Broken,
 }
 
-/// Reads `body` whole if it is at most `limit` bytes.
-pub(crate) async fn buffer(mut body: UpstreamBody, limit: usize) -> Buffered {
+/// Reads `body` whole if it is at most `limit` bytes: an answer for the cache, or a client's
+/// request body before it takes an origin slot (as nginx buffers it).
+pub(crate) async fn buffer<B>(mut body: B, limit: usize) -> Buffered<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     use http_body_util::BodyExt;
     let mut read = VecDeque::new();
     let mut length = 0;
@@ -236,7 +244,12 @@ pub(crate) async fn buffer(mut body: UpstreamBody, limit: usize) -> Buffered {
             length += data.len();
             read.push_back(data);
             if length > limit {
-                return Buffered::TooLarge(Box::new(Prefixed { read, rest: body }));
+                let prefix = length as u64;
+                return Buffered::TooLarge(Box::new(Prefixed {
+                    read,
+                    prefix,
+                    rest: body,
+                }));
             }
         }
     }
@@ -247,24 +260,42 @@ pub(crate) async fn buffer(mut body: UpstreamBody, limit: usize) -> Buffered {
     Buffered::Whole(whole.freeze())
 }
 
-/// The chunks already read, then the rest of the body.
-pub(crate) struct Prefixed {
+/// The chunks already read (`prefix` bytes in all), then the rest of the body.
+pub(crate) struct Prefixed<B> {
     read: VecDeque<Bytes>,
-    rest: UpstreamBody,
+    prefix: u64,
+    rest: B,
 }
 
-impl http_body::Body for Prefixed {
+impl<B> http_body::Body for Prefixed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = std::io::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.read.pop_front() {
-            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Some(chunk) => {
+                self.prefix -= chunk.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
             None => Pin::new(&mut self.rest).poll_frame(context),
         }
+    }
+
+    /// The rest's, with what is still held before it: a length the client said is kept.
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.prefix);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.prefix);
+        }
+        hint
     }
 }
 
@@ -444,12 +475,23 @@ mod tests {
         assert_eq!(value(&lines, "x-forwarded-for"), Some("192.0.2.1"));
         assert_eq!(value(&lines, "x-forwarded-host"), Some("shop.example"));
         assert_eq!(value(&lines, "x-forwarded-proto"), Some("http"));
-        for gone in ["x-forwarded-port", "x-forwarded-prefix", "forwarded", "x-real-ip"] {
+        for gone in [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "forwarded",
+            "x-real-ip",
+        ] {
             assert_eq!(value(&lines, gone), None, "{gone}");
         }
         let trusted = forwarded_lines(&headers, true);
-        assert_eq!(value(&trusted, "x-forwarded-for"), Some("10.0.0.1, 192.0.2.1"));
+        assert_eq!(
+            value(&trusted, "x-forwarded-for"),
+            Some("10.0.0.1, 192.0.2.1")
+        );
         assert_eq!(value(&trusted, "x-forwarded-host"), Some("evil.example"));
-        assert_eq!(value(&trusted, "forwarded"), Some("for=10.0.0.1;host=evil.example"));
+        assert_eq!(
+            value(&trusted, "forwarded"),
+            Some("for=10.0.0.1;host=evil.example")
+        );
     }
 }

@@ -72,6 +72,20 @@ impl KeyedLimiter {
         }
     }
 
+    /// Whether `key` may send now, without counting a send: `Err` holds how long until it may.
+    pub(crate) fn peek(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now().duration_since(self.origin);
+        let shard = &self.shards[self.spread.hash_one(key) as usize % SHARDS];
+        let tat = (shard.lock().unwrap_or_else(PoisonError::into_inner))
+            .tats
+            .get(key)
+            .copied();
+        match self.gcra.check(tat, now) {
+            Decision::Deny { retry_after } => Err(retry_after),
+            Decision::Allow { .. } => Ok(()),
+        }
+    }
+
     /// Keys tracked now.
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {

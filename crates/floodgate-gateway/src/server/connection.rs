@@ -355,7 +355,8 @@ impl Connection {
                     }
                 }
                 wire::make_read_room(&mut self.read);
-                let earned = self.limits.body_grace + Duration::from_secs_f64(received as f64 / rate as f64);
+                let earned =
+                    self.limits.body_grace + Duration::from_secs_f64(received as f64 / rate as f64);
                 let Some(budget) = earned.checked_sub(waited) else {
                     self.stats.timed_out(TimedOut::Body);
                     break Err(io::ErrorKind::TimedOut.into());
@@ -534,7 +535,10 @@ impl Connection {
     /// Writes `bytes` whole, each write making progress within the send timeout.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         let sent = send_all(&self.stream, bytes, self.limits.send_timeout).await;
-        if sent.as_ref().is_err_and(|error| error.kind() == io::ErrorKind::TimedOut) {
+        if sent
+            .as_ref()
+            .is_err_and(|error| error.kind() == io::ErrorKind::TimedOut)
+        {
             self.stats.timed_out(TimedOut::Send);
         }
         sent

@@ -155,7 +155,8 @@ mod tests {
 
     #[test]
     fn the_body_framing_is_refused_wherever_two_readers_could_disagree() {
-        let head = |headers: &str| framing(&format!("POST /o HTTP/1.1\r\nHost: shop\r\n{headers}\r\n"));
+        let head =
+            |headers: &str| framing(&format!("POST /o HTTP/1.1\r\nHost: shop\r\n{headers}\r\n"));
         assert_eq!(
             head("Content-Length: 12\r\n"),
             Ok(RequestFraming::Length(12))
@@ -193,7 +194,9 @@ mod tests {
         assert!(!head("GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-        let waiting = head("POST / HTTP/1.1\r\nHost: shop\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+        let waiting = head(
+            "POST / HTTP/1.1\r\nHost: shop\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        );
         assert!(waiting.expects_continue);
         let old = head("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
         assert!(!old.expects_continue, "HTTP/1.0 knows no 100");

@@ -49,9 +49,7 @@ pub(super) fn normalise_target(
     }
     let path = uri.path();
     if !path.starts_with('/') {
-        return Err(TargetRefusal::Malformed(
-            "the request target is not a path",
-        ));
+        return Err(TargetRefusal::Malformed("the request target is not a path"));
     }
     let absolute = uri.scheme().is_some();
     let normal = normal_path(path).map_err(TargetRefusal::Malformed)?;
@@ -74,7 +72,9 @@ fn the_host(version: Version, headers: &HeaderMap) -> Result<Option<Authority>, 
     let Some(value) = lines.next() else {
         return match version {
             Version::HTTP_10 => Ok(None),
-            _ => Err(TargetRefusal::Malformed("an HTTP/1.1 request names its Host")),
+            _ => Err(TargetRefusal::Malformed(
+                "an HTTP/1.1 request names its Host",
+            )),
         };
     };
     if lines.next().is_some() {
@@ -266,7 +266,12 @@ mod tests {
         }
     }
 
-    fn check(method: Method, version: Version, target: &str, hosts: &[&str]) -> Result<String, TargetRefusal> {
+    fn check(
+        method: Method,
+        version: Version,
+        target: &str,
+        hosts: &[&str],
+    ) -> Result<String, TargetRefusal> {
         let mut uri: Uri = target.parse().unwrap();
         let mut headers = HeaderMap::new();
         for host in hosts {
@@ -277,16 +282,23 @@ mod tests {
 
     #[test]
     fn heads_rfc_9112_refuses_are_refused() {
-        let get = |target: &str, hosts: &[&str]| check(Method::GET, Version::HTTP_11, target, hosts);
+        let get =
+            |target: &str, hosts: &[&str]| check(Method::GET, Version::HTTP_11, target, hosts);
         assert_eq!(get("/shop", &["shop.example"]), Ok("/shop".into()));
         assert_eq!(
             get("http://shop.example/a/../b?x=1", &["shop.example"]),
             Ok("/b?x=1".into()),
             "absolute form becomes origin form"
         );
-        assert_eq!(get("http://SHOP.example:80/a", &["shop.example:80"]), Ok("/a".into()));
+        assert_eq!(
+            get("http://SHOP.example:80/a", &["shop.example:80"]),
+            Ok("/a".into())
+        );
         let malformed = |result: Result<String, TargetRefusal>| {
-            assert!(matches!(result, Err(TargetRefusal::Malformed(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(TargetRefusal::Malformed(_))),
+                "{result:?}"
+            );
         };
         malformed(get("http://evil.example/a", &["shop.example"]));
         malformed(get("http://shop.example:8080/a", &["shop.example"]));
@@ -298,7 +310,10 @@ mod tests {
         malformed(get("/shop", &["shop example"]));
         malformed(get("*", &["shop.example"]));
         malformed(get("shop.example:443", &["shop.example"]));
-        assert_eq!(check(Method::GET, Version::HTTP_10, "/shop", &[]), Ok("/shop".into()));
+        assert_eq!(
+            check(Method::GET, Version::HTTP_10, "/shop", &[]),
+            Ok("/shop".into())
+        );
         for method in [Method::CONNECT, Method::TRACE] {
             assert_eq!(
                 check(method, Version::HTTP_11, "/", &["shop.example"]),

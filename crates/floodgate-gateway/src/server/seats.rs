@@ -208,7 +208,11 @@ mod tests {
             "192.0.2.3".parse().unwrap(),
         );
         let first = [seats.take(a), seats.take(a)];
-        assert!(first.iter().all(|seat| seat.as_ref().unwrap().beyond.is_none()));
+        assert!(
+            first
+                .iter()
+                .all(|seat| seat.as_ref().unwrap().beyond.is_none())
+        );
         let third_from_a = seats.take(a).unwrap();
         assert_eq!(third_from_a.beyond, Some(Beyond::ClientAddress));
         let from_b = seats.take(b).unwrap();
@@ -217,15 +221,28 @@ mod tests {
         drop(first);
         assert_eq!(seats.take(c).unwrap().beyond, None, "seats come back");
         let held = [seats.take(c).unwrap(), seats.take(c).unwrap()];
-        assert!(held.iter().all(|seat| seat.beyond.is_none()), "three seats taken");
+        assert!(
+            held.iter().all(|seat| seat.beyond.is_none()),
+            "three seats taken"
+        );
         // One overflow seat is the third connection from `a`'s.
         let overflow: Vec<_> = (1..OVERFLOW_SEATS).map(|_| seats.take(b)).collect();
-        assert!(overflow.iter().all(|seat| seat.as_ref().unwrap().beyond.is_some()));
-        assert!(seats.take(b).is_none(), "the overflow seats are bounded too");
+        assert!(
+            overflow
+                .iter()
+                .all(|seat| seat.as_ref().unwrap().beyond.is_some())
+        );
+        assert!(
+            seats.take(b).is_none(),
+            "the overflow seats are bounded too"
+        );
         drop((overflow, third_from_a, from_b, held));
         let figures = stats.figures();
         assert_eq!(figures.open, 0, "every seat given back");
         assert!(figures.beyond_listener > OVERFLOW_SEATS as u64);
-        assert!(lock(&seats.by_address).is_empty(), "no address is kept once gone");
+        assert!(
+            lock(&seats.by_address).is_empty(),
+            "no address is kept once gone"
+        );
     }
 }

@@ -287,10 +287,12 @@ impl Rooms {
     }
 
     /// Where the holder of `ticket` stands; `drop_of` gives the ticket's drop and whether it is
-    /// sold out now, if it has a room.
+    /// sold out now, if it has a room. A ticket is refused to a request that proves another
+    /// `holder` than the one it was issued to.
     pub(crate) async fn poll(
         &self,
         ticket: &str,
+        holder: Option<Identity>,
         now: Timestamp,
         drop_of: impl FnOnce(&DropId) -> Option<(RoomDrop, bool)>,
     ) -> Result<Answer, ApiError> {
@@ -298,6 +300,9 @@ impl Rooms {
             .keys
             .open(ticket, TokenKind::Ticket, now)
             .map_err(|_| ApiError::InvalidTicket)?;
+        if holder.is_some_and(|holder| holder != opened.identity) {
+            return Err(ApiError::InvalidTicket);
+        }
         let drop_id = DropId::parse(&opened.drop_id).map_err(|_| ApiError::InvalidTicket)?;
         let (drop, sold_out) = drop_of(&drop_id).ok_or(ApiError::InvalidTicket)?;
         if let Some(shared) = &self.shared {
