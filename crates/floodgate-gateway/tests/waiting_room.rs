@@ -522,3 +522,59 @@ async fn with_visitor_cookies_floodgate_names_the_customer_and_nobody_orders_wit
         "{order}"
     );
 }
+
+#[tokio::test]
+async fn a_ticket_is_only_polled_by_the_identity_it_was_issued_to() {
+    let harness = Harness::configured(
+        "[drops]\nidentity = \"header:X-Customer\"\n",
+        100,
+        1,
+        "2020-01-01T00:00:00Z",
+        0,
+    )
+    .await;
+    let join = |customer: &str| {
+        Request::post("/api/drops/spring/queue")
+            .header("x-customer", customer)
+            .body(Body::from(json!({ "customer": customer }).to_string()))
+            .unwrap()
+    };
+    assert_eq!(harness.call(join("alice")).await.0, StatusCode::OK);
+    let (status, waiting) = harness.call(join("bob")).await;
+    assert_eq!(
+        (status, waiting["state"].as_str()),
+        (StatusCode::ACCEPTED, Some("waiting"))
+    );
+    let ticket = text(&waiting, "ticket");
+    for path in [
+        format!("/api/queue/{ticket}"),
+        format!("/api/queue/{ticket}/events"),
+    ] {
+        let poll = |customer: Option<&str>| {
+            let mut request = Request::get(&path);
+            if let Some(customer) = customer {
+                request = request.header("x-customer", customer);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        let (status, refused) = harness.call(poll(Some("mallory"))).await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("invalid_ticket")),
+            "{path}"
+        );
+        let (status, missing) = harness.call(poll(None)).await;
+        assert_eq!(
+            (status, missing["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("missing_identity")),
+            "{path}"
+        );
+        if !path.ends_with("/events") {
+            let (status, own) = harness.call(poll(Some("bob"))).await;
+            assert_eq!(
+                (status, own["state"].as_str()),
+                (StatusCode::ACCEPTED, Some("waiting"))
+            );
+        }
+    }
+}

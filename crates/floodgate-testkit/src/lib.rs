@@ -9,6 +9,7 @@ pub mod legacy;
 pub mod origin;
 pub mod postgres;
 mod process;
+pub mod recorder;
 
 pub use client::{HttpClient, JsonResponse};
 pub use http::{Method, StatusCode};

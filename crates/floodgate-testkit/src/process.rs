@@ -35,11 +35,23 @@ impl GatewayProcess {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
+        Self::spawn_with_server(binary, data_dir, "", extra_config, env)
+    }
+
+    /// [`Self::spawn_with_env`] with `server_keys` added to the `[server]` table (its limits,
+    /// its trusted proxies).
+    pub fn spawn_with_server(
+        binary: &Path,
+        data_dir: &Path,
+        server_keys: &str,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let admin_token = "test-admin-token".to_owned();
         let config_path: PathBuf = data_dir.join("floodgate.toml");
         std::fs::create_dir_all(data_dir)?;
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_keys}\n\
              [store]\npath = {:?}\n{extra_config}",
             data_dir.join("store").display().to_string()
         );

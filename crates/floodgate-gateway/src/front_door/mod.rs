@@ -97,7 +97,7 @@ impl ClientAddr {
     /// says it forwards for (the last of `X-Forwarded-For`, as nginx's `real_ip` takes it).
     fn limited_address<'a>(&'a self, headers: &'a HeaderMap) -> &'a [u8] {
         let forwarded_for = || {
-            let line = headers.get_all(proxy::X_FORWARDED_FOR).iter().last()?;
+            let line = headers.get_all(proxy::X_FORWARDED_FOR).iter().next_back()?;
             let last = line.as_bytes().rsplit(|&byte| byte == b',').next()?;
             Some(last.trim_ascii()).filter(|address| !address.is_empty())
         };

@@ -286,7 +286,9 @@ impl Connection {
                 (Body::new(body), Some((decoder, feed, wanted)))
             }
         };
-        let mut answer = pin!(handler.handle(request.map(|()| body)));
+        // On the heap while it runs: a connection between requests holds none of it (an
+        // idle connection's task is then a few hundred bytes, not a request's whole future).
+        let mut answer = Box::pin(handler.handle(request.map(|()| body)));
         let mut tending = pin!(self.tend_client(feed, &body_read));
         let response = std::future::poll_fn(|context| {
             if let Poll::Ready(response) = answer.as_mut().poll(context) {
