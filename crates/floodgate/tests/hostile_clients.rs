@@ -351,6 +351,27 @@ async fn a_clients_broken_body_is_its_own_400_and_never_ejects_an_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_that_stalls_past_the_routes_timeout_is_the_clients_delay() {
+    let origin = RecordingOrigin::start().await.unwrap();
+    let (gateway, _data) = start_gateway(
+        "",
+        &format!("[origin]\nurl = \"{}\"\ntimeout_ms = 300\n", origin.url()),
+    );
+    let to = address(&gateway.public_url);
+    // Larger than what is read before a slot is taken: it streams to the upstream, then stalls.
+    let head = "POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 200000\r\n\r\n";
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(to).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[b'x'; 100_000]).await.unwrap();
+        let answer = read_to_close(&mut stream).await;
+        assert_eq!(status(&answer), 400, "{answer}");
+    }
+    let served = exchange(to, &get("/after", "")).await;
+    assert_eq!(status(&served), 200, "the upstream was not ejected: {served}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_bodies_hold_no_origin_slot_and_end_at_the_minimum_rate() {
     let origin = RecordingOrigin::start().await.unwrap();
     let (gateway, _data) = start_gateway(

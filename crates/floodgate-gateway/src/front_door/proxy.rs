@@ -65,7 +65,9 @@ pub(crate) async fn forward(
         .await
         .map_err(|error| match error {
             SendError::TimedOut => ProxyError::Timeout,
-            SendError::Exchange(ExchangeError::RequestBody(_)) => ProxyError::ClientBody,
+            SendError::Exchange(ExchangeError::RequestBody(_) | ExchangeError::RequestBodyLate) => {
+                ProxyError::ClientBody
+            }
             error => ProxyError::Unreachable(error.to_string()),
         })
 }

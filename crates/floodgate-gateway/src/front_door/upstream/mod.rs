@@ -23,6 +23,7 @@ pub mod wire;
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -111,6 +112,9 @@ pub(crate) enum ExchangeError {
     /// No answer head came before the deadline.
     #[error("no answer in time")]
     TimedOut,
+    /// The deadline passed while the client's body was awaited: the client's delay.
+    #[error("the request body was not sent in time")]
+    RequestBodyLate,
 }
 
 impl From<ExchangeError> for SendError {
@@ -184,18 +188,26 @@ impl Socket {
     /// Sends a request: its head, then its body by `framing`. The whole body goes out before
     /// the answer is read, as nginx sends it; an upstream that answers early without reading it
     /// has the rest of the route's timeout to close the connection.
+    ///
+    /// `awaiting_client` is set while the next piece of the body is awaited from the client, so
+    /// a deadline that passes then is told apart from one the upstream let pass.
     async fn send_request(
         &self,
         head: &[u8],
         mut body: Body,
         framing: RequestFraming,
+        awaiting_client: &AtomicBool,
     ) -> Result<(), ExchangeError> {
         self.write_all(head).await?;
         if framing == RequestFraming::Empty {
             return Ok(());
         }
         let mut chunk = Vec::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            awaiting_client.store(true, Ordering::Relaxed);
+            let frame = body.frame().await;
+            awaiting_client.store(false, Ordering::Relaxed);
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(ExchangeError::RequestBody)?;
             // Trailers are not forwarded (see `wire`).
             let Ok(data) = frame.into_data() else {
@@ -382,8 +394,11 @@ async fn exchange(
             ..
         } = &mut *link;
         timer.as_mut().reset(deadline);
+        let awaiting_client = AtomicBool::new(false);
         let mut answered = pin!(async {
-            socket.send_request(head, body, framing).await?;
+            socket
+                .send_request(head, body, framing, &awaiting_client)
+                .await?;
             socket.read_head(method).await
         });
         std::future::poll_fn(|context| {
@@ -391,7 +406,11 @@ async fn exchange(
                 return Poll::Ready(answer);
             }
             ready!(timer.as_mut().poll(context));
-            Poll::Ready(Err(ExchangeError::TimedOut))
+            Poll::Ready(Err(if awaiting_client.load(Ordering::Relaxed) {
+                ExchangeError::RequestBodyLate
+            } else {
+                ExchangeError::TimedOut
+            }))
         })
         .await?
     };
