@@ -286,12 +286,10 @@ impl Intake {
                     drop.release(&order.customer, &order.sku, order.quantity);
                     drop.keys.forget(&order.idempotency_key);
                     match error {
-                        // The store cannot commit now (a full disk, say): nothing was taken,
-                        // and the shopper may retry, as from an overloaded store.
-                        StoreError::Backend(detail) => {
-                            tracing::error!(%detail, "an order's commit failed");
-                            Err(ApiError::Overloaded)
-                        }
+                        // The store cannot commit now (a full disk, say; its writer has logged
+                        // why): nothing was taken, and the shopper may retry, as from an
+                        // overloaded store.
+                        StoreError::Backend(_) => Err(ApiError::Overloaded),
                         error => Err(ApiError::from(error)),
                     }
                 }

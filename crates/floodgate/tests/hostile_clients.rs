@@ -368,7 +368,11 @@ async fn a_large_body_that_stalls_past_the_routes_timeout_is_the_clients_delay()
         assert_eq!(status(&answer), 400, "{answer}");
     }
     let served = exchange(to, &get("/after", "")).await;
-    assert_eq!(status(&served), 200, "the upstream was not ejected: {served}");
+    assert_eq!(
+        status(&served),
+        200,
+        "the upstream was not ejected: {served}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
