@@ -5,6 +5,10 @@
 //! stored, the dead nodes' leases back in the pool once they lapse, and the legacy shop sees
 //! each order once and never more than its limit in any one-second window.
 //!
+//! The pace across a leader takeover, measured outside floodgate's code: a receiver in a
+//! process of its own (`support/stamping_receiver.py`) stamps each delivery as its head
+//! arrives, and no one-second window holds more than `rate_per_second` of them.
+//!
 //! The waiting room: shoppers join, poll and order through a different node each time; the
 //! pre-queue is drawn once for all nodes, and the passes in force never exceed `max_active`
 //! across the nodes, sampled from the database throughout.
@@ -503,5 +507,158 @@ async fn a_waiting_room_shared_by_three_nodes_holds_max_active_across_them() {
          ({samples} samples), {drawn} drawn from the pre-queue",
         outcomes.len() as i64 - ordered,
         RETRIES.load(Ordering::Relaxed)
+    );
+}
+
+/// The receiver outside floodgate's code: a Python process that stamps each request's head.
+struct StampingReceiver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl StampingReceiver {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/stamping_receiver.py"
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the receiver");
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("the receiver's port");
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// When each delivery's head arrived (seconds on the receiver's monotonic clock), sorted.
+    async fn stamps(&self, client: &HttpClient) -> Vec<(f64, String)> {
+        let answer = client
+            .get(&format!("{}/stamps", self.url), &[])
+            .await
+            .unwrap();
+        let mut stamps: Vec<(f64, String)> = serde_json::from_value(answer.body).unwrap();
+        stamps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        stamps
+    }
+}
+
+impl Drop for StampingReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The most stamps in any window of one second.
+fn most_in_any_second(stamps: &[(f64, String)]) -> usize {
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..stamps.len() {
+        while stamps[end].0 - stamps[start].0 >= 1.0 {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+const TAKEOVER_RATE: usize = 50;
+const TAKEOVER_ORDERS: usize = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pace_holds_across_a_leader_takeover_as_a_receiver_of_its_own_stamps_it() {
+    let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
+    let url = cluster.url("postgres");
+    let receiver = StampingReceiver::start();
+    let config = format!(
+        "lease_ttl_ms = {LEASE_TTL_MS}\nleader_ttl_ms = {LEADER_TTL_MS}\n\
+         [downstream]\nurl = \"{}/orders\"\nrate_per_second = {TAKEOVER_RATE}\nmax_in_flight = 16\n",
+        receiver.url
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Option<GatewayProcess>> = dirs
+        .iter()
+        .map(|dir| Some(spawn_with(dir.path(), &url, &config)))
+        .collect();
+    let client = HttpClient::new(Duration::from_secs(20));
+    let drop = json!({
+        "name": "Paced drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
+        "limit_per_customer": 1,
+        "skus": [{ "sku": "rod", "name": "Rod", "price_cents": 100, "stock": 100_000 }],
+    });
+    let first = nodes[0].as_ref().unwrap();
+    first.put_drop(&client, "paced", &drop).await.unwrap();
+    let public: Vec<String> = nodes
+        .iter()
+        .flatten()
+        .map(|node| node.public_url.clone())
+        .collect();
+    known_everywhere(&client, &public, "paced").await;
+    for serial in 0..TAKEOVER_ORDERS {
+        let target = format!("{}/api/drops/paced/orders", public[serial % 3]);
+        let body = json!({ "customer": format!("c-{serial}"), "sku": "rod", "quantity": 1 });
+        let key = format!("order-{serial}");
+        let answer = client
+            .send(
+                Method::POST,
+                &target,
+                &[("idempotency-key", &key)],
+                Some(&body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    }
+    // A few seconds of delivery at the full pace, then the leader dies mid-delivery.
+    wait_until!(
+        "delivery under way",
+        Duration::from_secs(60),
+        receiver.stamps(&client).await.len() >= 4 * TAKEOVER_RATE
+    );
+    let db = connect(&url).await;
+    let leader = leader_pid(&db).await.expect("a delivery leader");
+    let slot = nodes
+        .iter_mut()
+        .find(|slot| slot.as_ref().map(GatewayProcess::pid) == Some(leader))
+        .expect("the leader is a node");
+    slot.take().unwrap().kill();
+    wait_until!(
+        "every order delivered",
+        Duration::from_secs(90),
+        receiver.stamps(&client).await.len() >= TAKEOVER_ORDERS
+    );
+    let stamps = receiver.stamps(&client).await;
+    let delivered: HashSet<&str> = stamps.iter().map(|(_, order)| order.as_str()).collect();
+    assert_eq!(delivered.len(), TAKEOVER_ORDERS, "every order delivered");
+    let most = most_in_any_second(&stamps);
+    let gaps: Vec<f64> = stamps
+        .windows(2)
+        .map(|pair| pair[1].0 - pair[0].0)
+        .collect();
+    let takeover_gap = gaps.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "takeover pace: {} deliveries ({} repeats) over {:.1} s, at most {most} in any second \
+         (limit {TAKEOVER_RATE}); longest gap {takeover_gap:.2} s",
+        stamps.len(),
+        stamps.len() - delivered.len(),
+        stamps.last().unwrap().0 - stamps[0].0,
+    );
+    assert!(
+        most <= TAKEOVER_RATE,
+        "{most} deliveries began in one second, as the receiver stamped them; the limit is {TAKEOVER_RATE}"
     );
 }
