@@ -489,7 +489,21 @@ async fn with_visitor_cookies_floodgate_names_the_customer_and_nobody_orders_wit
     let forged = cookie.replace("floodgate_visitor=v-", "floodgate_visitor=v-0");
     let stranger = public().oneshot(join(Some(&forged))).await.unwrap();
     assert_eq!(stranger.status(), StatusCode::ACCEPTED);
-    assert!(issued(&stranger).is_some());
+    let stranger_cookie = issued(&stranger).expect("a new visitor");
+    let waiting: Value =
+        serde_json::from_slice(&stranger.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    // The stranger's ticket is the stranger's: the first visitor cannot poll it.
+    let poll = |cookie: &str| {
+        Request::get(format!("/api/queue/{}", text(&waiting, "ticket")))
+            .header("cookie", cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(harness.call(poll(&cookie)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        harness.call(poll(&stranger_cookie)).await.0,
+        StatusCode::ACCEPTED
+    );
 
     let order = |cookie: Option<&str>| {
         let mut request = Request::post("/api/drops/spring/orders")

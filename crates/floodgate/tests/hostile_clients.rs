@@ -449,6 +449,47 @@ async fn an_order_body_over_the_limit_is_refused_before_it_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_order_body_ends_at_the_minimum_rate() {
+    let (gateway, _data) =
+        start_gateway("body_grace_ms = 500\nbody_min_rate_bytes_per_s = 100", "");
+    let to = address(&gateway.public_url);
+    for framing in ["Content-Length: 500", "Transfer-Encoding: chunked"] {
+        let stream = TcpStream::connect(to).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let head = format!(
+            "POST /api/drops/spring/orders HTTP/1.1\r\nHost: shop.example\r\n{framing}\r\n\
+             Idempotency-Key: k\r\n\r\n"
+        );
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let piece: &[u8] = if framing.starts_with("Content") {
+            b"{"
+        } else {
+            b"1\r\n{\r\n"
+        };
+        // Ten bytes a second, for at most ten seconds, while the answer is awaited.
+        let trickle = tokio::spawn(async move {
+            while started.elapsed() < Duration::from_secs(10)
+                && writer.write_all(piece).await.is_ok()
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut answer = vec![0; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer)).await;
+        let answered_in = started.elapsed();
+        let read = read.expect("an answer or a close").unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+        assert!(
+            answered_in < Duration::from_secs(2),
+            "{framing}: held {answered_in:?}"
+        );
+        assert!(answer.is_empty() || status(&answer) == 400, "{answer}");
+        trickle.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_closed_by_their_limits_while_health_checks_are_answered() {
     let origin = TestOrigin::start(OriginConfig::default()).await.unwrap();
     let (gateway, _data) = start_gateway(
