@@ -8,7 +8,8 @@
 //! Every wait on the client has a limit ([`ConnectionLimits`]): the head's deadline, the idle
 //! time between requests, the body's minimum rate (counted only while the client is waited
 //! for, not the handler), and the progress of each write. An idle connection holds no buffer:
-//! room is made to read only once the socket is readable, and given back while it waits.
+//! room is made to read only once the socket is readable, and given back once it has waited a
+//! moment for its next request.
 
 use std::future::Future;
 use std::io;
@@ -27,7 +28,7 @@ use floodgate_core::Clock;
 use futures_util::FutureExt;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, Sleep};
@@ -45,6 +46,10 @@ const LINGER_BYTES: usize = 1024 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Room made for an answer's head when the connection holds no write buffer.
 const WRITE_START: usize = 4 * 1024;
+/// A connection that has waited this long for its next request gives its buffers back: a busy
+/// client's next request comes sooner (and keeping them saves it an allocation each), an idle
+/// one may wait the whole idle timeout.
+const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 /// The time a connection beyond the listener's caps has to send its one head: a health
 /// check's is sent at once.
 const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
@@ -183,7 +188,13 @@ impl Connection {
         // When the head began: at once for a connection's first request (a connection that
         // never speaks is a slow head) and for a pipelined one; else at its first byte.
         let mut head_since = (self.requests == 0 || !self.read.is_empty()).then_some(started);
-        self.deadline_by(self.due(started, head_since).0);
+        let release_at = started + BUFFER_RELEASE;
+        let due = self.due(started, head_since).0;
+        self.deadline_by(if self.holds_buffers() {
+            due.min(release_at)
+        } else {
+            due
+        });
         loop {
             if let Some(head) = parse_request_head(&mut self.read)? {
                 return Ok(Some(head));
@@ -198,34 +209,31 @@ impl Connection {
                 head_since = Some(Instant::now());
                 self.deadline_by(self.due(started, head_since).0);
             }
-            // Whether the socket is known to be readable, with no system call.
-            if self.stream.try_io(Interest::READABLE, || Ok(())).is_ok() {
-                wire::make_read_room(&mut self.read);
-                match self.stream.try_read_buf(&mut self.read) {
-                    Ok(0) => return Ok(None),
-                    Ok(_) => continue,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Ok(None),
-                }
-            }
-            if between_requests {
-                // Waiting, perhaps for long: the buffers are made again when a request comes.
-                self.read = BytesMut::new();
-                self.write = Vec::new();
-            }
             tokio::select! {
                 // In this order: no draw of which to poll first, per head.
                 biased;
-                ready = self.stream.readable() => if ready.is_err() {
-                    return Ok(None);
+                read = read_some(&mut self.stream, &mut self.read) => match read {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
                 },
                 () = &mut self.deadline => {
+                    let now = Instant::now();
                     let (due, limit) = self.due(started, head_since);
-                    if Instant::now() >= due {
+                    if now >= due {
                         self.stats.timed_out(limit);
                         return Ok(None);
                     }
-                    self.deadline.as_mut().reset(due);
+                    if between_requests && now >= release_at {
+                        // Made again when a request comes.
+                        self.read = BytesMut::new();
+                        self.write = Vec::new();
+                    }
+                    let next = if between_requests && self.holds_buffers() {
+                        due.min(release_at)
+                    } else {
+                        due
+                    };
+                    self.deadline.as_mut().reset(next);
                 }
                 () = &mut self.stopping, if between_requests => return Ok(None),
             }
@@ -239,6 +247,11 @@ impl Connection {
             Some(since) => (since + self.limits.header_read_timeout, TimedOut::Head),
             None => (started + self.limits.idle_timeout, TimedOut::Idle),
         }
+    }
+
+    /// Whether the connection holds a read or write buffer.
+    fn holds_buffers(&self) -> bool {
+        self.read.capacity() > 0 || self.write.capacity() > 0
     }
 
     /// Makes the timer fire by `due` at the latest.
@@ -527,16 +540,19 @@ impl Connection {
 
     /// Writes what is gathered.
     async fn flush(&mut self) -> io::Result<()> {
-        let write = std::mem::take(&mut self.write);
-        let sent = self.send(&write).await;
-        self.write = write;
+        let sent = send_all(&self.stream, &self.write, self.limits.send_timeout).await;
         self.write.clear();
-        sent
+        self.counted(sent)
     }
 
     /// Writes `bytes` whole, each write making progress within the send timeout.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         let sent = send_all(&self.stream, bytes, self.limits.send_timeout).await;
+        self.counted(sent)
+    }
+
+    /// `sent`, a write's outcome, counted if the client let it time out.
+    fn counted(&self, sent: io::Result<()>) -> io::Result<()> {
         if sent
             .as_ref()
             .is_err_and(|error| error.kind() == io::ErrorKind::TimedOut)
@@ -545,6 +561,23 @@ impl Connection {
         }
         sent
     }
+}
+
+/// Reads what has arrived on `stream` into `buffer`. A buffer with no room left (a connection
+/// that has not spoken yet, or gave its buffers back) gets room only once bytes are there.
+async fn read_some(stream: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
+    if buffer.capacity() == buffer.len() {
+        loop {
+            stream.readable().await?;
+            wire::make_read_room(buffer);
+            match stream.try_read_buf(buffer) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                read => return read,
+            }
+        }
+    }
+    wire::make_read_room(buffer);
+    stream.read_buf(buffer).await
 }
 
 /// Writes `bytes` whole to `stream`; each write must make progress within `timeout`.

@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use axum::http::uri::{Authority, PathAndQuery};
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, Method, Uri, Version, header};
 
 /// Why a request head's target or `Host` is refused.
@@ -40,7 +40,7 @@ pub(super) fn normalise_target(
     }
     let host = the_host(version, headers)?;
     if let Some(named) = uri.authority() {
-        let same = host.is_some_and(|host| host.as_str().eq_ignore_ascii_case(named.as_str()));
+        let same = host.is_some_and(|host| host.eq_ignore_ascii_case(named.as_str().as_bytes()));
         if !same || uri.scheme_str().is_some_and(|scheme| scheme != "http") {
             return Err(TargetRefusal::Malformed(
                 "an absolute-form target must name the request's Host",
@@ -66,8 +66,10 @@ pub(super) fn normalise_target(
     Ok(())
 }
 
-/// The request's one `Host`, if it has one; HTTP/1.1 requires it (RFC 9112 §3.2).
-fn the_host(version: Version, headers: &HeaderMap) -> Result<Option<Authority>, TargetRefusal> {
+/// The request's one `Host`, if it has one; HTTP/1.1 requires it (RFC 9112 §3.2). It must be
+/// a host and an optional port (RFC 3986 §3.2.2: a name, an IPv4 address or a bracketed IPv6
+/// one), with no user information: checked byte by byte, as every request pays for it.
+fn the_host(version: Version, headers: &HeaderMap) -> Result<Option<&[u8]>, TargetRefusal> {
     let mut lines = headers.get_all(header::HOST).iter();
     let Some(value) = lines.next() else {
         return match version {
@@ -80,12 +82,18 @@ fn the_host(version: Version, headers: &HeaderMap) -> Result<Option<Authority>, 
     if lines.next().is_some() {
         return Err(TargetRefusal::Malformed("a request names one Host"));
     }
-    let invalid = TargetRefusal::Malformed("the Host is not a host name and port");
-    let authority = Authority::try_from(value.as_bytes()).map_err(|_| invalid)?;
-    if authority.as_str().contains('@') || authority.host().is_empty() {
-        return Err(invalid);
+    let host = value.as_bytes();
+    let allowed = |byte: &u8| {
+        matches!(byte, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+            | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            | b':' | b'[' | b']' | b'%')
+    };
+    if host.is_empty() || host[0] == b':' || !host.iter().all(allowed) {
+        return Err(TargetRefusal::Malformed(
+            "the Host is not a host name and port",
+        ));
     }
-    Ok(Some(authority))
+    Ok(Some(host))
 }
 
 /// `path` in its normal form: borrowed when it already is (nearly always), else rewritten; or
