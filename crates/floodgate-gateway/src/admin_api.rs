@@ -20,17 +20,9 @@ use subtle::ConstantTimeEq;
 
 use crate::Gateway;
 use crate::body::{parse_json, read_limited, wants_html};
-use crate::error::ApiError;
+use crate::error::{ApiError, retry_after_s};
 use crate::front_door::ClientAddr;
 use crate::public_api::{order_json, shopper_drop_json};
-
-/// Whole seconds to wait, at least one.
-fn wait_seconds(wait: std::time::Duration) -> u32 {
-    u32::try_from(wait.as_secs())
-        .unwrap_or(u32::MAX)
-        .saturating_add(u32::from(wait.subsec_nanos() > 0))
-        .max(1)
-}
 
 /// Most orders one listing page returns: keeps a page's memory and latency bounded.
 const MAX_ORDERS_PER_PAGE: u32 = 1_000;
@@ -106,14 +98,12 @@ async fn require_admin_token(
             .then(|| crate::dashboard::cookie_token(request.headers()))
             .flatten()
     });
-    let address = request
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|client| client.ip().as_bytes().to_vec())
-        .unwrap_or_default();
-    let address = String::from_utf8_lossy(&address);
+    let address = (request.extensions().get::<ClientAddr>())
+        .and_then(|client| client.ip().to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     if let Err(wait) = gateway.admin_failures.peek(&address) {
-        return Err(ApiError::TooManyFailures(wait_seconds(wait)));
+        return Err(ApiError::TooManyFailures(retry_after_s(wait)));
     }
     let expected = gateway.admin_token.as_bytes();
     // `ct_eq` on slices of different lengths returns false without comparing contents; the

@@ -91,8 +91,32 @@ async fn health_p99(to: SocketAddr, from: &str, count: usize) -> Duration {
 /// what it opens lazily.
 async fn settled_descriptors(to: SocketAddr, pid: u32) -> usize {
     health_p99(to, "127.0.0.1", 5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    descriptors(pid)
+    // Settled: the same count five readings in a row.
+    let mut readings = vec![descriptors(pid)];
+    until(
+        "the descriptor count settles",
+        Duration::from_secs(5),
+        || {
+            readings.push(descriptors(pid));
+            let last = &readings[readings.len().saturating_sub(5)..];
+            last.len() == 5 && last.iter().all(|&count| count == last[0])
+        },
+    )
+    .await;
+    readings[readings.len() - 1]
+}
+
+/// The CPU time process `pid` has used, in clock ticks (user and system).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// Open file descriptors of process `pid`.
@@ -386,6 +410,8 @@ async fn trickled_bodies_hold_no_origin_slot_and_end_at_the_minimum_rate() {
         ),
     );
     let to = address(&gateway.public_url);
+    let pid = gateway.pid();
+    let baseline = settled_descriptors(to, pid).await;
     let head = |length: &str| {
         format!("POST /upload HTTP/1.1\r\nHost: shop.example\r\n{length}\r\n").into_bytes()
     };
@@ -412,7 +438,12 @@ async fn trickled_bodies_hold_no_origin_slot_and_end_at_the_minimum_rate() {
             (read_to_close(&mut stream).await, started.elapsed())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until(
+        "every trickler is connected",
+        Duration::from_secs(5),
+        || descriptors(pid) >= baseline + 24,
+    )
+    .await;
     for _ in 0..20 {
         let answer = exchange(to, &get("/shop/rods", "")).await;
         assert_eq!(status(&answer), 200, "other shoppers are served: {answer}");
@@ -557,9 +588,27 @@ async fn slow_clients_are_closed_by_their_limits_while_health_checks_are_answere
             stream
         }));
     }
-    // Measured once the attack is in place: every connection open, the slow readers' socket
-    // buffers full, the trickles still trickling.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Measured once the attack is in place: its connections open, the slow readers' answers
+    // stalled (the gateway's CPU quiet), the trickles still trickling.
+    until("the attack is in place", Duration::from_secs(5), || {
+        descriptors(pid) >= baseline + 200
+    })
+    .await;
+    let stalled_by = Instant::now() + Duration::from_secs(5);
+    let mut used = cpu_ticks(pid);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cpu_ticks(pid);
+        // At most a fifth of a core over the last 100 ms.
+        if now - used <= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < stalled_by,
+            "the slow readers' answers never stalled"
+        );
+        used = now;
+    }
     let p99 = health_p99(to, "127.0.0.2", 200).await;
     assert!(p99 < HEALTHY_P99, "health p99 {p99:?} under attack");
     let held: Vec<TcpStream> = futures_join(attackers).await;
@@ -609,12 +658,15 @@ async fn ten_thousand_idle_connections_cost_little_and_go_when_idle_too_long() {
     })
     .await;
     let opened_in = started.elapsed();
-    // Long enough for the last to have waited past the moment a connection gives its buffers
-    // back.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // 100,000 such connections in well under 1 GB, once the last have waited past the moment
+    // a connection gives its buffers back.
     let per_connection =
-        (resident_kib(pid).saturating_sub(baseline_rss)) as f64 * 1024.0 / 10_000.0;
-    // 100,000 such connections in well under 1 GB.
+        || (resident_kib(pid).saturating_sub(baseline_rss)) as f64 * 1024.0 / 10_000.0;
+    let settled = Instant::now() + Duration::from_secs(5);
+    while per_connection() >= 6_000.0 && Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let per_connection = per_connection();
     assert!(
         per_connection < 6_000.0,
         "{per_connection:.0} bytes per idle connection"
@@ -643,19 +695,27 @@ async fn beyond_both_caps_only_health_checks_are_answered() {
         &format!("[origin]\nurl = \"{}\"\n", origin.url()),
     );
     let to = address(&gateway.public_url);
+    let pid = gateway.pid();
+    let baseline = settled_descriptors(to, pid).await;
     // Ten from one address fill its cap; then twenty from two more fill the listener's.
     let mut held = Vec::new();
     for _ in 0..10 {
         held.push(connect_from("127.0.0.2", to).await);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("ten seated", Duration::from_secs(5), || {
+        descriptors(pid) >= baseline + 10
+    })
+    .await;
     let beyond_address = health_p99(to, "127.0.0.2", 50).await;
     for from in ["127.0.0.3", "127.0.0.4"] {
         for _ in 0..10 {
             held.push(connect_from(from, to).await);
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("thirty seated", Duration::from_secs(5), || {
+        descriptors(pid) >= baseline + 30
+    })
+    .await;
     let beyond_listener = health_p99(to, "127.0.0.9", 50).await;
     assert!(
         beyond_address < HEALTHY_P99 && beyond_listener < HEALTHY_P99,

@@ -164,11 +164,12 @@ impl EdgeCache {
             && !request.headers().contains_key(header::AUTHORIZATION)
     }
 
-    /// The entry key of a request: its URL and the values of the headers its URL varies on.
+    /// The entry key of a request: its site key (URL and site) and the values of the headers
+    /// answers under it vary on.
     pub(crate) fn key<B>(&self, request: &Request<B>) -> String {
-        let url = url_of(request);
+        let site = site_key(request);
         let store = self.store();
-        variant_key(&url, store.vary.get(&url), request.headers())
+        variant_key(&site, store.vary.get(&site), request.headers())
     }
 
     /// What the cache holds for `key`.
@@ -275,7 +276,7 @@ impl EdgeCache {
         if size > MAX_ENTRY_BYTES.min(self.max_bytes) {
             return None;
         }
-        let url = url_of(request);
+        let site = site_key(request);
         let vary: Vec<HeaderName> = entry
             .headers
             .get_all(header::VARY)
@@ -284,10 +285,10 @@ impl EdgeCache {
             .flat_map(|value| value.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
-        let key = variant_key(&url, Some(&vary), request.headers());
+        let key = variant_key(&site, Some(&vary), request.headers());
         let entry = Arc::new(entry);
         let mut store = self.store();
-        store.vary.insert(url, vary);
+        store.vary.insert(site, vary);
         store.remove(&key);
         store.tick += 1;
         let tick = store.tick;
@@ -386,7 +387,7 @@ pub(crate) async fn followed(
 /// A forwarding header a client sent is dropped before the origin sees it unless the client
 /// is a trusted proxy (see `proxy`); keyed on whenever present, it can split entries, never
 /// let one site's answer be served for another.
-fn url_of<B>(request: &Request<B>) -> String {
+fn site_key<B>(request: &Request<B>) -> String {
     let path = request
         .uri()
         .path_and_query()

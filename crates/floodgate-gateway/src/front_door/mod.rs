@@ -30,6 +30,7 @@ use crate::body::wants_html;
 use crate::config::front_door::{
     Balance, ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteCache, RouteConfig,
 };
+use crate::error::retry_after_s;
 use crate::traffic::ServedAs;
 use admission::{Admission, Permit};
 use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
@@ -223,6 +224,7 @@ struct Target {
 #[derive(Debug)]
 enum Failure {
     Shed,
+    /// Forwarding failed: the origin's failure, or the client's own body (`ProxyError::ClientBody`).
     Origin(ProxyError),
 }
 
@@ -413,13 +415,12 @@ impl FrontDoor {
     async fn answer(&self, route: &Route, request: Request<Body>, client: &ClientAddr) -> Response {
         if let Err(wait) = route.check_rate_limits(request.headers(), client) {
             route.target.counts.add(Outcome::RateLimited);
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u32;
             return refusal(
                 wants_html(request.headers()),
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many requests; retry after the indicated delay",
-                Some(seconds),
+                Some(retry_after_s(wait)),
             );
         }
         let target = &route.target;
@@ -627,9 +628,7 @@ impl Target {
             }
         }
     }
-}
 
-impl Target {
     /// `request` with its body read whole when it is small (see [`REQUEST_BUFFER_BYTES`]),
     /// else with what was read ahead of the rest; a body that breaks off is the client's `400`.
     async fn read_small_body(&self, request: Request<Body>) -> Result<Request<Body>, Failure> {

@@ -44,12 +44,17 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// An answer's bytes gathered before they are written, when its body is not all there yet.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Room made for an answer's head when the connection holds no write buffer.
-const WRITE_START: usize = 4 * 1024;
+/// Room made for an answer's head when the connection holds no write buffer (most answers'
+/// heads and small bodies fit; a larger answer grows it).
+const WRITE_START: usize = 1024;
+/// Room made for the first read of a connection that holds no read buffer: most request heads
+/// fit, and a busy connection's buffer grows to the full read size as it needs.
+const FIRST_READ: usize = 4 * 1024;
 /// A connection that has waited this long for its next request gives its buffers back: a busy
-/// client's next request comes sooner (and keeping them saves it an allocation each), an idle
-/// one may wait the whole idle timeout.
-const BUFFER_RELEASE: Duration = Duration::from_secs(1);
+/// client's next request comes sooner (and keeping them saves it an allocation each), a
+/// shopper who polls every few seconds or idles does not. Short, so that a burst of requests
+/// followed by quiet leaves little memory held.
+const BUFFER_RELEASE: Duration = Duration::from_millis(250);
 /// The time a connection beyond the listener's caps has to send its one head: a health
 /// check's is sent at once.
 const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
@@ -189,12 +194,8 @@ impl Connection {
         // never speaks is a slow head) and for a pipelined one; else at its first byte.
         let mut head_since = (self.requests == 0 || !self.read.is_empty()).then_some(started);
         let release_at = started + BUFFER_RELEASE;
-        let due = self.due(started, head_since).0;
-        self.deadline_by(if self.holds_buffers() {
-            due.min(release_at)
-        } else {
-            due
-        });
+        let between_requests = self.read.is_empty();
+        self.deadline_by(self.wake_at(started, head_since, release_at, between_requests));
         loop {
             if let Some(head) = parse_request_head(&mut self.read)? {
                 return Ok(Some(head));
@@ -228,11 +229,7 @@ impl Connection {
                         self.read = BytesMut::new();
                         self.write = Vec::new();
                     }
-                    let next = if between_requests && self.holds_buffers() {
-                        due.min(release_at)
-                    } else {
-                        due
-                    };
+                    let next = self.wake_at(started, head_since, release_at, between_requests);
                     self.deadline.as_mut().reset(next);
                 }
                 () = &mut self.stopping, if between_requests => return Ok(None),
@@ -249,9 +246,22 @@ impl Connection {
         }
     }
 
-    /// Whether the connection holds a read or write buffer.
-    fn holds_buffers(&self) -> bool {
-        self.read.capacity() > 0 || self.write.capacity() > 0
+    /// When the timer must fire next: when the head is due, or before, at `release_at`, if the
+    /// connection waits `between_requests` holding buffers to give back.
+    fn wake_at(
+        &self,
+        started: Instant,
+        head_since: Option<Instant>,
+        release_at: Instant,
+        between_requests: bool,
+    ) -> Instant {
+        let due = self.due(started, head_since).0;
+        let holds_buffers = self.read.capacity() > 0 || self.write.capacity() > 0;
+        if between_requests && holds_buffers {
+            due.min(release_at)
+        } else {
+            due
+        }
     }
 
     /// Makes the timer fire by `due` at the latest.
@@ -569,7 +579,7 @@ async fn read_some(stream: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<
     if buffer.capacity() == buffer.len() {
         loop {
             stream.readable().await?;
-            wire::make_read_room(buffer);
+            buffer.reserve(FIRST_READ);
             match stream.try_read_buf(buffer) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 read => return read,

@@ -101,11 +101,16 @@ impl ConnectionStats {
 pub(super) struct Seats {
     max_connections: usize,
     max_per_address: usize,
-    /// Seats taken, in all and by address (only addresses with a connection open).
-    taken: AtomicUsize,
-    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    taken: std::sync::Mutex<Taken>,
     overflow: AtomicUsize,
     stats: Arc<ConnectionStats>,
+}
+
+/// The seats taken, in all and by address (only addresses with a connection open).
+#[derive(Default)]
+struct Taken {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
 }
 
 /// Where a new connection sits; gives its seat back when dropped.
@@ -125,8 +130,7 @@ impl Seats {
         Arc::new(Self {
             max_connections,
             max_per_address,
-            taken: AtomicUsize::new(0),
-            by_address: std::sync::Mutex::new(HashMap::new()),
+            taken: std::sync::Mutex::default(),
             overflow: AtomicUsize::new(0),
             stats,
         })
@@ -136,34 +140,30 @@ impl Seats {
     /// the overflow seats are taken too (the connection is then closed unread).
     pub(super) fn take(self: &Arc<Self>, address: IpAddr) -> Option<Seat> {
         let beyond = {
-            let mut by_address = lock(&self.by_address);
-            let from_address = by_address.get(&address).copied().unwrap_or(0);
-            if self.taken.load(Ordering::Relaxed) >= self.max_connections {
-                Some(Beyond::Listener)
+            let mut taken = lock(&self.taken);
+            let from_address = taken.by_address.get(&address).copied().unwrap_or(0);
+            if taken.total >= self.max_connections {
+                Beyond::Listener
             } else if from_address >= self.max_per_address {
-                Some(Beyond::ClientAddress)
+                Beyond::ClientAddress
             } else {
-                self.taken.fetch_add(1, Ordering::Relaxed);
-                by_address.insert(address, from_address + 1);
-                None
-            }
-        };
-        match beyond {
-            Some(Beyond::Listener) => &self.stats.beyond_listener,
-            Some(Beyond::ClientAddress) => &self.stats.beyond_client_address,
-            None => {
+                taken.total += 1;
+                taken.by_address.insert(address, from_address + 1);
                 self.stats.open.fetch_add(1, Ordering::Relaxed);
                 return Some(self.seat(address, None));
             }
-        }
-        .fetch_add(1, Ordering::Relaxed);
-        let overflowing = self.overflow.fetch_add(1, Ordering::Relaxed);
-        if overflowing >= OVERFLOW_SEATS {
+        };
+        let beyond_count = match beyond {
+            Beyond::Listener => &self.stats.beyond_listener,
+            Beyond::ClientAddress => &self.stats.beyond_client_address,
+        };
+        beyond_count.fetch_add(1, Ordering::Relaxed);
+        if self.overflow.fetch_add(1, Ordering::Relaxed) >= OVERFLOW_SEATS {
             self.overflow.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         self.stats.open.fetch_add(1, Ordering::Relaxed);
-        Some(self.seat(address, beyond))
+        Some(self.seat(address, Some(beyond)))
     }
 
     fn seat(self: &Arc<Self>, address: IpAddr, beyond: Option<Beyond>) -> Seat {
@@ -183,14 +183,14 @@ impl Drop for Seat {
             seats.overflow.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let mut by_address = lock(&seats.by_address);
-        if let Some(count) = by_address.get_mut(&self.address) {
+        let mut taken = lock(&seats.taken);
+        taken.total -= 1;
+        if let Some(count) = taken.by_address.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
-                by_address.remove(&self.address);
+                taken.by_address.remove(&self.address);
             }
         }
-        seats.taken.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(figures.open, 0, "every seat given back");
         assert!(figures.beyond_listener > OVERFLOW_SEATS as u64);
         assert!(
-            lock(&seats.by_address).is_empty(),
+            lock(&seats.taken).by_address.is_empty(),
             "no address is kept once gone"
         );
     }
