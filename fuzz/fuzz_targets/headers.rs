@@ -6,8 +6,9 @@
 use axum::http::uri::Authority;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use floodgate_core::CacheControl;
-use floodgate_gateway::front_door::wire::RequestFraming;
-use floodgate_gateway::front_door::{ClientAddr, encode_forwarded_head};
+use floodgate_gateway::front_door::encode_forwarded_head;
+use floodgate_http::ClientAddr;
+use floodgate_http::wire::RequestFraming;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|lines: Vec<(&str, &[u8])>| {

@@ -5,9 +5,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use floodgate_gateway::front_door::wire::{BodyDecoder, Decoded, RequestFraming, WireError};
-use floodgate_gateway::ApiError;
-use floodgate_gateway::server::parse_request_head;
+use floodgate_http::ProtocolError;
+use floodgate_http::server::parse_request_head;
+use floodgate_http::wire::{BodyDecoder, Decoded, RequestFraming, WireError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&[u8], u8)| {
@@ -26,7 +26,7 @@ fuzz_target!(|input: (&[u8], u8)| {
 fn read(
     wire: &[u8],
     piece: usize,
-) -> Result<Option<(RequestFraming, Result<Vec<u8>, WireError>)>, ApiError> {
+) -> Result<Option<(RequestFraming, Result<Vec<u8>, WireError>)>, ProtocolError> {
     let mut pieces = wire.chunks(piece);
     let mut buffer = BytesMut::new();
     let head = loop {

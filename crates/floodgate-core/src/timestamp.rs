@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
-use time::format_description::well_known::{Rfc2822, Rfc3339};
+use time::format_description::well_known::Rfc3339;
 
 /// An instant, in whole milliseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -43,17 +43,6 @@ impl Timestamp {
             .and_then(|at| at.format(&Rfc3339).ok())
             .unwrap_or_else(|| format!("@{}ms", self.0))
     }
-
-    /// Formats the whole second as an HTTP date (RFC 9110 §5.6.7), such as
-    /// `Sun, 22 Nov 2026 10:00:00 GMT`.
-    pub fn to_http_date(self) -> String {
-        // RFC 2822 in UTC is the same but for the zone, written `+0000`.
-        OffsetDateTime::from_unix_timestamp(self.0.div_euclid(1000))
-            .ok()
-            .and_then(|at| at.format(&Rfc2822).ok())
-            .and_then(|text| Some(format!("{} GMT", text.strip_suffix(" +0000")?)))
-            .unwrap_or_else(|| "Thu, 01 Jan 1970 00:00:00 GMT".into())
-    }
 }
 
 /// The text was not an RFC 3339 date-time within the representable range.
@@ -83,14 +72,6 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn writes_http_dates() {
-        let at = Timestamp::parse_rfc3339("2026-11-22T10:00:00.250Z").unwrap();
-        assert_eq!(at.to_http_date(), "Sun, 22 Nov 2026 10:00:00 GMT");
-        let early = Timestamp::parse_rfc3339("2026-12-05T09:05:07Z").unwrap();
-        assert_eq!(early.to_http_date(), "Sat, 05 Dec 2026 09:05:07 GMT");
-    }
 
     #[test]
     fn round_trips_through_rfc3339() {

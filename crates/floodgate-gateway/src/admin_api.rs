@@ -21,8 +21,8 @@ use subtle::ConstantTimeEq;
 use crate::Gateway;
 use crate::body::{parse_json, read_limited, wants_html};
 use crate::error::{ApiError, retry_after_s};
-use crate::front_door::ClientAddr;
 use crate::public_api::{order_json, shopper_drop_json};
+use floodgate_http::ClientAddr;
 
 /// Most orders one listing page returns: keeps a page's memory and latency bounded.
 const MAX_ORDERS_PER_PAGE: u32 = 1_000;
@@ -38,10 +38,18 @@ pub(crate) struct AdminConnection {
     pub(crate) client: ClientAddr,
 }
 
-impl crate::server::Handler for AdminConnection {
+impl floodgate_http::server::Handler for AdminConnection {
     fn handle(&self, mut request: Request) -> impl std::future::Future<Output = Response> + Send {
         request.extensions_mut().insert(self.client.clone());
-        crate::server::Handler::handle(&self.router, request)
+        let router = self.router.clone();
+        async move {
+            let Ok(response) = tower::ServiceExt::oneshot(router, request).await;
+            response
+        }
+    }
+
+    fn refusal(&self, error: floodgate_http::ProtocolError) -> Response {
+        ApiError::from(error).into_response()
     }
 }
 

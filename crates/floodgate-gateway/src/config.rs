@@ -183,22 +183,26 @@ impl std::fmt::Display for ConfigProblem {
 
 impl Default for Config {
     fn default() -> Self {
+        // A connection's limits are the protocol's own defaults, in the file's units.
+        let limits = ConnectionLimits::default();
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let count = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
         Self {
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
                 admin_token: String::new(),
-                header_read_timeout_ms: 10_000,
-                idle_timeout_ms: 60_000,
-                body_min_rate_bytes_per_s: 240,
-                body_grace_ms: 5_000,
-                send_timeout_ms: 10_000,
-                max_requests_per_connection: 1_000,
-                max_connections: 10_000,
-                max_connections_per_ip: 1_024,
+                header_read_timeout_ms: millis(limits.header_read_timeout),
+                idle_timeout_ms: millis(limits.idle_timeout),
+                body_min_rate_bytes_per_s: limits.body_min_rate_bytes_per_s,
+                body_grace_ms: millis(limits.body_grace),
+                send_timeout_ms: millis(limits.send_timeout),
+                max_requests_per_connection: limits.max_requests_per_connection,
+                max_connections: count(limits.max_connections),
+                max_connections_per_ip: count(limits.max_connections_per_ip),
                 trusted_proxies: Vec::new(),
                 max_body_bytes: 64 * 1024,
-                shutdown_grace_ms: 10_000,
+                shutdown_grace_ms: millis(limits.shutdown_grace),
                 worker_threads: 0,
                 metrics_public: false,
             },

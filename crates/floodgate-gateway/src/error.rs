@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use floodgate_core::OrderState;
 use floodgate_core::drop::SpecProblem;
 use floodgate_core::ledger::Refusal;
+use floodgate_http::ProtocolError;
 use floodgate_store::StoreError;
 use serde_json::json;
 
@@ -102,18 +103,10 @@ pub enum ApiError {
     /// The store's write queue is full or the node is shutting down.
     #[error("the gateway is at capacity; retry after the indicated delay")]
     Overloaded,
-    /// A request head that cannot be read safely; the connection closes after the answer.
-    #[error("{0}")]
-    MalformedRequest(&'static str),
-    /// A request head over the size limits; the connection closes after the answer.
-    #[error("the request head is too large (at most 64 KiB and 100 lines)")]
-    HeadTooLarge,
-    /// A method a gateway does not serve (`CONNECT`, `TRACE`).
-    #[error("this method is not served")]
-    MethodNotServed,
-    /// A request body in a transfer coding floodgate does not decode.
-    #[error("the request body's transfer coding is not supported")]
-    UnsupportedTransferCoding,
+    /// A request the protocol refused before it was handed on; the connection closes after
+    /// the answer.
+    #[error(transparent)]
+    Protocol(ProtocolError),
     /// Something failed that the client cannot fix.
     #[error("internal error; the request was not carried out")]
     Internal,
@@ -157,14 +150,28 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::TooManyFailures(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_failures"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            Self::MalformedRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Self::HeadTooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
+            Self::Protocol(error) => (
+                error.status(),
+                match error {
+                    ProtocolError::Malformed(_) => "bad_request",
+                    ProtocolError::HeadTooLarge => "headers_too_large",
+                    ProtocolError::MethodNotServed => "method_not_allowed",
+                    ProtocolError::UnsupportedTransferCoding => "not_implemented",
+                    ProtocolError::BeyondCaps => "overloaded",
+                },
             ),
-            Self::MethodNotServed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::UnsupportedTransferCoding => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// The one place a protocol refusal becomes an API error: beyond the listener's caps is the
+/// same `503 overloaded` (with its `Retry-After`) as any other overload.
+impl From<ProtocolError> for ApiError {
+    fn from(error: ProtocolError) -> Self {
+        match error {
+            ProtocolError::BeyondCaps => Self::Overloaded,
+            other => Self::Protocol(other),
         }
     }
 }

@@ -8,7 +8,6 @@
 mod admin_api;
 mod body;
 pub mod config;
-mod connection_loops;
 mod dashboard;
 mod error;
 pub mod front_door;
@@ -21,7 +20,6 @@ mod public_api;
 mod queue_api;
 mod report;
 mod request_id;
-pub mod server;
 mod stock_leases;
 mod timeline;
 mod traffic;
@@ -31,18 +29,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use floodgate_http::ConnectionLoops;
+use floodgate_http::server::{self, ConnectionLimits};
 use floodgate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::Config;
-pub use connection_loops::ConnectionLoops;
 pub use error::ApiError;
 pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
 pub use observe::Observed;
 pub use prewarm::DownstreamProbe;
-pub use server::ConnectionLimits;
 
 /// How often expired idempotency keys are forgotten.
 const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
@@ -304,6 +302,10 @@ pub async fn run(
     gateway.prewarm.open_on(Arc::clone(&loops));
     // Closed by `run` itself once `shutdown` completes; every serve loop watches it.
     let (stop, stopped) = watch::channel(false);
+    let wall_clock: server::WallClock = {
+        let clock = gateway.clock.clone();
+        Arc::new(move || clock.now().unix_millis())
+    };
     let public_gate = public_api::PublicGate::new(Arc::clone(&gateway));
     let public = tokio::spawn(server::serve(
         listeners.public,
@@ -311,7 +313,7 @@ pub async fn run(
         limits,
         Arc::clone(&loops),
         stopped.clone(),
-        gateway.clock.clone(),
+        Arc::clone(&wall_clock),
         Arc::clone(&gateway.public_connections),
     ));
     let admin_router = admin_router(Arc::clone(&gateway));
@@ -324,7 +326,7 @@ pub async fn run(
         limits,
         loops,
         stopped.clone(),
-        gateway.clock.clone(),
+        wall_clock,
         Arc::clone(&gateway.admin_connections),
     ));
     let pruner = tokio::spawn(prune_keys(Arc::clone(&gateway), stopped.clone()));

@@ -13,8 +13,8 @@ use floodgate_dispatch::BreakerState;
 use crate::Gateway;
 use crate::error::ApiError;
 use crate::intake::Placed;
-use crate::server::{ConnectionFigures, TimedOut};
 use crate::waiting_room::Occupancy;
+use floodgate_http::server::{ConnectionFigures, TimedOut};
 
 /// Order outcomes as `floodgate_orders_total` labels them.
 pub(crate) const ORDER_OUTCOMES: [&str; 5] =

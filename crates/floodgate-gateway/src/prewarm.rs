@@ -25,9 +25,9 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use crate::Gateway;
-use crate::connection_loops::ConnectionLoops;
-use crate::front_door::ClientAddr;
 use crate::waiting_room::RoomDrop;
+use floodgate_http::ClientAddr;
+use floodgate_http::ConnectionLoops;
 
 /// Tables are sized up front for at most this many shoppers: past it, sizing would hold
 /// gigabytes before anyone came, and the tables grow a 64th at a time anyway.
@@ -226,7 +226,7 @@ impl Gateway {
                 .open_connections(MAX_CONNECTIONS_PER_UPSTREAM)
                 .await;
         };
-        let per_loop = MAX_CONNECTIONS_PER_UPSTREAM.div_ceil(loops.len());
+        let per_loop = MAX_CONNECTIONS_PER_UPSTREAM.div_ceil(loops.count());
         let opened = loops.on_each(|| {
             let gateway = Arc::clone(self);
             async move { gateway.front_door.open_connections(per_loop).await }

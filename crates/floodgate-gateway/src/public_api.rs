@@ -21,11 +21,11 @@ use tower::ServiceExt;
 use crate::Gateway;
 use crate::body::{idempotency_key, parse_json, read_request};
 use crate::error::ApiError;
-use crate::front_door::ClientAddr;
 use crate::queue_api;
 use crate::request_id;
-use crate::server;
 use crate::traffic::Timing;
+use floodgate_http::ClientAddr;
+use floodgate_http::server;
 
 /// How long `/readyz` waits for the store to prove it can commit.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -102,6 +102,10 @@ pub(crate) struct PublicConnection {
 impl server::Handler for PublicConnection {
     fn handle(&self, request: Request) -> impl Future<Output = Response> + Send {
         self.gate.answer(request, &self.client)
+    }
+
+    fn refusal(&self, error: floodgate_http::ProtocolError) -> Response {
+        ApiError::from(error).into_response()
     }
 
     /// Health checks keep their promise when the listener is full (DESIGN invariant 4).

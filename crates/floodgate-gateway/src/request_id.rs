@@ -21,7 +21,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use floodgate_core::hex;
 
-use crate::front_door::wire::HeaderLines;
+use floodgate_http::wire::HeaderLines;
 
 /// The header, in and out (a `HeaderName`, so no lookup parses the name again).
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

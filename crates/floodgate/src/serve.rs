@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Leadership};
 use floodgate_gateway::config::{DownstreamConfig, StoreConfig};
-use floodgate_gateway::{Clock, Config, ConnectionLoops, Gateway, Listeners, log_lines};
+use floodgate_gateway::{Clock, Config, Gateway, Listeners, log_lines};
+use floodgate_http::ConnectionLoops;
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -130,8 +131,11 @@ pub(crate) async fn run_gateway(
             }
         }
     };
-    let loops = ConnectionLoops::start(config.connection_threads())
-        .context("cannot start the threads that serve connections")?;
+    let loops = ConnectionLoops::start(
+        config.connection_threads(),
+        floodgate_store::relay_answers_here,
+    )
+    .context("cannot start the threads that serve connections")?;
     floodgate_gateway::run(
         listeners,
         gateway,

@@ -15,7 +15,6 @@ mod rate_limit;
 mod upstream;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use crate::error::retry_after_s;
 use crate::traffic::ServedAs;
 use admission::{Admission, Permit};
 use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
+use floodgate_http::ClientAddr;
 use pool::Pool;
 use proxy::{Buffered, ProxyError};
 use rate_limit::GlobalLimiter;
@@ -41,7 +41,6 @@ use upstream::UpstreamBody;
 
 pub use proxy::encode_forwarded_head;
 pub(crate) use rate_limit::KeyedLimiter;
-pub use upstream::wire;
 
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;
@@ -53,60 +52,19 @@ const SHED_RETRY_AFTER_S: u32 = 2;
 /// minimum body rate.
 const REQUEST_BUFFER_BYTES: usize = 64 * 1024;
 
-/// The client of a connection, put on each of its requests by the server: its IP address as
-/// text, for `X-Forwarded-For` and per-IP rate limits, written once per connection rather than
-/// formatted per request; and whether it is a proxy the shop trusts (`server.trusted_proxies`),
-/// whose forwarding headers are believed.
-#[derive(Debug, Clone)]
-pub struct ClientAddr {
-    address: IpAddr,
-    ip: HeaderValue,
-    trusted_proxy: bool,
-}
-
-impl ClientAddr {
-    /// The client at `ip`, not trusted.
-    pub fn new(ip: IpAddr) -> Self {
-        let text =
-            HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
-        Self {
-            address: ip,
-            ip: text,
-            trusted_proxy: false,
-        }
-    }
-
-    /// The same client, trusted as a proxy when its address is in one of `trusted`.
-    pub(crate) fn trusted_if_in(mut self, trusted: &[ipnet::IpNet]) -> Self {
-        self.trusted_proxy = trusted
-            .iter()
-            .any(|network| network.contains(&self.address));
-        self
-    }
-
-    /// The IP address, as text.
-    pub(crate) fn ip(&self) -> &HeaderValue {
-        &self.ip
-    }
-
-    /// Whether its forwarding headers are believed.
-    pub(crate) fn is_trusted_proxy(&self) -> bool {
-        self.trusted_proxy
-    }
-
-    /// The address a per-client limit counts against: for a trusted proxy, the address it
-    /// says it forwards for (the last of `X-Forwarded-For`, as nginx's `real_ip` takes it).
-    fn limited_address<'a>(&'a self, headers: &'a HeaderMap) -> &'a [u8] {
-        let forwarded_for = || {
-            let line = headers.get_all(proxy::X_FORWARDED_FOR).iter().next_back()?;
-            let last = line.as_bytes().rsplit(|&byte| byte == b',').next()?;
-            Some(last.trim_ascii()).filter(|address| !address.is_empty())
-        };
-        self.trusted_proxy
-            .then(forwarded_for)
-            .flatten()
-            .unwrap_or(self.ip.as_bytes())
-    }
+/// The address a per-client limit counts against: for a trusted proxy, the address it says it
+/// forwards for (the last of `X-Forwarded-For`, as nginx's `real_ip` takes it).
+fn limited_address<'a>(client: &'a ClientAddr, headers: &'a HeaderMap) -> &'a [u8] {
+    let forwarded_for = || {
+        let line = headers.get_all(proxy::X_FORWARDED_FOR).iter().next_back()?;
+        let last = line.as_bytes().rsplit(|&byte| byte == b',').next()?;
+        Some(last.trim_ascii()).filter(|address| !address.is_empty())
+    };
+    client
+        .is_trusted_proxy()
+        .then(forwarded_for)
+        .flatten()
+        .unwrap_or(client.ip().as_bytes())
 }
 
 /// What the front door decides for a request before any I/O (see [`FrontDoor::decide`]).
@@ -720,7 +678,7 @@ impl Route {
             };
             let key = by_header
                 .and_then(|value| value.to_str().ok())
-                .or_else(|| std::str::from_utf8(client.limited_address(headers)).ok())
+                .or_else(|| std::str::from_utf8(limited_address(client, headers)).ok())
                 .unwrap_or_default();
             limiter.check(key)?;
         }

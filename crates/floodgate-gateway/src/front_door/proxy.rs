@@ -15,11 +15,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use super::ClientAddr;
 use super::admission::Permit;
 use super::pool::Upstream;
-use super::upstream::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
 use super::upstream::{ExchangeError, SendError, UpstreamBody, request_framing};
+use floodgate_http::ClientAddr;
+use floodgate_http::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

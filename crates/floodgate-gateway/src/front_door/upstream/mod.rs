@@ -18,8 +18,6 @@
 //! pre-warm opens its connections on each loop; those opened on any other thread (a pre-warm
 //! page fetch, a test) wait in a list of their own.
 
-pub mod wire;
-
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
@@ -38,8 +36,10 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::connection_loops::current_loop;
-use wire::{BodyDecoder, Decoded, RequestFraming, WireError};
+use floodgate_http::current_loop;
+use floodgate_http::wire::{self, BodyDecoder, Decoded, RequestFraming, WireError};
+
+use crate::request_id::REQUEST_ID;
 
 /// Idle connections kept per upstream and loop.
 const IDLE_PER_UPSTREAM: usize = 1_024;
@@ -236,7 +236,8 @@ impl Socket {
     async fn read_head(&mut self, method: &Method) -> Result<wire::ResponseHead, ExchangeError> {
         std::future::poll_fn(|context| {
             loop {
-                if let Some(head) = wire::parse_response_head(&mut self.read, method)? {
+                if let Some(head) = wire::parse_response_head(&mut self.read, method, &REQUEST_ID)?
+                {
                     return Poll::Ready(Ok(head));
                 }
                 if ready!(self.poll_fill(context))? == 0 {

@@ -1,6 +1,6 @@
-//! Serving a listener: HTTP/1.1 with keep-alive, a header read timeout against slow clients, and
-//! a graceful shutdown that lets admitted requests finish. Connections are accepted here and
-//! served on the [`ConnectionLoops`], each by [`connection`].
+//! Serving a listener: HTTP/1.1 with keep-alive, every limit a client meets
+//! ([`ConnectionLimits`]), and a graceful shutdown that lets admitted requests finish.
+//! Connections are accepted here and served on the [`ConnectionLoops`], each by `connection`.
 //!
 //! floodgate speaks HTTP/1.1 to its clients itself, as it does to upstreams: hyper's server
 //! side (its dispatcher, the body channel of every request, its header map writer) was a third
@@ -16,15 +16,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, Response};
-use floodgate_core::Clock;
+use axum_core::body::Body;
+use http::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tower::ServiceExt;
 
-use crate::connection_loops::ConnectionLoops;
-use crate::front_door::ClientAddr;
+use crate::{ClientAddr, ConnectionLoops, ProtocolError};
 use connection::Connection;
 use seats::Seats;
 
@@ -63,33 +60,42 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-impl ConnectionLimits {
-    /// Limits fit for a test or an embedded listener: the config's defaults.
-    pub fn defaults() -> Self {
-        crate::Config::default().connection_limits()
+impl Default for ConnectionLimits {
+    /// What a listener on the public internet needs, as the config's defaults say (see
+    /// `docs/limits.md` for why each is what it is).
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_min_rate_bytes_per_s: 240,
+            body_grace: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            max_requests_per_connection: 1_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_024,
+            shutdown_grace: Duration::from_secs(10),
+        }
     }
 }
 
+/// The wall clock answers are dated by, in Unix milliseconds: the application's own, so a test
+/// on a manual clock sees its own time in `Date`.
+pub type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// What answers the requests of one connection, one at a time.
-pub(crate) trait Handler: Send + Sync + 'static {
+pub trait Handler: Send + Sync + 'static {
     /// The answer to `request`.
     fn handle(&self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
 
+    /// The answer to a request the protocol refused (with [`ProtocolError::status`], in the
+    /// application's own form); the connection closes after it.
+    fn refusal(&self, error: ProtocolError) -> Response<Body>;
+
     /// Whether `request` is answered on a connection beyond the listener's caps (a health
-    /// check, which must be answered whatever else holds the listener); others get `503`.
+    /// check, which must be answered whatever else holds the listener); others are refused
+    /// with [`ProtocolError::BeyondCaps`].
     fn serves_beyond_caps(&self, _request: &Request<()>) -> bool {
         false
-    }
-}
-
-/// A router answers each request with a clone of itself, as axum serves one.
-impl Handler for axum::Router {
-    fn handle(&self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
-        let router = self.clone();
-        async move {
-            let Ok(response) = router.oneshot(request).await;
-            response
-        }
     }
 }
 
@@ -97,13 +103,13 @@ impl Handler for axum::Router {
 /// client (answers dated by `clock`, figures kept in `stats`), until `shutdown` turns true;
 /// then stops accepting, closes idle connections, and waits (at most the grace period) for
 /// every in-flight request to be answered.
-pub(crate) async fn serve<H: Handler>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     serve_client: impl Fn(ClientAddr) -> H,
     limits: ConnectionLimits,
     loops: Arc<ConnectionLoops>,
     mut shutdown: watch::Receiver<bool>,
-    clock: Clock,
+    clock: WallClock,
     stats: Arc<ConnectionStats>,
 ) {
     // Every connection holds a sender; once all are dropped, every connection has ended.
@@ -173,7 +179,7 @@ pub(crate) async fn serve<H: Handler>(
 }
 
 /// Completes once shutdown is requested (or whoever could request it is gone).
-pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+pub async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 

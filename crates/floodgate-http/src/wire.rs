@@ -1,7 +1,7 @@
 //! HTTP/1.1 as floodgate speaks it to an upstream (RFC 9112), without I/O: a request head
 //! written into one buffer, a response head parsed in place from the read buffer, and the
 //! response body taken out of that buffer by its framing. The framing rules and the body
-//! decoder serve the listeners' side too (`crate::server`), for the bodies clients send.
+//! decoder serve the listeners' side too ([`crate::server`]), for the bodies clients send.
 //!
 //! The proxy forwards a head it has already parsed, to a server the shop runs, so this side
 //! needs no more than that: a request head is written line by line as the proxy chooses its
@@ -11,10 +11,8 @@
 
 use std::mem::MaybeUninit;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
-
-use crate::request_id::REQUEST_ID;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), as text: an
 /// answer's lines are compared with these as they are read (a `HeaderName`'s text is a lookup
@@ -164,10 +162,12 @@ pub struct ResponseHead {
 }
 
 /// Takes the final response head (after any `1xx` interim answers) to a request with `method`
-/// off the front of `buffer`; `None` while it is incomplete.
+/// off the front of `buffer`; `None` while it is incomplete. Lines named `replaced` are left
+/// out as they are read: the caller writes its own (the proxy, its request id).
 pub fn parse_response_head(
     buffer: &mut BytesMut,
     method: &Method,
+    replaced: &HeaderName,
 ) -> Result<Option<ResponseHead>, WireError> {
     // Nothing yet is the usual first look, before the upstream has answered.
     while !buffer.is_empty() {
@@ -209,7 +209,7 @@ pub fn parse_response_head(
             && framing != ResponseFraming::UntilClose
             && !facts.both_framings()
             && !facts.close;
-        let lines = message_lines(lines, &facts, framing, length);
+        let lines = message_lines(lines, &facts, framing, length, replaced);
         buffer.advance(length);
         return Ok(Some(ResponseHead {
             status,
@@ -376,14 +376,14 @@ fn content_length(digits: &[u8]) -> Result<u64, WireError> {
 /// of a head. Those that describe the connection are left out: the hop-by-hop ones and any
 /// `Connection` names (RFC 9110 §7.6.1), which is the proxy's duty, done here in the pass that
 /// reads them. So is the length of a body, which the client's side writes itself; an answer
-/// without one (to `HEAD`, a `304`) keeps it, as it tells the length a `GET` would get. So is
-/// the upstream's `X-Request-Id`: every answer carries the request's own
-/// (`request_id::stamp`).
+/// without one (to `HEAD`, a `304`) keeps it, as it tells the length a `GET` would get. So are
+/// the lines named `replaced`, which the caller writes itself.
 fn message_lines(
     lines: &[httparse::Header<'_>],
     facts: &LineFacts<'_>,
     framing: ResponseFraming,
     head_length: usize,
+    replaced: &HeaderName,
 ) -> HeaderLines {
     let without_length = framing != ResponseFraming::Empty;
     let mut kept = HeaderLines::with_capacity(head_length + ADDED_LINES_ROOM);
@@ -401,7 +401,7 @@ fn message_lines(
         if hop_by_hop
             || (facts.names_headers && named_by_connection())
             || (without_length && name.eq_ignore_ascii_case(CONTENT_LENGTH.as_bytes()))
-            || name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes())
+            || name.eq_ignore_ascii_case(replaced.as_str().as_bytes())
         {
             continue;
         }
@@ -514,7 +514,7 @@ const MIN_READ: usize = 2 * 1024;
 
 /// Makes room in a connection's read buffer for the next read, in steps large enough that a
 /// head or a body piece rarely needs two (both sides of the proxy read this way).
-pub(crate) fn make_read_room(buffer: &mut BytesMut) {
+pub fn make_read_room(buffer: &mut BytesMut) {
     if buffer.capacity() - buffer.len() < MIN_READ {
         buffer.reserve(READ_SIZE);
     }
@@ -699,8 +699,11 @@ mod tests {
 
     use super::*;
 
+    /// The header the tests' caller replaces with its own.
+    static REPLACED: HeaderName = HeaderName::from_static("x-request-id");
+
     fn head(bytes: &[u8], method: &Method) -> Result<Option<ResponseHead>, WireError> {
-        parse_response_head(&mut BytesMut::from(bytes), method)
+        parse_response_head(&mut BytesMut::from(bytes), method, &REPLACED)
     }
 
     fn framing(bytes: &[u8]) -> ResponseFraming {
@@ -712,7 +715,7 @@ mod tests {
         let mut pieces = wire.chunks(split.max(1));
         let mut buffer = BytesMut::new();
         let parsed = loop {
-            if let Some(parsed) = parse_response_head(&mut buffer, method)? {
+            if let Some(parsed) = parse_response_head(&mut buffer, method, &REPLACED)? {
                 break parsed;
             }
             buffer.extend_from_slice(pieces.next().ok_or(WireError::Truncated)?);
@@ -761,7 +764,7 @@ mod tests {
         let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Tag: a\r\nx-tag: b\r\n\r\nabc";
         assert!(head(&wire[..20], &Method::GET).unwrap().is_none());
         let mut buffer = BytesMut::from(&wire[..]);
-        let parsed = parse_response_head(&mut buffer, &Method::GET)
+        let parsed = parse_response_head(&mut buffer, &Method::GET, &REPLACED)
             .unwrap()
             .unwrap();
         assert_eq!(parsed.status, StatusCode::OK);

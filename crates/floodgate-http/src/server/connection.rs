@@ -19,13 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::header;
-use axum::http::{Method, Request, Response, StatusCode, Version};
-use axum::response::IntoResponse;
+use axum_core::body::Body;
 use bytes::{Bytes, BytesMut};
-use floodgate_core::Clock;
 use futures_util::FutureExt;
+use http::header;
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,9 +33,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::request_head::{MAX_HEAD_BYTES, RequestHead, parse_request_head};
 use super::seats::{Beyond, ConnectionStats, TimedOut};
-use super::{ConnectionLimits, Handler, date, stop_requested};
-use crate::error::ApiError;
-use crate::front_door::wire::{self, BodyDecoder, Decoded, HeaderLines, RequestFraming};
+use super::{ConnectionLimits, Handler, WallClock, date, stop_requested};
+use crate::ProtocolError;
+use crate::wire::{self, BodyDecoder, Decoded, HeaderLines, RequestFraming};
 
 /// How long, and for how many bytes, a closing connection drops what still arrives.
 const LINGER_TIME: Duration = Duration::from_secs(2);
@@ -76,7 +74,7 @@ pub(super) struct Connection {
     /// head (registering with the channel, then leaving it) cost a request 470 instructions.
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// For the answers' `Date`.
-    clock: Clock,
+    clock: WallClock,
     stats: Arc<ConnectionStats>,
 }
 
@@ -86,7 +84,7 @@ impl Connection {
         mut limits: ConnectionLimits,
         beyond: Option<Beyond>,
         shutdown: watch::Receiver<bool>,
-        clock: Clock,
+        clock: WallClock,
         stats: Arc<ConnectionStats>,
     ) -> Self {
         if beyond.is_some() {
@@ -118,7 +116,7 @@ impl Connection {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
                 Err(error) => {
-                    self.refuse(error).await;
+                    self.refuse(error, &handler).await;
                     return self.linger().await;
                 }
             };
@@ -130,7 +128,7 @@ impl Connection {
             } = head;
             self.requests += 1;
             if self.beyond.is_some() && !handler.serves_beyond_caps(&request) {
-                self.refuse(ApiError::Overloaded).await;
+                self.refuse(ProtocolError::BeyondCaps, &handler).await;
                 return self.linger().await;
             }
             let http_1_0 = request.version() == Version::HTTP_10;
@@ -188,7 +186,7 @@ impl Connection {
     /// its time then, and it is moved earlier only when the time left is shorter than it says.
     /// Resetting it per request, with the timer wheel's lock, cost a request hundreds of
     /// instructions, where heads nearly always arrive in time.
-    async fn read_head(&mut self) -> Result<Option<RequestHead>, ApiError> {
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, ProtocolError> {
         let started = Instant::now();
         // When the head began: at once for a connection's first request (a connection that
         // never speaks is a slow head) and for a pipelined one; else at its first byte.
@@ -271,10 +269,10 @@ impl Connection {
         }
     }
 
-    /// Answers a refused head; the connection then closes.
-    async fn refuse(&mut self, error: ApiError) {
+    /// Answers a refused request as `handler` renders it; the connection then closes.
+    async fn refuse(&mut self, error: ProtocolError, handler: &impl Handler) {
         let _ = self
-            .write_response(error.into_response(), false, false, false)
+            .write_response(handler.refusal(error), false, false, false)
             .await;
     }
 
@@ -467,7 +465,7 @@ impl Connection {
         }
         if !dated {
             out.extend_from_slice(b"date: ");
-            date::append(self.clock.now(), out);
+            date::append((self.clock)(), out);
             out.extend_from_slice(b"\r\n");
         }
         // A `HEAD` answer tells the length a `GET` would get, when its handler knows it. A body
@@ -643,7 +641,7 @@ fn push_decimal(value: u64, out: &mut Vec<u8>) {
 }
 
 /// Whether an answer's handler asked for the connection to close.
-fn closes(headers: &axum::http::HeaderMap) -> bool {
+fn closes(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()

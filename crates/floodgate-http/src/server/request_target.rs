@@ -15,8 +15,8 @@
 
 use std::borrow::Cow;
 
-use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderMap, Method, Uri, Version, header};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Uri, Version, header};
 
 /// Why a request head's target or `Host` is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,12 +3,12 @@
 
 use std::mem::MaybeUninit;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use super::request_target::{TargetRefusal, normalise_target};
-use crate::error::ApiError;
-use crate::front_door::wire::{FramingRefusal, LineFacts, RequestFraming};
+use crate::ProtocolError;
+use crate::wire::{FramingRefusal, LineFacts, RequestFraming};
 
 /// The longest request head accepted (nginx's `large_client_header_buffers` allow 32 KiB).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -31,7 +31,7 @@ pub struct RequestHead {
 /// Takes the request head off the front of `buffer`; `None` while it is incomplete. A head that
 /// is refused is answered with the error, and the connection closed: what follows it cannot be
 /// trusted to start a request.
-pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, ApiError> {
+pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, ProtocolError> {
     if buffer.is_empty() {
         return Ok(None);
     }
@@ -45,21 +45,21 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
     ) {
         Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD_BYTES => length,
         Ok(httparse::Status::Partial) if buffer.len() <= MAX_HEAD_BYTES => return Ok(None),
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ApiError::HeadTooLarge),
-        Err(_) => return Err(ApiError::MalformedRequest("the request head is malformed")),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
+        Err(_) => return Err(ProtocolError::Malformed("the request head is malformed")),
     };
     let method = parsed.method.unwrap_or_default();
     let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| ApiError::MalformedRequest("the request method is malformed"))?;
+        .map_err(|_| ProtocolError::Malformed("the request method is malformed"))?;
     let minor_version = parsed.version.unwrap_or_default();
     let facts = LineFacts::of(parsed.headers);
     let framing = facts
         .request_framing(minor_version)
         .map_err(|refusal| match refusal {
             FramingRefusal::Ambiguous => {
-                ApiError::MalformedRequest("the request body's length is ambiguous")
+                ProtocolError::Malformed("the request body's length is ambiguous")
             }
-            FramingRefusal::UnknownCoding => ApiError::UnsupportedTransferCoding,
+            FramingRefusal::UnknownCoding => ProtocolError::UnsupportedTransferCoding,
         })?;
     let keep_alive = !facts.close && (minor_version == 1 || facts.keep_alive);
     let expects_continue = facts.expects_continue && minor_version == 1;
@@ -74,7 +74,7 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
     let mut headers = Vec::with_capacity(parsed.headers.len());
     for line in &*parsed.headers {
         let name = HeaderName::from_bytes(line.name.as_bytes())
-            .map_err(|_| ApiError::MalformedRequest("a header name is malformed"))?;
+            .map_err(|_| ProtocolError::Malformed("a header name is malformed"))?;
         let value = if line.value.is_empty() {
             0..0
         } else {
@@ -84,12 +84,12 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
     }
     let head = buffer.split_to(length).freeze();
     let mut uri = Uri::from_maybe_shared(head.slice(target))
-        .map_err(|_| ApiError::MalformedRequest("the request target is malformed"))?;
+        .map_err(|_| ProtocolError::Malformed("the request target is malformed"))?;
     // Room for the request id the gateway adds: growing a full map rehashes it.
     let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| ApiError::MalformedRequest("a header value is malformed"))?;
+            .map_err(|_| ProtocolError::Malformed("a header value is malformed"))?;
         header_map.append(name, value);
     }
     let version = if minor_version == 0 {
@@ -98,8 +98,8 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
         Version::HTTP_11
     };
     normalise_target(&method, version, &mut uri, &header_map).map_err(|refusal| match refusal {
-        TargetRefusal::Malformed(why) => ApiError::MalformedRequest(why),
-        TargetRefusal::MethodNotServed => ApiError::MethodNotServed,
+        TargetRefusal::Malformed(why) => ProtocolError::Malformed(why),
+        TargetRefusal::MethodNotServed => ProtocolError::MethodNotServed,
     })?;
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -116,17 +116,16 @@ pub fn parse_request_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, 
 
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
+    use http::StatusCode;
 
     use super::*;
 
-    fn parse(wire: &[u8]) -> Result<Option<RequestHead>, ApiError> {
+    fn parse(wire: &[u8]) -> Result<Option<RequestHead>, ProtocolError> {
         parse_request_head(&mut BytesMut::from(wire))
     }
 
     fn framing(wire: &str) -> Result<RequestFraming, StatusCode> {
-        let head = parse(wire.as_bytes()).map_err(|error| error.into_response().status())?;
+        let head = parse(wire.as_bytes()).map_err(ProtocolError::status)?;
         Ok(head.expect("a whole head").framing)
     }
 
@@ -208,13 +207,7 @@ mod tests {
             "GET / HTTP/1.1\r\nX-Big: {}\r\n",
             "a".repeat(MAX_HEAD_BYTES)
         );
-        let status = |wire: &[u8]| {
-            parse(wire)
-                .map(|_| ())
-                .unwrap_err()
-                .into_response()
-                .status()
-        };
+        let status = |wire: &[u8]| parse(wire).map(|_| ()).unwrap_err().status();
         assert_eq!(
             status(long.as_bytes()),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE

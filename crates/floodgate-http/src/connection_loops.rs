@@ -33,10 +33,12 @@ struct ConnectionLoop {
 }
 
 impl ConnectionLoops {
-    /// Starts `count` loops, each on its own thread.
-    pub fn start(count: NonZeroUsize) -> std::io::Result<Self> {
+    /// Starts `count` loops, each on its own thread, each running `on_start` in its runtime
+    /// first (the application's hook for what must live on every loop: the store's relay of
+    /// its answers).
+    pub fn start(count: NonZeroUsize, on_start: fn()) -> std::io::Result<Self> {
         let loops = (0..count.get())
-            .map(start_loop)
+            .map(|index| start_loop(index, on_start))
             .collect::<std::io::Result<_>>()?;
         Ok(Self {
             loops,
@@ -46,14 +48,14 @@ impl ConnectionLoops {
 
     /// Spawns `task` on the next loop in turn (connections live long under keep-alive, so
     /// taking turns spreads them evenly).
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
         self.loops[turn].runtime.spawn(task);
     }
 
     /// Runs a future from `make` on every loop at once; what each returned (a loop whose task
     /// panicked is left out).
-    pub(crate) async fn on_each<F>(&self, make: impl Fn() -> F) -> Vec<F::Output>
+    pub async fn on_each<F>(&self, make: impl Fn() -> F) -> Vec<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -71,7 +73,7 @@ impl ConnectionLoops {
     }
 
     /// How many loops there are.
-    pub(crate) fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.loops.len()
     }
 }
@@ -81,11 +83,11 @@ thread_local! {
 }
 
 /// The index of the loop running on this thread; `None` on any other thread.
-pub(crate) fn current_loop() -> Option<usize> {
+pub fn current_loop() -> Option<usize> {
     CURRENT_LOOP.with(Cell::get)
 }
 
-fn start_loop(index: usize) -> std::io::Result<ConnectionLoop> {
+fn start_loop(index: usize, on_start: fn()) -> std::io::Result<ConnectionLoop> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -97,8 +99,7 @@ fn start_loop(index: usize) -> std::io::Result<ConnectionLoop> {
         .spawn(move || {
             CURRENT_LOOP.with(|current| current.set(Some(index)));
             runtime.block_on(async {
-                // The store's answers then wake this loop once per commit, not once per order.
-                floodgate_store::relay_answers_here();
+                on_start();
                 let _ = stopped.await;
             });
         })?;
@@ -146,7 +147,7 @@ mod tests {
 
     #[test]
     fn tasks_take_turns_between_the_loops_and_run_inside_their_runtimes() {
-        let loops = ConnectionLoops::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let loops = ConnectionLoops::start(NonZeroUsize::new(2).unwrap(), || {}).unwrap();
         let (done, finished) = std::sync::mpsc::channel();
         for _ in 0..4 {
             let done = done.clone();
