@@ -6,7 +6,7 @@
 use axum::http::uri::Authority;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use floodgate_core::CacheControl;
-use floodgate_gateway::front_door::encode_forwarded_head;
+use floodgate_front_door::encode_forwarded_head;
 use floodgate_http::ClientAddr;
 use floodgate_http::wire::RequestFraming;
 use libfuzzer_sys::fuzz_target;

@@ -73,6 +73,9 @@ impl SkuUnits {
     }
 }
 
+/// A drop's ledger as the intake and the node's stock leases share it.
+pub type SharedLedger = std::sync::Arc<std::sync::Mutex<DropLedger>>;
+
 /// The live counters of one drop.
 #[derive(Debug)]
 pub struct DropLedger {

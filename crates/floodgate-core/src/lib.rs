@@ -9,6 +9,7 @@
 pub mod cache_control;
 pub mod clock;
 pub mod concurrency;
+pub mod delivery;
 pub mod drop;
 pub mod gcra;
 pub mod glob;

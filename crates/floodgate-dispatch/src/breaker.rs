@@ -6,23 +6,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use floodgate_core::delivery::BreakerState;
 use tokio::time::Instant;
 
 /// The longest open period, as a multiple of the configured one.
 const MAX_OPEN_FACTOR: u32 = 8;
-
-/// Where the breaker stands, for stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    /// Requests flow.
-    Closed,
-    /// Nothing is sent until the open period ends.
-    Open,
-    /// One probe is out; its answer decides.
-    HalfOpen,
-}
 
 #[derive(Debug, Clone, Copy)]
 enum State {

@@ -13,14 +13,14 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use floodgate_core::delivery::{BreakerState, DispatchStats};
 use floodgate_core::{Clock, Order, OrderId, OrderState};
 use floodgate_store::{Delivery, StoreError};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::Breaker;
 use crate::downstream::{Downstream, Verdict, verdict};
 use crate::leadership::Fence;
 use crate::outbox::Outbox;
@@ -58,33 +58,6 @@ pub struct DispatchSettings {
     pub breaker_failures: u32,
     /// How long the breaker stays open at first.
     pub breaker_open: Duration,
-}
-
-/// What the dispatcher holds and has done since it started.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DispatchStats {
-    /// Orders read from the store and not yet settled (in flight included).
-    pub holding: usize,
-    /// Attempts awaiting an answer.
-    pub in_flight: usize,
-    /// Attempts started.
-    pub attempts: u64,
-    /// Orders the downstream took.
-    pub confirmed: u64,
-    /// Orders the downstream refused for good (units returned).
-    pub rejected: u64,
-    /// Orders dead-lettered after their last attempt.
-    pub failed: u64,
-    /// Attempts that will be retried.
-    pub retried: u64,
-    /// The current adaptive pace, starts per second.
-    pub rate_per_second: f64,
-    /// The configured limit.
-    pub limit_per_second: u32,
-    /// The breaker.
-    pub breaker: BreakerState,
-    /// This node delivers now (the only node, or the leader of several).
-    pub leading: bool,
 }
 
 /// Called once a rejected order's units are back in the store, so the intake can sell them.

@@ -18,9 +18,9 @@ mod leadership;
 mod outbox;
 mod pacer;
 
-pub use breaker::BreakerState;
-pub use dispatcher::{DispatchSettings, DispatchStats, Dispatcher, UnitsReturned};
+pub use dispatcher::{DispatchSettings, Dispatcher, UnitsReturned};
 pub use downstream::{Downstream, HttpDownstream, MAX_RETRY_AFTER, Reply, ReplyFuture, order_body};
+pub use floodgate_core::delivery::{BreakerState, DispatchStats};
 pub use leadership::{Fence, Leadership};
 pub use outbox::Outbox;
 pub use pacer::WINDOW;

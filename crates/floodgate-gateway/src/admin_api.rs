@@ -19,10 +19,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::Gateway;
-use crate::body::{parse_json, read_limited, wants_html};
-use crate::error::{ApiError, retry_after_s};
+use crate::body::{parse_json, read_limited};
+use crate::error::ApiError;
 use crate::public_api::{order_json, shopper_drop_json};
 use floodgate_http::ClientAddr;
+use floodgate_http::{retry_after_s, wants_html};
 
 /// Most orders one listing page returns: keeps a page's memory and latency bounded.
 const MAX_ORDERS_PER_PAGE: u32 = 1_000;

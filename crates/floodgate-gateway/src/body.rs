@@ -54,12 +54,3 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Api
         .map_err(|_| ApiError::InvalidIdempotencyKey)?;
     IdempotencyKey::parse(text).map_err(|_| ApiError::InvalidIdempotencyKey)
 }
-
-/// Whether the client is a browser asking for a page rather than an API client asking for JSON.
-pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(axum::http::header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/html") && !accept.contains("application/json")
-}

@@ -11,7 +11,8 @@ use std::time::Duration;
 use axum::http::Uri;
 use toml::{Table, Value};
 
-use front_door::{FrontDoorConfig, FrontDoorTables};
+use floodgate_front_door::settings::FrontDoorConfig;
+use front_door::{FrontDoorTables, read_front_door};
 
 use crate::{ConnectionLimits, GatewaySettings, IntakeLimits};
 
@@ -415,7 +416,7 @@ impl Config {
             ),
         };
         downstream.finish();
-        let front_door_config = FrontDoorConfig::read(front_door_tables, &mut problems);
+        let front_door_config = read_front_door(front_door_tables, &mut problems);
         let mut room = Section::new("waiting_room", waiting_room_table, &mut problems);
         let mut waiting_room_config = WaitingRoomConfig {
             secret: room.get("secret", defaults.waiting_room.secret, text_value),

@@ -14,14 +14,6 @@ use serde_json::json;
 /// clear, short enough that a shopper does not give up.
 const OVERLOADED_RETRY_AFTER_S: u32 = 1;
 
-/// A wait as the whole seconds a `Retry-After` says: rounded up, at least one.
-pub(crate) fn retry_after_s(wait: std::time::Duration) -> u32 {
-    u32::try_from(wait.as_secs())
-        .unwrap_or(u32::MAX)
-        .saturating_add(u32::from(wait.subsec_nanos() > 0))
-        .max(1)
-}
-
 /// Every answer other than success that the HTTP API gives.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use floodgate_core::ledger::SharedLedger;
 use floodgate_core::{
     DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, KeyTable, Order, OrderId,
     OrderRequest, OrderState, Refusal, RequestFingerprint, Timestamp,
@@ -48,8 +49,6 @@ impl Placed {
         }
     }
 }
-
-pub(crate) type SharedLedger = Arc<Mutex<DropLedger>>;
 
 /// How many times one order waits for a lease refill before it is answered `503`: the pool
 /// changes under other nodes' leases, but not forever.

@@ -10,7 +10,6 @@ mod body;
 pub mod config;
 mod dashboard;
 mod error;
-pub mod front_door;
 mod intake;
 pub mod log_lines;
 mod metrics;
@@ -52,7 +51,7 @@ pub struct Gateway {
     /// Accent colour of the waiting-room page.
     room_colour: String,
     identity: config::IdentitySource,
-    front_door: front_door::FrontDoor,
+    front_door: floodgate_front_door::FrontDoor,
     clock: Clock,
     admin_token: String,
     max_body_bytes: usize,
@@ -61,7 +60,7 @@ pub struct Gateway {
     delivery: Option<DeliveryPace>,
     counters: metrics::Counters,
     /// Failed admin authentications by client address (see `admin_api`).
-    admin_failures: front_door::KeyedLimiter,
+    admin_failures: floodgate_front_door::KeyedLimiter,
     /// Each listener's connections, for `/metrics`.
     public_connections: Arc<server::ConnectionStats>,
     admin_connections: Arc<server::ConnectionStats>,
@@ -93,7 +92,7 @@ pub struct GatewaySettings {
     /// Intake limits.
     pub intake: IntakeLimits,
     /// Routes, pools, rate limits and cache of the rest of the shop's traffic.
-    pub front_door: config::front_door::FrontDoorConfig,
+    pub front_door: floodgate_front_door::settings::FrontDoorConfig,
     /// Keys that sign waiting-room tickets and passes (the current one) and still accept
     /// tokens signed before a rotation (the previous ones).
     pub token_keys: floodgate_core::TokenKeys,
@@ -109,7 +108,7 @@ pub struct GatewaySettings {
 
 /// Reads the dispatcher's figures at scrape time; the bin wires one in with
 /// [`Gateway::report_delivery`] (the gateway reads them, it never calls the downstream).
-pub type DeliveryReader = Box<dyn Fn() -> floodgate_dispatch::DispatchStats + Send + Sync>;
+pub type DeliveryReader = Box<dyn Fn() -> floodgate_core::delivery::DispatchStats + Send + Sync>;
 
 /// How fast accepted orders leave for the downstream, and how far behind is too far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +134,7 @@ impl Gateway {
         let intake = Intake::restore(store, settings.intake, clock.now()).await?;
         Ok(Arc::new(Self {
             intake,
-            front_door: front_door::FrontDoor::new(&settings.front_door),
+            front_door: floodgate_front_door::FrontDoor::new(&settings.front_door),
             room_colour: settings.room_colour,
             identity: settings.identity,
             rooms,
@@ -145,7 +144,7 @@ impl Gateway {
             trusted_proxies: settings.trusted_proxies,
             delivery: settings.delivery,
             counters: metrics::Counters::default(),
-            admin_failures: front_door::KeyedLimiter::new(
+            admin_failures: floodgate_front_door::KeyedLimiter::new(
                 admin_api::AUTH_FAILURES_PER_S,
                 admin_api::AUTH_FAILURE_BURST,
             ),

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use floodgate_core::OrderState;
-use floodgate_dispatch::BreakerState;
+use floodgate_core::delivery::BreakerState;
 
 use crate::Gateway;
 use crate::error::ApiError;
@@ -351,7 +351,7 @@ fn store_figures(page: &mut Exposition, commits: &floodgate_store::CommitFigures
     );
 }
 
-fn front_door(page: &mut Exposition, front_door: &crate::front_door::FrontDoor) {
+fn front_door(page: &mut Exposition, front_door: &floodgate_front_door::FrontDoor) {
     page.family(
         "floodgate_requests_total",
         "counter",
@@ -404,7 +404,7 @@ fn front_door(page: &mut Exposition, front_door: &crate::front_door::FrontDoor) 
     }
 }
 
-fn delivery_figures(page: &mut Exposition, figures: &floodgate_dispatch::DispatchStats) {
+fn delivery_figures(page: &mut Exposition, figures: &floodgate_core::delivery::DispatchStats) {
     page.family(
         "floodgate_delivery_leader",
         "gauge",

@@ -12,12 +12,12 @@ use floodgate_core::{DropId, OrderState, Priority, Timestamp};
 use floodgate_store::{StateCount, StoreError};
 
 use crate::Gateway;
-use crate::front_door::Outcome;
 use crate::metrics::ORDER_OUTCOMES;
 use crate::timeline::{
     ClassFrame, DeliveryFrame, DropFrame, DropSample, Frame, PoolFrame, RoomFrame, Totals,
     drop_is_on, lane_frame, orders_by_state,
 };
+use floodgate_front_door::Outcome;
 
 /// What one reading found that its caller acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +204,7 @@ impl Gateway {
                 confirmed_total: stats.confirmed,
                 rejected_total: stats.rejected,
                 failed_total: stats.failed,
-                breaker_open: stats.breaker != floodgate_dispatch::BreakerState::Closed,
+                breaker_open: stats.breaker != floodgate_core::delivery::BreakerState::Closed,
                 backlog_s: delivery_backlog.as_secs_f64(),
             }
         });

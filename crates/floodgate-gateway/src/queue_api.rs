@@ -17,9 +17,10 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 
 use crate::Gateway;
-use crate::body::{parse_json, read_request, wants_html};
+use crate::body::{parse_json, read_request};
 use crate::error::ApiError;
 use crate::waiting_room::{Answer, RoomDrop};
+use floodgate_http::wants_html;
 
 /// How often an event stream looks for a change in the shopper's standing.
 const EVENT_TICK: Duration = Duration::from_secs(1);

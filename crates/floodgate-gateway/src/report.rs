@@ -24,9 +24,9 @@ use floodgate_store::OrderFilter;
 use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
-use crate::body::wants_html;
 use crate::error::ApiError;
 use crate::timeline::{DropSample, DropSeries};
+use floodgate_http::wants_html;
 
 /// Orders read per store query while the report is built.
 const PAGE: u32 = 1_000;

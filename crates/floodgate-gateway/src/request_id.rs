@@ -17,14 +17,14 @@ use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderValue, Method};
 use axum::response::Response;
 use floodgate_core::hex;
 
 use floodgate_http::wire::HeaderLines;
 
-/// The header, in and out (a `HeaderName`, so no lookup parses the name again).
-pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The header, in and out: the one the front door leaves out of an upstream's answer.
+pub(crate) use floodgate_front_door::X_REQUEST_ID as REQUEST_ID;
 /// Longest id taken from a client; longer ones are replaced, so logs stay bounded.
 const MAX_ID_BYTES: usize = 128;
 

@@ -18,8 +18,8 @@ use floodgate_core::{DropId, DropState, Timestamp};
 use floodgate_store::{Cluster, StoreError};
 use tokio::time::Instant;
 
-use crate::intake::SharedLedger as Ledger;
 use crate::lock;
+use floodgate_core::ledger::SharedLedger as Ledger;
 
 /// Seconds of sales one lease covers.
 const LEASE_SECONDS: f64 = 1.0;

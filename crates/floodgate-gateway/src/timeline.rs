@@ -20,9 +20,9 @@ use floodgate_store::StateCount;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::front_door::Outcome;
 use crate::lock;
 use crate::traffic::LANES;
+use floodgate_front_door::Outcome;
 
 /// Frames kept for a dashboard that opens mid-drop: five minutes.
 pub(crate) const HISTORY_FRAMES: usize = 300;

@@ -8,6 +8,7 @@
 
 use axum::response::Response;
 use floodgate_core::{LatencyCounts, LatencyHistogram, Priority};
+use floodgate_front_door::ServedAs;
 
 /// The lanes, in the order the dashboard lists them.
 pub(crate) const LANES: [&str; 9] = [
@@ -23,10 +24,6 @@ pub(crate) const LANES: [&str; 9] = [
 ];
 /// Where the front door's classes start in [`LANES`] (in `Priority::ALL` order).
 const FIRST_CLASS_LANE: usize = 4;
-
-/// Put on a response by the front door: the class that served it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ServedAs(pub(crate) Priority);
 
 /// A latency histogram per lane.
 #[derive(Debug, Default)]

@@ -23,7 +23,7 @@ pub(crate) const MAX_KEYS: usize = 1_000_000;
 const MIN_SWEEP_LEN: usize = 1_024;
 
 /// A per-key limit.
-pub(crate) struct KeyedLimiter {
+pub struct KeyedLimiter {
     gcra: Gcra,
     origin: Instant,
     spread: RandomState,
@@ -38,7 +38,7 @@ struct Shard {
 
 impl KeyedLimiter {
     /// `rate` per second per key, bursts of `burst`.
-    pub(crate) fn new(rate: u32, burst: u32) -> Self {
+    pub fn new(rate: u32, burst: u32) -> Self {
         Self {
             gcra: Gcra::new(rate, Duration::from_secs(1), burst),
             origin: Instant::now(),
@@ -48,7 +48,7 @@ impl KeyedLimiter {
     }
 
     /// Whether `key` may send now; `Err` holds how long until it may.
-    pub(crate) fn check(&self, key: &str) -> Result<(), Duration> {
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now().duration_since(self.origin);
         let shard = &self.shards[self.spread.hash_one(key) as usize % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
@@ -73,7 +73,7 @@ impl KeyedLimiter {
     }
 
     /// Whether `key` may send now, without counting a send: `Err` holds how long until it may.
-    pub(crate) fn peek(&self, key: &str) -> Result<(), Duration> {
+    pub fn peek(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now().duration_since(self.origin);
         let shard = &self.shards[self.spread.hash_one(key) as usize % SHARDS];
         let tat = (shard.lock().unwrap_or_else(PoisonError::into_inner))

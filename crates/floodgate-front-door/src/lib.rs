@@ -12,6 +12,7 @@ mod cache;
 mod pool;
 mod proxy;
 mod rate_limit;
+pub mod settings;
 mod upstream;
 
 use std::collections::HashMap;
@@ -25,22 +26,23 @@ use axum::response::{IntoResponse, Response};
 use floodgate_core::{PathGlob, Priority};
 use serde_json::json;
 
-use crate::body::wants_html;
-use crate::config::front_door::{
-    Balance, ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteCache, RouteConfig,
-};
-use crate::error::retry_after_s;
-use crate::traffic::ServedAs;
 use admission::{Admission, Permit};
 use cache::{EdgeCache, Entry, Fill, Filled, Lookup, Served, X_CACHE};
 use floodgate_http::ClientAddr;
+use floodgate_http::{retry_after_s, wants_html};
 use pool::Pool;
 use proxy::{Buffered, ProxyError};
 use rate_limit::GlobalLimiter;
+use settings::{Balance, ClientKey, FrontDoorConfig, ORIGIN_POOL, RouteCache, RouteConfig};
 use upstream::UpstreamBody;
 
-pub use proxy::encode_forwarded_head;
-pub(crate) use rate_limit::KeyedLimiter;
+pub use proxy::{X_REQUEST_ID, encode_forwarded_head};
+pub use rate_limit::KeyedLimiter;
+
+/// Put on an answer by the front door: the priority class that served it, for the
+/// application's latency lanes.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedAs(pub Priority);
 
 /// Waiters per pool, as a multiple of its maximum concurrency.
 const QUEUE_PER_SLOT: usize = 4;
@@ -83,7 +85,7 @@ pub enum Decision {
 
 /// What became of a route's requests, as `/metrics` counts them.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// Sent to the origin (whatever it answered).
     Forwarded,
     /// Answered from the edge cache (fresh, or stale while refreshing or while the origin fails).
@@ -100,7 +102,7 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub(crate) const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 6] = [
         Self::Forwarded,
         Self::CacheHit,
         Self::Shed,
@@ -110,7 +112,7 @@ impl Outcome {
     ];
 
     /// Its metric label.
-    pub(crate) fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Self::Forwarded => "forwarded",
             Self::CacheHit => "cache_hit",
@@ -133,17 +135,23 @@ impl Counts {
 }
 
 /// One route's figures for `/metrics`.
-pub(crate) struct RouteFigures<'a> {
-    pub(crate) route: &'a str,
-    pub(crate) class: &'static str,
-    pub(crate) counts: Vec<(Outcome, u64)>,
+pub struct RouteFigures<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// Its priority class.
+    pub class: &'static str,
+    /// Its requests so far, by outcome.
+    pub counts: Vec<(Outcome, u64)>,
 }
 
 /// One pool's load for `/metrics`.
-pub(crate) struct PoolFigures<'a> {
-    pub(crate) pool: &'a str,
-    pub(crate) limit: u32,
-    pub(crate) in_flight: u32,
+pub struct PoolFigures<'a> {
+    /// The pool's name.
+    pub pool: &'a str,
+    /// Its adaptive concurrency limit now.
+    pub limit: u32,
+    /// Its requests in flight now.
+    pub in_flight: u32,
 }
 
 /// The routes and pools, built once from the config.
@@ -254,7 +262,7 @@ impl FrontDoor {
     }
 
     /// Each route's requests by outcome, the unrouted origin's last.
-    pub(crate) fn route_figures(&self) -> impl Iterator<Item = RouteFigures<'_>> {
+    pub fn route_figures(&self) -> impl Iterator<Item = RouteFigures<'_>> {
         self.routes.iter().chain(&self.fallback).map(|route| {
             let target = &route.target;
             RouteFigures {
@@ -274,7 +282,7 @@ impl FrontDoor {
     }
 
     /// Each pool's adaptive limit and requests in flight.
-    pub(crate) fn pool_figures(&self) -> impl Iterator<Item = PoolFigures<'_>> {
+    pub fn pool_figures(&self) -> impl Iterator<Item = PoolFigures<'_>> {
         self.pools.iter().map(|pool| {
             let (limit, in_flight) = pool.admission.load();
             PoolFigures {
@@ -286,7 +294,7 @@ impl FrontDoor {
     }
 
     /// Requests answered `404` because no route took them and there is no origin.
-    pub(crate) fn not_found(&self) -> u64 {
+    pub fn not_found(&self) -> u64 {
         self.not_found.load(Ordering::Relaxed)
     }
 
@@ -324,7 +332,7 @@ impl FrontDoor {
 
     /// Opens idle connections to every upstream of every pool ahead of a surge: as many as the
     /// pool's concurrency limit could use, at most `most_per_upstream`; how many it opened.
-    pub(crate) async fn open_connections(&self, most_per_upstream: usize) -> usize {
+    pub async fn open_connections(&self, most_per_upstream: usize) -> usize {
         let mut opened = 0;
         for pool in &self.pools {
             let (limit, _) = pool.admission.load();
@@ -337,20 +345,20 @@ impl FrontDoor {
     }
 
     /// Whether the edge cache holds a fresh answer for `request`.
-    pub(crate) fn holds_fresh<B>(&self, request: &Request<B>) -> bool {
+    pub fn holds_fresh<B>(&self, request: &Request<B>) -> bool {
         self.cache
             .as_ref()
             .is_some_and(|cache| matches!(cache.lookup(&cache.key(request)), Lookup::Fresh(_)))
     }
 
     /// Drops cached responses under `prefix`; how many went.
-    pub(crate) fn purge(&self, prefix: &str) -> usize {
+    pub fn purge(&self, prefix: &str) -> usize {
         self.cache.as_ref().map_or(0, |cache| cache.purge(prefix))
     }
 
     /// Answers one request that none of floodgate's own endpoints took, marked with the class
     /// that served it.
-    pub(crate) async fn handle(&self, request: Request<Body>, client: &ClientAddr) -> Response {
+    pub async fn handle(&self, request: Request<Body>, client: &ClientAddr) -> Response {
         // The server has put the path in its one normal form and checked the one `Host`
         // (`server::request_target`): the route matched here is the path the origin is sent.
         let Some(route) = self.route(request.method(), request.uri().path()) else {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::admission::Admission;
 use super::upstream::Connections;
-use crate::config::front_door::Balance;
+use crate::settings::Balance;
 
 /// Failures in a row that eject an upstream.
 const EJECT_AFTER_FAILURES: u32 = 5;

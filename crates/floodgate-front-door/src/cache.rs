@@ -21,7 +21,7 @@ use floodgate_core::CacheControl;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::front_door::RouteCache;
+use crate::settings::RouteCache;
 
 /// The largest response kept; larger ones stream through uncached.
 pub(crate) const MAX_ENTRY_BYTES: usize = 8 * 1024 * 1024;

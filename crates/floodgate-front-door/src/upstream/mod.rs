@@ -39,7 +39,7 @@ use tokio::time::{Instant, Sleep};
 use floodgate_http::current_loop;
 use floodgate_http::wire::{self, BodyDecoder, Decoded, RequestFraming, WireError};
 
-use crate::request_id::REQUEST_ID;
+use crate::proxy::X_REQUEST_ID as REQUEST_ID;
 
 /// Idle connections kept per upstream and loop.
 const IDLE_PER_UPSTREAM: usize = 1_024;

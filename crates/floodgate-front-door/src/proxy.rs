@@ -24,6 +24,9 @@ use floodgate_http::wire::{self, HOP_BY_HOP, HeaderLines, RequestFraming};
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The request's id, in and out: the application stamps each request and answer with one, and an
+/// upstream's own is left out as its answer is read (a `HeaderName`, so no lookup parses it).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static VIA_FLOODGATE: HeaderValue = HeaderValue::from_static("1.1 floodgate");
 
 /// Why forwarding failed.
