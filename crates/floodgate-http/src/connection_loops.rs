@@ -33,12 +33,12 @@ struct ConnectionLoop {
 }
 
 impl ConnectionLoops {
-    /// Starts `count` loops, each on its own thread, each running `on_start` in its runtime
-    /// first (the application's hook for what must live on every loop: the store's relay of
-    /// its answers).
-    pub fn start(count: NonZeroUsize, on_start: fn()) -> std::io::Result<Self> {
+    /// Starts `count` loops, each on its own thread named `name` and its number, each running
+    /// `on_start` in its runtime first (the application's hook for what must live on every
+    /// loop: the store's relay of its answers).
+    pub fn start(count: NonZeroUsize, name: &str, on_start: fn()) -> std::io::Result<Self> {
         let loops = (0..count.get())
-            .map(|index| start_loop(index, on_start))
+            .map(|index| start_loop(index, name, on_start))
             .collect::<std::io::Result<_>>()?;
         Ok(Self {
             loops,
@@ -49,8 +49,14 @@ impl ConnectionLoops {
     /// Spawns `task` on the next loop in turn (connections live long under keep-alive, so
     /// taking turns spreads them evenly).
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
-        self.loops[turn].runtime.spawn(task);
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.spawn_on(turn, task);
+    }
+
+    /// Spawns `task` on loop `index` (modulo their count), for a caller that keeps state of
+    /// its own per loop.
+    pub fn spawn_on(&self, index: usize, task: impl Future<Output = ()> + Send + 'static) {
+        self.loops[index % self.loops.len()].runtime.spawn(task);
     }
 
     /// Runs a future from `make` on every loop at once; what each returned (a loop whose task
@@ -87,7 +93,7 @@ pub fn current_loop() -> Option<usize> {
     CURRENT_LOOP.with(Cell::get)
 }
 
-fn start_loop(index: usize, on_start: fn()) -> std::io::Result<ConnectionLoop> {
+fn start_loop(index: usize, name: &str, on_start: fn()) -> std::io::Result<ConnectionLoop> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -95,7 +101,7 @@ fn start_loop(index: usize, on_start: fn()) -> std::io::Result<ConnectionLoop> {
     let handle = runtime.handle().clone();
     handle.spawn(keep_a_timer_armed());
     let thread = std::thread::Builder::new()
-        .name(format!("floodgate-loop{index}"))
+        .name(format!("{name}{index}"))
         .spawn(move || {
             CURRENT_LOOP.with(|current| current.set(Some(index)));
             runtime.block_on(async {
@@ -147,7 +153,8 @@ mod tests {
 
     #[test]
     fn tasks_take_turns_between_the_loops_and_run_inside_their_runtimes() {
-        let loops = ConnectionLoops::start(NonZeroUsize::new(2).unwrap(), || {}).unwrap();
+        let loops =
+            ConnectionLoops::start(NonZeroUsize::new(2).unwrap(), "floodgate-loop", || {}).unwrap();
         let (done, finished) = std::sync::mpsc::channel();
         for _ in 0..4 {
             let done = done.clone();

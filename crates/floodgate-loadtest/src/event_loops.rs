@@ -9,28 +9,19 @@
 
 use std::future::Future;
 use std::io;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use floodgate_http::ConnectionLoops;
 
 use crate::client::{Pool, Target};
 
-/// The running loops; dropping them stops every loop and cancels what still runs there.
-#[derive(Debug)]
+/// The running loops, each with its pool; dropping them stops every loop and cancels what
+/// still runs there.
 pub struct EventLoops {
-    loops: Vec<EventLoop>,
-}
-
-#[derive(Debug)]
-struct EventLoop {
-    runtime: Handle,
-    pool: Arc<Pool>,
-    /// Dropped to stop the loop.
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    loops: ConnectionLoops,
+    pools: Vec<Arc<Pool>>,
 }
 
 impl EventLoops {
@@ -48,29 +39,18 @@ impl EventLoops {
         }
         .min(max_connections)
         .max(1);
-        let mut loops = Vec::with_capacity(count);
-        for number in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let handle = runtime.handle().clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("loadtest-loop-{number}"))
-                .spawn(move || {
-                    runtime.block_on(async {
-                        let _ = stopped.await;
-                    });
-                })?;
-            let connections = share(max_connections, count, number);
-            loops.push(EventLoop {
-                runtime: handle,
-                pool: Arc::new(Pool::new(target.clone(), connections, timeout)),
-                stop: Some(stop),
-                thread: Some(thread),
-            });
-        }
-        Ok(Self { loops })
+        let loops = ConnectionLoops::start(
+            NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
+            "loadtest-loop-",
+            || {},
+        )?;
+        let pools = (0..count)
+            .map(|number| {
+                let connections = share(max_connections, count, number);
+                Arc::new(Pool::new(target.clone(), connections, timeout))
+            })
+            .collect();
+        Ok(Self { loops, pools })
     }
 
     /// Spawns the task `make` builds with the loop's pool on loop `index % loops`, so
@@ -79,8 +59,9 @@ impl EventLoops {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let chosen = &self.loops[(index % self.loops.len() as u64) as usize];
-        chosen.runtime.spawn(make(Arc::clone(&chosen.pool)));
+        let chosen = (index % self.pools.len() as u64) as usize;
+        self.loops
+            .spawn_on(chosen, make(Arc::clone(&self.pools[chosen])));
     }
 
     /// Spawns the task `make` builds on every loop.
@@ -88,8 +69,8 @@ impl EventLoops {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        for each in &self.loops {
-            each.runtime.spawn(make());
+        for chosen in 0..self.pools.len() {
+            self.loops.spawn_on(chosen, make());
         }
     }
 }
@@ -98,20 +79,6 @@ impl EventLoops {
 /// first loops taking the remainder.
 fn share(total: usize, loops: usize, number: usize) -> usize {
     total / loops + usize::from(number < total % loops)
-}
-
-impl Drop for EventLoops {
-    fn drop(&mut self) {
-        for each in &mut self.loops {
-            each.stop.take();
-        }
-        for each in &mut self.loops {
-            if let Some(thread) = each.thread.take() {
-                // A loop that panicked has already said so on stderr.
-                let _ = thread.join();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -155,14 +122,14 @@ mod tests {
             EventLoops::start(4, &target, 2, timeout)
                 .unwrap()
                 .loops
-                .len(),
+                .count(),
             2
         );
         assert_eq!(
             EventLoops::start(0, &target, 1, timeout)
                 .unwrap()
                 .loops
-                .len(),
+                .count(),
             1
         );
     }

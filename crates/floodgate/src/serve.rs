@@ -133,6 +133,7 @@ pub(crate) async fn run_gateway(
     };
     let loops = ConnectionLoops::start(
         config.connection_threads(),
+        "floodgate-loop",
         floodgate_store::relay_answers_here,
     )
     .context("cannot start the threads that serve connections")?;

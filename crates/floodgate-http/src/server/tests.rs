@@ -69,7 +69,9 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
         );
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap().to_string();
-    let loops = Arc::new(ConnectionLoops::start(NonZeroUsize::new(1).unwrap(), || {}).unwrap());
+    let loops = Arc::new(
+        ConnectionLoops::start(NonZeroUsize::new(1).unwrap(), "test-loop", || {}).unwrap(),
+    );
     let (stop, stopped) = watch::channel(false);
     let limits = ConnectionLimits {
         header_read_timeout: READ_TIMEOUT,
