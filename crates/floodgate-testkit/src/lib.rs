@@ -1,16 +1,14 @@
-//! Test support for floodgate: run the real binary on port 0, talk HTTP to it, and stand in for
-//! the shop's legacy order system.
+//! Test support for floodgate: run the real binary on port 0, talk HTTP to it, a test origin and
+//! a recording one, headless Chromium, throwaway PostgreSQL clusters; and, from `floodgate-sim`,
+//! the simulated legacy shop.
 //!
-//! Used by tests, the demo and benchmarks only; nothing in the product depends on it.
+//! Used by tests and benchmarks only; the binary ships `floodgate-sim`, not this.
 
 pub mod browser;
-mod client;
-pub mod legacy;
 pub mod origin;
 pub mod postgres;
 mod process;
 pub mod recorder;
 
-pub use client::{HttpClient, JsonResponse};
-pub use http::{Method, StatusCode};
+pub use floodgate_sim::{HttpClient, JsonResponse, Method, StatusCode, legacy};
 pub use process::GatewayProcess;

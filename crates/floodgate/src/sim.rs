@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
+use floodgate_sim::legacy::{LegacyConfig, LegacyServer};
 
 /// The simulators.
 #[derive(Debug, Subcommand)]
