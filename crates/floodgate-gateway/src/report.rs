@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::Gateway;
 use crate::error::ApiError;
 use crate::timeline::{DropSample, DropSeries};
-use floodgate_http::wants_html;
+use floodgate_http::{escape_html, wants_html};
 
 /// Orders read per store query while the report is built.
 const PAGE: u32 = 1_000;
@@ -453,22 +453,6 @@ fn timeline(series: &DropSeries, orders: &[Scanned], starts_at: Timestamp) -> Ti
         }
     }
     Timeline { bucket_s, buckets }
-}
-
-/// Text for an HTML page.
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            ch => out.push(ch),
-        }
-    }
-    out
 }
 
 /// One series of a chart: its name, colour, and value in a bucket.

@@ -11,6 +11,7 @@ mod client_addr;
 mod connection_loops;
 mod error;
 mod fields;
+mod html;
 pub mod server;
 pub mod wire;
 
@@ -18,6 +19,7 @@ pub use client_addr::ClientAddr;
 pub use connection_loops::{ConnectionLoops, current_loop};
 pub use error::ProtocolError;
 pub use fields::{retry_after_s, wants_html};
+pub use html::escape_html;
 
 /// A lock that outlives a panic in another holder: every value kept under one here is whole
 /// between statements, so a panic elsewhere leaves nothing half-written.

@@ -481,7 +481,7 @@ async fn handle(
             let html = format!(
                 "<!doctype html><html><head><title>Legacy shop</title></head>\
                  <body><h1>{}</h1><p>Served by the simulated legacy shop.</p></body></html>",
-                html_escape(page)
+                floodgate_http::escape_html(page)
             );
             Ok(with_type(StatusCode::OK, "text/html; charset=utf-8", html))
         }
@@ -503,12 +503,6 @@ fn with_type(status: StatusCode, content_type: &str, body: String) -> Response<F
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -159,6 +159,61 @@ pub struct StateCount {
     pub units: u64,
 }
 
+/// A drop's definition as both backends keep it: its spec as JSON.
+fn spec_json(spec: &DropSpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))
+}
+
+/// The refusal of a drop update that would set `sku`'s stock below what orders hold.
+fn below_held(drop_id: &DropId, sku: &str) -> StoreError {
+    StoreError::StockBelowHeld {
+        drop_id: drop_id.clone(),
+        sku: sku.to_owned(),
+    }
+}
+
+/// The SKUs of a drop's stock rows (`existing`: each with the units held or allocated on it)
+/// that an update to `spec` drops, refused if any still holds units.
+fn skus_to_remove(
+    drop_id: &DropId,
+    spec: &DropSpec,
+    existing: Vec<(String, i64)>,
+) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    for (sku, held) in existing {
+        if spec.sku(&sku).is_some() {
+            continue;
+        }
+        if held > 0 {
+            return Err(below_held(drop_id, &sku));
+        }
+        removed.push(sku);
+    }
+    Ok(removed)
+}
+
+/// One row of a drop's order tallies, as each backend reads them: a SKU, a state, its orders
+/// and its units.
+type TallyRow = (String, OrderState, u64, u64);
+
+/// A drop's tallies summed per state.
+fn counts_by_state(rows: Vec<TallyRow>) -> BTreeMap<OrderState, StateCount> {
+    let mut counts = BTreeMap::<OrderState, StateCount>::new();
+    for (_, state, orders, units) in rows {
+        let count = counts.entry(state).or_default();
+        count.orders += orders;
+        count.units += units;
+    }
+    counts
+}
+
+/// A drop's units per SKU and state.
+fn units_by_sku_and_state(rows: Vec<TallyRow>) -> BTreeMap<(String, OrderState), u64> {
+    rows.into_iter()
+        .map(|(sku, state, _, units)| ((sku, state), units))
+        .collect()
+}
+
 /// One step of an order's delivery to the downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {

@@ -221,25 +221,15 @@ impl Store for PostgresStore {
 
     fn order_counts(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<OrderState, StateCount>> {
         Box::pin(async move {
-            let mut counts = BTreeMap::<OrderState, StateCount>::new();
-            for (_, state, orders, units) in
-                counts_by_sku_and_state(&*self.reader().await?, &drop_id).await?
-            {
-                let count = counts.entry(state).or_default();
-                count.orders += orders;
-                count.units += units;
-            }
-            Ok(counts)
+            let rows = counts_by_sku_and_state(&*self.reader().await?, &drop_id).await?;
+            Ok(crate::counts_by_state(rows))
         })
     }
 
     fn sku_units(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<(String, OrderState), u64>> {
         Box::pin(async move {
-            let counts = counts_by_sku_and_state(&*self.reader().await?, &drop_id).await?;
-            Ok(counts
-                .into_iter()
-                .map(|(sku, state, _, units)| ((sku, state), units))
-                .collect())
+            let rows = counts_by_sku_and_state(&*self.reader().await?, &drop_id).await?;
+            Ok(crate::units_by_sku_and_state(rows))
         })
     }
 
@@ -277,7 +267,7 @@ impl Store for PostgresStore {
 async fn counts_by_sku_and_state(
     client: &Client,
     drop_id: &DropId,
-) -> Result<Vec<(String, OrderState, u64, u64)>, StoreError> {
+) -> Result<Vec<crate::TallyRow>, StoreError> {
     let rows = client
         .query(
             "SELECT sku, state, SUM(orders)::int8, SUM(units)::int8 FROM order_tallies

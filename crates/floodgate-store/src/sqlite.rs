@@ -154,23 +154,13 @@ impl Store for SqliteStore {
 
     fn order_counts(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<OrderState, StateCount>> {
         self.read(move |connection| {
-            let mut counts = BTreeMap::<OrderState, StateCount>::new();
-            for (_, state, orders, units) in counts_by_sku_and_state(connection, &drop_id)? {
-                let count = counts.entry(state).or_default();
-                count.orders += orders;
-                count.units += units;
-            }
-            Ok(counts)
+            counts_by_sku_and_state(connection, &drop_id).map(crate::counts_by_state)
         })
     }
 
     fn sku_units(&self, drop_id: DropId) -> StoreFuture<'_, BTreeMap<(String, OrderState), u64>> {
         self.read(move |connection| {
-            let counts = counts_by_sku_and_state(connection, &drop_id)?;
-            Ok(counts
-                .into_iter()
-                .map(|(sku, state, _, units)| ((sku, state), units))
-                .collect())
+            counts_by_sku_and_state(connection, &drop_id).map(crate::units_by_sku_and_state)
         })
     }
 
@@ -344,7 +334,7 @@ impl ReaderPool {
 fn counts_by_sku_and_state(
     connection: &Connection,
     drop_id: &DropId,
-) -> Result<Vec<(String, OrderState, u64, u64)>, StoreError> {
+) -> Result<Vec<crate::TallyRow>, StoreError> {
     let mut statement = connection
         .prepare_cached(
             "SELECT sku, state, orders, units FROM order_tallies WHERE drop_id = ?1 AND orders <> 0",

@@ -19,20 +19,7 @@ const COLOURS: [&str; 6] = [
 ];
 
 /// Escapes text for XML content and attributes.
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(super) use floodgate_http::escape_html as escape;
 
 /// The run's report as one HTML page.
 pub fn html(record: &RunRecord, verdict: &Verdict) -> String {
@@ -311,13 +298,5 @@ mod tests {
         assert_eq!(nice_ceiling(7.0), 10.0);
         assert_eq!(nice_ceiling(130.0), 200.0);
         assert_eq!(nice_ceiling(4800.0), 5000.0);
-    }
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape("<a href='x'>&\"</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
-        );
     }
 }

@@ -717,12 +717,7 @@ async fn put_drop(
     spec: &DropSpec,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let below_held = |sku: &str| StoreError::StockBelowHeld {
-        drop_id: drop_id.clone(),
-        sku: sku.to_owned(),
-    };
-    let spec_json =
-        serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
+    let spec_json = crate::spec_json(spec)?;
     transaction
         .execute(
             "INSERT INTO drops (drop_id, spec, updated_at, customer_limit) VALUES ($1, $2, $3, $4)
@@ -744,14 +739,8 @@ async fn put_drop(
         )
         .await
         .map_err(backend)?;
-    for row in &rows {
-        let (sku, allocated): (String, i64) = (row.get(0), row.get(1));
-        if spec.sku(&sku).is_some() {
-            continue;
-        }
-        if allocated > 0 {
-            return Err(below_held(&sku));
-        }
+    let existing = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    for sku in crate::skus_to_remove(drop_id, spec, existing)? {
         transaction
             .execute(
                 "DELETE FROM stock WHERE drop_id = $1 AND sku = $2",
@@ -770,7 +759,7 @@ async fn put_drop(
             .await
             .map_err(|error| {
                 if is_check_violation(&error) {
-                    below_held(&sku.sku)
+                    crate::below_held(drop_id, &sku.sku)
                 } else {
                     backend(error)
                 }

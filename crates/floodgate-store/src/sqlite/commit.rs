@@ -282,12 +282,7 @@ fn put_drop(
     spec: &DropSpec,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let below_held = |sku: &str| StoreError::StockBelowHeld {
-        drop_id: drop_id.clone(),
-        sku: sku.to_owned(),
-    };
-    let spec_json =
-        serde_json::to_string(spec).map_err(|error| StoreError::Backend(error.to_string()))?;
+    let spec_json = crate::spec_json(spec)?;
     transaction
         .execute(
             "INSERT INTO drops (drop_id, spec, updated_at) VALUES (?1, ?2, ?3)
@@ -304,10 +299,7 @@ fn put_drop(
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(backend)?;
-    for (sku, held) in rows.iter().filter(|(sku, _)| spec.sku(sku).is_none()) {
-        if *held > 0 {
-            return Err(below_held(sku));
-        }
+    for sku in crate::skus_to_remove(drop_id, spec, rows)? {
         transaction
             .execute(
                 "DELETE FROM stock WHERE drop_id = ?1 AND sku = ?2",
@@ -323,7 +315,7 @@ fn put_drop(
                 params![drop_id.as_str(), sku.sku, sku.stock],
             )
             .map_err(|error| match error.sqlite_error_code() {
-                Some(ErrorCode::ConstraintViolation) => below_held(&sku.sku),
+                Some(ErrorCode::ConstraintViolation) => crate::below_held(drop_id, &sku.sku),
                 _ => backend(error),
             })?;
     }
