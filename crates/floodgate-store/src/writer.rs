@@ -44,6 +44,18 @@ pub(crate) struct Job {
     reply: Reply,
 }
 
+/// The orders of `batch`, each with its place in it: a committer applies them first, together.
+pub(crate) fn orders_of(batch: &[Job]) -> Vec<(usize, &Order)> {
+    batch
+        .iter()
+        .enumerate()
+        .filter_map(|(index, job)| match &job.write {
+            Write::AcceptOrder(order) => Some((index, order)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A backend's side of group commit: applies a batch in one transaction.
 pub(crate) trait Committer {
     /// Applies `batch`; one result per job, in order. A failure of the whole transaction is

@@ -256,14 +256,7 @@ async fn commit(
     batch: &[Job],
 ) -> Result<Vec<Result<(), StoreError>>, Failed> {
     let mut transaction = client.transaction().await.map_err(backend)?;
-    let orders: Vec<(usize, &Order)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(index, job)| match &job.write {
-            Write::AcceptOrder(order) => Some((index, order)),
-            _ => None,
-        })
-        .collect();
+    let orders = crate::writer::orders_of(batch);
     let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
     let writer = Batch {
         transaction: &transaction,

@@ -30,14 +30,7 @@ impl Committer for SqliteCommitter {
 fn commit(connection: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
     let outcome = (|| {
         let mut transaction = connection.transaction().map_err(backend)?;
-        let orders: Vec<(usize, &Order)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, job)| match &job.write {
-                Write::AcceptOrder(order) => Some((index, order)),
-                _ => None,
-            })
-            .collect();
+        let orders = crate::writer::orders_of(batch);
         let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); batch.len()];
         for ((index, _), result) in orders.iter().zip(accept_orders(&transaction, &orders)?) {
             results[*index] = result;
