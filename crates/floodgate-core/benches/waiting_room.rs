@@ -9,12 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use floodgate_core::{Identity, RoomRules, Timestamp, WaitingRoom};
 
 const NOW: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
-const RULES: RoomRules = RoomRules {
-    max_active: 1_000,
-    pass_ttl_ms: 600_000,
-    abandon_after_ms: 60_000,
-    admit_per_minute: None,
-};
+const RULES: RoomRules = RoomRules::unthrottled(1_000, 600_000, 60_000);
 
 fn empty_room() -> WaitingRoom {
     WaitingRoom::new(RULES, NOW, [7; 32], NOW)

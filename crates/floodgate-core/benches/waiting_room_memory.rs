@@ -23,12 +23,7 @@ fn resident_bytes() -> u64 {
 
 fn main() {
     let now = Timestamp::from_unix_millis(1_800_000_000_000);
-    let rules = RoomRules {
-        max_active: 1_000,
-        pass_ttl_ms: 600_000,
-        abandon_after_ms: 60_000,
-        admit_per_minute: None,
-    };
+    let rules = RoomRules::unthrottled(1_000, 600_000, 60_000);
     let before = resident_bytes();
     let mut room = WaitingRoom::new(rules, now, [7; 32], now);
     for identity in 0..(WAITERS + 1_000) {

@@ -170,6 +170,29 @@ impl std::fmt::Display for SpecProblem {
 }
 
 impl DropSpec {
+    /// A drop selling `skus` between `starts_at` and `ends_at`, running, behind the default
+    /// waiting room and with no pre-warm.
+    pub fn new(
+        name: String,
+        starts_at: Timestamp,
+        ends_at: Timestamp,
+        limit_per_customer: u32,
+        skus: Vec<SkuSpec>,
+    ) -> Self {
+        Self {
+            name,
+            starts_at,
+            ends_at,
+            limit_per_customer,
+            skus,
+            waiting_room: WaitingRoomSpec::default(),
+            paused: false,
+            prewarm_s: 0,
+            expected_shoppers: 0,
+            prewarm_paths: Vec::new(),
+        }
+    }
+
     /// Every rule the spec breaks, in one go (empty when valid).
     pub fn problems(&self) -> Vec<SpecProblem> {
         let mut problems = Vec::new();

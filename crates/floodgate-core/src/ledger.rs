@@ -381,28 +381,23 @@ impl DropLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SkuSpec, WaitingRoomSpec};
+    use crate::SkuSpec;
 
     const LIVE: Timestamp = Timestamp::from_unix_millis(150);
 
     fn ledger(stock: u64, limit: u32) -> DropLedger {
-        DropLedger::new(DropSpec {
-            name: "drop".into(),
-            starts_at: Timestamp::from_unix_millis(100),
-            ends_at: Timestamp::from_unix_millis(200),
-            limit_per_customer: limit,
-            skus: vec![SkuSpec {
+        DropLedger::new(DropSpec::new(
+            "drop".into(),
+            Timestamp::from_unix_millis(100),
+            Timestamp::from_unix_millis(200),
+            limit,
+            vec![SkuSpec {
                 sku: "a".into(),
                 name: "A".into(),
                 price_cents: 1,
                 stock,
             }],
-            waiting_room: WaitingRoomSpec::default(),
-            paused: false,
-            prewarm_s: 0,
-            expected_shoppers: 0,
-            prewarm_paths: Vec::new(),
-        })
+        ))
     }
 
     #[test]

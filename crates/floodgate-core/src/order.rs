@@ -218,6 +218,34 @@ pub struct Order {
     pub fingerprint: RequestFingerprint,
 }
 
+impl Order {
+    /// A freshly accepted order for `request`, holding its units from `now`.
+    pub fn accepted(
+        order_id: OrderId,
+        drop_id: DropId,
+        idempotency_key: IdempotencyKey,
+        request: OrderRequest,
+        fingerprint: RequestFingerprint,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            order_id,
+            drop_id,
+            sku: request.sku,
+            quantity: request.quantity,
+            customer: request.customer,
+            state: OrderState::Accepted,
+            attempts: 0,
+            accepted_at: now,
+            updated_at: now,
+            downstream_ref: None,
+            last_error: None,
+            idempotency_key,
+            fingerprint,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

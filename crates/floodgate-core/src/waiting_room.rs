@@ -36,6 +36,18 @@ pub struct RoomRules {
     pub admit_per_minute: Option<u32>,
 }
 
+impl RoomRules {
+    /// Rules that admit as fast as passes free up, with no ceiling per minute.
+    pub const fn unthrottled(max_active: u32, pass_ttl_ms: i64, abandon_after_ms: i64) -> Self {
+        Self {
+            max_active,
+            pass_ttl_ms,
+            abandon_after_ms,
+            admit_per_minute: None,
+        }
+    }
+}
+
 /// Where a shopper stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
@@ -559,12 +571,7 @@ mod tests {
     use super::*;
 
     const T0: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
-    const RULES: RoomRules = RoomRules {
-        max_active: 2,
-        pass_ttl_ms: 60_000,
-        abandon_after_ms: 30_000,
-        admit_per_minute: None,
-    };
+    const RULES: RoomRules = RoomRules::unthrottled(2, 60_000, 30_000);
 
     /// A room whose drop has started (no pre-queue).
     fn room(rules: RoomRules) -> WaitingRoom {
@@ -580,6 +587,40 @@ mod tests {
             Standing::Admitted { pass, .. } => pass,
             other => panic!("not admitted: {other:?}"),
         }
+    }
+
+    /// Places ahead and the ETA of a shopper still waiting.
+    fn ahead_and_eta(standing: Standing) -> (u64, Option<u64>) {
+        match standing {
+            Standing::Waiting {
+                ahead, eta_seconds, ..
+            } => (ahead, eta_seconds),
+            other => panic!("still waiting: {other:?}"),
+        }
+    }
+
+    /// At each of `seconds`, `shoppers` poll, `pass` is spent and the next shopper admitted
+    /// takes it over: one admission a tick. Returns the pass last handed on.
+    fn admit_one_each(
+        room: &mut WaitingRoom,
+        mut pass: u64,
+        shoppers: &[u64],
+        seconds: impl IntoIterator<Item = i64>,
+    ) -> u64 {
+        for second in seconds {
+            for identity in shoppers {
+                room.poll(*identity, at(second));
+            }
+            room.use_pass(pass, at(second)).unwrap();
+            pass = shoppers
+                .iter()
+                .find_map(|identity| match room.poll(*identity, at(second)) {
+                    Standing::Admitted { pass: next, .. } if next != pass => Some(next),
+                    _ => None,
+                })
+                .unwrap();
+        }
+        pass
     }
 
     #[test]
@@ -718,31 +759,16 @@ mod tests {
             max_active: 1,
             ..RULES
         });
-        let mut pass = pass_of(room.join(0, T0));
+        let pass = pass_of(room.join(0, T0));
         // Shoppers 1..=40 wait; the odd ones never poll again.
         for identity in 1..=40 {
             room.join(identity, T0);
         }
-        let patient = |identity: &u64| identity.is_multiple_of(2);
-        for second in [31, 32, 33, 34] {
-            for identity in (1..=40).filter(patient) {
-                room.poll(identity, at(second));
-            }
-            room.use_pass(pass, at(second)).unwrap();
-            pass = (1..=40)
-                .filter(patient)
-                .find_map(|identity| match room.poll(identity, at(second)) {
-                    Standing::Admitted { pass: next, .. } if next != pass => Some(next),
-                    _ => None,
-                })
-                .unwrap();
-        }
-        let Standing::Waiting {
-            ahead, eta_seconds, ..
-        } = room.poll(40, at(34))
-        else {
-            panic!("still waiting");
-        };
+        let patient: Vec<u64> = (1..=40u64)
+            .filter(|identity| identity.is_multiple_of(2))
+            .collect();
+        admit_one_each(&mut room, pass, &patient, 31..=34);
+        let (ahead, eta_seconds) = ahead_and_eta(room.poll(40, at(34)));
         // Half of the places ahead are silent: the estimate counts only the other half.
         assert_eq!(ahead, 31);
         let naive = ((ahead + 1) as f64 / (5.0 / 34.0)).ceil() as u64;
@@ -782,29 +808,14 @@ mod tests {
             max_active: 1,
             ..RULES
         });
-        let mut pass = pass_of(room.join(0, T0));
+        let pass = pass_of(room.join(0, T0));
         for identity in 1..=20 {
             room.join(identity, T0);
         }
         // One admission every two seconds for 10 s.
-        for second in (2..=10).step_by(2) {
-            for identity in 1..=20 {
-                room.poll(identity, at(second));
-            }
-            room.use_pass(pass, at(second)).unwrap();
-            pass = (1..=20)
-                .find_map(|identity| match room.poll(identity, at(second)) {
-                    Standing::Admitted { pass: next, .. } if next != pass => Some(next),
-                    _ => None,
-                })
-                .unwrap();
-        }
-        let Standing::Waiting {
-            ahead, eta_seconds, ..
-        } = room.poll(20, at(10))
-        else {
-            panic!("still waiting");
-        };
+        let shoppers: Vec<u64> = (1..=20).collect();
+        admit_one_each(&mut room, pass, &shoppers, (2..=10).step_by(2));
+        let (ahead, eta_seconds) = ahead_and_eta(room.poll(20, at(10)));
         assert_eq!(ahead, 14);
         // Six admissions in ten seconds: 15 turns take about 25 s.
         assert_eq!(eta_seconds, Some(25));

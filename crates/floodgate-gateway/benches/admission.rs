@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use axum::http::{HeaderMap, HeaderValue, Method};
 use criterion::{Criterion, criterion_group, criterion_main};
+use floodgate_config::Config;
 use floodgate_front_door::{Decision, FrontDoor};
-use floodgate_gateway::Config;
 use floodgate_http::ClientAddr;
 
 fn front_door() -> FrontDoor {

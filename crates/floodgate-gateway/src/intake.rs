@@ -13,7 +13,7 @@ use std::time::Duration;
 use floodgate_core::ledger::SharedLedger;
 use floodgate_core::{
     DropId, DropLedger, DropSpec, IdempotencyKey, KeyLookup, KeyTable, Order, OrderId,
-    OrderRequest, OrderState, Refusal, RequestFingerprint, Timestamp,
+    OrderRequest, Refusal, Timestamp,
 };
 use floodgate_store::{Store, StoreError};
 
@@ -242,7 +242,8 @@ impl Intake {
                 return Err(error.into());
             }
         }
-        let order = new_order(drop_id.clone(), key, request, fingerprint, now);
+        let order_id = OrderId::new(now, uuid::Uuid::new_v4().as_u128());
+        let order = Order::accepted(order_id, drop_id.clone(), key, request, fingerprint, now);
         let store = Arc::clone(&self.store);
         let last_overload = Arc::clone(&self.last_overload);
         let commits_failing = Arc::clone(&self.commits_failing);
@@ -478,30 +479,6 @@ fn new_ledger(spec: DropSpec, leased: bool) -> DropLedger {
         DropLedger::leased(spec)
     } else {
         DropLedger::new(spec)
-    }
-}
-
-fn new_order(
-    drop_id: DropId,
-    key: IdempotencyKey,
-    request: OrderRequest,
-    fingerprint: RequestFingerprint,
-    now: Timestamp,
-) -> Order {
-    Order {
-        order_id: OrderId::new(now, uuid::Uuid::new_v4().as_u128()),
-        drop_id,
-        sku: request.sku,
-        quantity: request.quantity,
-        customer: request.customer,
-        state: OrderState::Accepted,
-        attempts: 0,
-        accepted_at: now,
-        updated_at: now,
-        downstream_ref: None,
-        last_error: None,
-        idempotency_key: key,
-        fingerprint,
     }
 }
 

@@ -7,7 +7,6 @@
 
 mod admin_api;
 mod body;
-pub mod config;
 mod dashboard;
 mod error;
 mod intake;
@@ -34,7 +33,6 @@ use floodgate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::Config;
 pub use error::ApiError;
 pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
@@ -44,13 +42,25 @@ pub use prewarm::DownstreamProbe;
 /// How often expired idempotency keys are forgotten.
 const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Where a customer's identity comes from (`drops.identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The `customer` field of the body: for demos and tests only, anyone can name anyone.
+    Body,
+    /// A header the shop's own login sets (`"header:<Name>"`); the body's `customer` must match.
+    Header(axum::http::HeaderName),
+    /// A signed visitor cookie floodgate issues on the first join (`"cookie"`); the visitor id is
+    /// the customer, whatever the body says.
+    Cookie,
+}
+
 /// Shared state of both listeners.
 pub struct Gateway {
     intake: Intake,
     rooms: waiting_room::Rooms,
     /// Accent colour of the waiting-room page.
     room_colour: String,
-    identity: config::IdentitySource,
+    identity: IdentitySource,
     front_door: floodgate_front_door::FrontDoor,
     clock: Clock,
     admin_token: String,
@@ -101,7 +111,7 @@ pub struct GatewaySettings {
     /// Accent colour of the waiting-room page (a CSS colour).
     pub room_colour: String,
     /// Where a customer's identity comes from.
-    pub identity: config::IdentitySource,
+    pub identity: IdentitySource,
     /// The delivery pace behind the intake, when orders are delivered at all.
     pub delivery: Option<DeliveryPace>,
 }
@@ -178,13 +188,13 @@ impl Gateway {
         headers: &axum::http::HeaderMap,
     ) -> Result<Option<floodgate_core::Identity>, ApiError> {
         match &self.identity {
-            config::IdentitySource::Body => Ok(None),
-            config::IdentitySource::Header(header) => headers
+            IdentitySource::Body => Ok(None),
+            IdentitySource::Header(header) => headers
                 .get(header)
                 .and_then(|value| value.to_str().ok())
                 .map(|name| Some(floodgate_core::Identity::of(name)))
                 .ok_or_else(|| ApiError::MissingIdentity(header.to_string())),
-            config::IdentitySource::Cookie => visitor_cookie(headers)
+            IdentitySource::Cookie => visitor_cookie(headers)
                 .and_then(|cookie| self.rooms.keys().open_value(cookie))
                 .map(|visitor| Some(floodgate_core::Identity::of(visitor)))
                 .ok_or(ApiError::MissingVisitor),
@@ -201,8 +211,8 @@ impl Gateway {
         may_issue: bool,
     ) -> Result<Customer, ApiError> {
         let name = match &self.identity {
-            config::IdentitySource::Body => claimed,
-            config::IdentitySource::Header(header) => {
+            IdentitySource::Body => claimed,
+            IdentitySource::Header(header) => {
                 let named = headers
                     .get(header)
                     .and_then(|value| value.to_str().ok())
@@ -212,7 +222,7 @@ impl Gateway {
                 }
                 claimed
             }
-            config::IdentitySource::Cookie => {
+            IdentitySource::Cookie => {
                 let keys = self.rooms.keys();
                 if let Some(visitor) = visitor_cookie(headers).and_then(|c| keys.open_value(c)) {
                     return Ok(Customer {

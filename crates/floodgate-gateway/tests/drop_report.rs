@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use floodgate_config::Config;
 use floodgate_core::{Clock, DropId, OrderId, OrderState, Timestamp};
-use floodgate_gateway::{Config, Gateway, admin_router, public_router};
+use floodgate_gateway::{Gateway, admin_router, public_router};
 use floodgate_store::{Delivery, SqliteOptions, SqliteStore, Store};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use floodgate_config::Config;
 use floodgate_core::{Clock, Timestamp};
-use floodgate_gateway::{Config, Gateway, admin_router, public_router};
+use floodgate_gateway::{Gateway, admin_router, public_router};
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
 use http_body_util::BodyExt;

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate_core::ledger::Refusal;
-use floodgate_core::{
-    DropId, DropSpec, IdempotencyKey, OrderRequest, SkuSpec, Timestamp, WaitingRoomSpec,
-};
+use floodgate_core::{DropId, DropSpec, IdempotencyKey, OrderRequest, SkuSpec, Timestamp};
 use floodgate_gateway::{ApiError, Intake, IntakeLimits, Placed};
 use floodgate_store::{OrderFilter, SqliteOptions, SqliteStore, Store};
 use proptest::prelude::*;
@@ -83,25 +81,24 @@ impl Model {
 }
 
 fn spec(paused: bool) -> DropSpec {
+    let skus = SKUS
+        .iter()
+        .map(|sku| SkuSpec {
+            sku: (*sku).into(),
+            name: (*sku).into(),
+            price_cents: 1,
+            stock: STOCK,
+        })
+        .collect();
     DropSpec {
-        name: "model".into(),
-        starts_at: NOW.add_millis(-1),
-        ends_at: NOW.add_millis(3_600_000),
-        limit_per_customer: LIMIT,
-        skus: SKUS
-            .iter()
-            .map(|sku| SkuSpec {
-                sku: (*sku).into(),
-                name: (*sku).into(),
-                price_cents: 1,
-                stock: STOCK,
-            })
-            .collect(),
-        waiting_room: WaitingRoomSpec::default(),
         paused,
-        prewarm_s: 0,
-        expected_shoppers: 0,
-        prewarm_paths: Vec::new(),
+        ..DropSpec::new(
+            "model".into(),
+            NOW.add_millis(-1),
+            NOW.add_millis(3_600_000),
+            LIMIT,
+            skus,
+        )
     }
 }
 

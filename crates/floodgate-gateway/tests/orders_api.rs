@@ -102,7 +102,7 @@ impl Harness {
             token_keys: floodgate_core::TokenKeys::new((1, b"test secret".to_vec()), Vec::new()),
             abandon_after: Duration::from_secs(60),
             room_colour: "#000".into(),
-            identity: floodgate_gateway::config::IdentitySource::Body,
+            identity: floodgate_gateway::IdentitySource::Body,
             delivery: Some(DeliveryPace {
                 rate_per_second: 1,
                 max_backlog: Duration::from_secs(2),

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use floodgate_config::Config;
 use floodgate_core::{Clock, Timestamp};
-use floodgate_gateway::{Config, Gateway, admin_router, public_router};
+use floodgate_gateway::{Gateway, admin_router, public_router};
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};

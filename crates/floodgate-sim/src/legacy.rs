@@ -166,6 +166,18 @@ impl LegacyShop {
         self.ledger().received.clone()
     }
 
+    /// The ids of the orders taken, sorted; an order taken twice as new is there twice.
+    pub fn order_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .ledger()
+            .received
+            .iter()
+            .map(|received| received.order_id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Counts of what the shop has seen.
     pub fn stats(&self) -> LegacyStats {
         let ledger = self.ledger();

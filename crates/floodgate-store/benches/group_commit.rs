@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floodgate_core::{
-    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
-    WaitingRoomSpec,
+    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, SkuSpec, Timestamp,
 };
 use floodgate_store::{SqliteOptions, SqliteStore, Store};
 
@@ -62,23 +61,18 @@ fn reservations(criterion: &mut Criterion) {
 }
 
 fn spec() -> DropSpec {
-    DropSpec {
-        name: "bench".into(),
-        starts_at: Timestamp::from_unix_millis(0),
-        ends_at: Timestamp::from_unix_millis(i64::MAX),
-        limit_per_customer: 1,
-        skus: vec![SkuSpec {
+    DropSpec::new(
+        "bench".into(),
+        Timestamp::from_unix_millis(0),
+        Timestamp::from_unix_millis(i64::MAX),
+        1,
+        vec![SkuSpec {
             sku: "unit".into(),
             name: "Unit".into(),
             price_cents: 1,
             stock: u64::from(u32::MAX),
         }],
-        waiting_room: WaitingRoomSpec::default(),
-        paused: false,
-        prewarm_s: 0,
-        expected_shoppers: 0,
-        prewarm_paths: Vec::new(),
-    }
+    )
 }
 
 fn order(drop_id: &DropId, serial: u64) -> Order {
@@ -87,21 +81,16 @@ fn order(drop_id: &DropId, serial: u64) -> Order {
         sku: "unit".into(),
         quantity: 1,
     };
-    Order {
-        order_id: OrderId::new(Timestamp::from_unix_millis(0), u128::from(serial)),
-        drop_id: drop_id.clone(),
-        sku: request.sku.clone(),
-        quantity: 1,
-        customer: request.customer.clone(),
-        state: OrderState::Accepted,
-        attempts: 0,
-        accepted_at: Timestamp::from_unix_millis(0),
-        updated_at: Timestamp::from_unix_millis(0),
-        downstream_ref: None,
-        last_error: None,
-        idempotency_key: IdempotencyKey::parse(&format!("k-{serial}")).expect("key"),
-        fingerprint: request.fingerprint(),
-    }
+    let fingerprint = request.fingerprint();
+    let epoch = Timestamp::from_unix_millis(0);
+    Order::accepted(
+        OrderId::new(epoch, u128::from(serial)),
+        drop_id.clone(),
+        IdempotencyKey::parse(&format!("k-{serial}")).expect("key"),
+        request,
+        fingerprint,
+        epoch,
+    )
 }
 
 criterion_group!(benches, reservations);

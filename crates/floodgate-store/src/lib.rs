@@ -254,8 +254,10 @@ impl Delivery {
     }
 }
 
-/// What a [`Delivery`] writes to an order found in `state`: the columns both backends set.
+/// What a [`Delivery`] writes to an order: the columns both backends set.
 pub(crate) struct DeliveryUpdate<'a> {
+    /// The state the order was found in.
+    pub(crate) from: OrderState,
     /// The state it leads to.
     pub(crate) to: OrderState,
     /// The new `attempts`, as an SQL expression over the old.
@@ -267,14 +269,17 @@ pub(crate) struct DeliveryUpdate<'a> {
 }
 
 impl Delivery {
-    /// The update for `order_id`, found in `state`, or why it does not apply.
+    /// The update for `order_id`, found in the state stored as `stored`, or why it does not
+    /// apply.
     pub(crate) fn update(
         &self,
         order_id: &OrderId,
-        state: OrderState,
+        stored: &str,
     ) -> Result<DeliveryUpdate<'_>, StoreError> {
-        let (from, to) = self.transition();
-        if !from.contains(&state) {
+        let state = OrderState::parse(stored)
+            .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {stored:?}")))?;
+        let (allowed, to) = self.transition();
+        if !allowed.contains(&state) {
             return Err(StoreError::WrongState {
                 order_id: order_id.clone(),
                 state,
@@ -289,11 +294,25 @@ impl Delivery {
             Self::Redrive => ("0", None, None),
         };
         Ok(DeliveryUpdate {
+            from: state,
             to,
             attempts,
             reference,
             error,
         })
+    }
+}
+
+impl StoreError {
+    /// Why `order`'s units did not fit: the stock is short for a SKU the drop sells, or the
+    /// SKU is unknown.
+    pub(crate) fn not_fitting(order: &Order, sku_known: bool) -> Self {
+        let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
+        if sku_known {
+            Self::Oversell { drop_id, sku }
+        } else {
+            Self::UnknownSku { drop_id, sku }
+        }
     }
 }
 

@@ -6,9 +6,8 @@ mod conformance;
 
 use std::time::Duration;
 
-use floodgate_core::{
-    DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
-};
+use conformance::{T0, drop_id, order, spec};
+use floodgate_core::{DropSpec, Order, OrderState};
 use floodgate_store::{Delivery, PostgresOptions, PostgresStore, Store, StoreError};
 use floodgate_testkit::postgres::PostgresCluster;
 
@@ -45,7 +44,7 @@ async fn two_nodes_starting_at_once_migrate_once_and_both_run() {
         first.cluster().unwrap().node(),
         second.cluster().unwrap().node()
     );
-    let client = connect(&url).await;
+    let client = PostgresCluster::connect(&url).await;
     let once: bool = client
         .query_one(
             "SELECT COUNT(*) = COUNT(DISTINCT version) AND COUNT(*) = MAX(version)
@@ -68,7 +67,7 @@ async fn leases_split_the_stock_between_nodes_and_lapsed_ones_come_back() {
     let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
     let url = cluster.url("postgres");
     let (a, b) = (open(&url).await, open(&url).await);
-    a.put_drop(drop_id(), spec(10, 5), T0).await.unwrap();
+    a.put_drop(drop_id(), spec(10), T0).await.unwrap();
     let ttl = Duration::from_secs(60);
     let (lease_a, lease_b) = (a.cluster().unwrap(), b.cluster().unwrap());
     let grant = lease_a
@@ -117,7 +116,7 @@ async fn leases_split_the_stock_between_nodes_and_lapsed_ones_come_back() {
     );
     assert_eq!(lease_a.reclaim_lapsed_leases().await.unwrap(), 2);
     assert_eq!(lease_b.return_all_stock().await.unwrap(), 1);
-    let client = connect(&url).await;
+    let client = PostgresCluster::connect(&url).await;
     let row = client
         .query_one("SELECT allocated, stock FROM stock WHERE sku = 'rod'", &[])
         .await
@@ -145,7 +144,16 @@ async fn the_per_customer_limit_holds_across_nodes() {
     let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
     let url = cluster.url("postgres");
     let (a, b) = (open(&url).await, open(&url).await);
-    a.put_drop(drop_id(), spec(100, 4), T0).await.unwrap();
+    a.put_drop(
+        drop_id(),
+        DropSpec {
+            limit_per_customer: 4,
+            ..spec(100)
+        },
+        T0,
+    )
+    .await
+    .unwrap();
     let first = Order {
         customer: "ann".into(),
         quantity: 3,
@@ -215,75 +223,15 @@ async fn one_leader_at_a_time_and_a_follower_takes_over_an_expired_term() {
     assert_eq!((back.number, back.taken_over), (first.number + 2, true));
 }
 
-const T0: Timestamp = Timestamp::from_unix_millis(1_000_000);
-
-fn drop_id() -> DropId {
-    DropId::parse("spring").unwrap()
-}
-
-fn spec(stock: u64, limit_per_customer: u32) -> DropSpec {
-    DropSpec {
-        name: "Spring".into(),
-        starts_at: T0,
-        ends_at: T0.add_millis(3_600_000),
-        limit_per_customer,
-        skus: ["rod", "reel"]
-            .into_iter()
-            .map(|sku| SkuSpec {
-                sku: sku.into(),
-                name: sku.into(),
-                price_cents: 1,
-                stock,
-            })
-            .collect(),
-        waiting_room: Default::default(),
-        paused: false,
-        prewarm_s: 0,
-        expected_shoppers: 0,
-        prewarm_paths: Vec::new(),
-    }
-}
-
-fn order(serial: u64, sku: &str, quantity: u32) -> Order {
-    let request = OrderRequest {
-        customer: format!("c-{serial}"),
-        sku: sku.into(),
-        quantity,
-    };
-    Order {
-        order_id: OrderId::new(T0, u128::from(serial)),
-        drop_id: drop_id(),
-        sku: request.sku.clone(),
-        quantity,
-        customer: request.customer.clone(),
-        state: OrderState::Accepted,
-        attempts: 0,
-        accepted_at: T0,
-        updated_at: T0,
-        downstream_ref: None,
-        last_error: None,
-        idempotency_key: IdempotencyKey::parse(&format!("key-{serial}")).unwrap(),
-        fingerprint: request.fingerprint(),
-    }
-}
-
 async fn open(url: &str) -> PostgresStore {
     PostgresStore::open(url, PostgresOptions::default())
         .await
         .unwrap()
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// Units still unsold in `node`'s leases.
 async fn remaining(url: &str, node: &str) -> i64 {
-    connect(url)
+    PostgresCluster::connect(url)
         .await
         .query_one(
             "SELECT COALESCE(SUM(remaining), 0)::int8 FROM stock_leases WHERE node = $1",
@@ -302,7 +250,7 @@ async fn the_store_reconnects_after_the_database_restarts() {
 
     let cluster = PostgresCluster::start().expect("a throwaway PostgreSQL cluster");
     let store = open(&cluster.url("postgres")).await;
-    let (drop_id, spec, now) = (drop_id(), spec(10, 5), T0);
+    let (drop_id, spec, now) = (drop_id(), spec(10), T0);
     store.put_drop(drop_id.clone(), spec, now).await.unwrap();
     store.check_writable().await.unwrap();
 

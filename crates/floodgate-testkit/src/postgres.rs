@@ -90,6 +90,15 @@ impl PostgresCluster {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// A client of the database at `url`, its connection driven on the current runtime.
+    pub async fn connect(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the throwaway cluster");
+        tokio::spawn(connection);
+        client
+    }
+
     /// Creates an empty database.
     pub fn create_database(&self, name: &str) -> Result<(), String> {
         let port = self.port.to_string();

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use floodgate_gateway::{Config, Listeners};
+use floodgate_config::Config;
+use floodgate_gateway::Listeners;
 use floodgate_loadtest::record::Phase;
 use floodgate_loadtest::summary::StepStats;
 use floodgate_loadtest::{Finished, Options, loadtest};

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use floodgate_gateway::Config;
+use floodgate_config::Config;
 
 // A request allocates a few dozen small, short-lived objects across the runtime's threads;
 // mimalloc's per-thread free lists serve them without every thread contending for one heap.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use floodgate_config::{Config, DownstreamConfig, StoreConfig};
 use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Leadership};
-use floodgate_gateway::config::{DownstreamConfig, StoreConfig};
-use floodgate_gateway::{Clock, Config, Gateway, Listeners, log_lines};
+use floodgate_gateway::{Clock, Gateway, Listeners, log_lines};
 use floodgate_http::ConnectionLoops;
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;

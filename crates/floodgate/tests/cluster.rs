@@ -107,14 +107,6 @@ async fn order(
         .unwrap()
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -162,7 +154,7 @@ async fn three_nodes_sigkilled_one_by_one_oversell_lose_and_double_nothing() {
     nodes[0].put_drop(&client, "surge", &surge).await.unwrap();
     let public: Vec<String> = nodes.iter().map(|node| node.public_url.clone()).collect();
     known_everywhere(&client, &public, "surge").await;
-    let db = connect(&url).await;
+    let db = PostgresCluster::connect(&url).await;
 
     // 30,000 orders round-robin over the nodes; node 1 is SIGKILLed after 1,200 answers.
     let nodes: Vec<Arc<Mutex<Option<GatewayProcess>>>> = nodes
@@ -423,7 +415,7 @@ async fn a_waiting_room_shared_by_three_nodes_holds_max_active_across_them() {
         .map(|dir| spawn_with(dir.path(), &url, ""))
         .collect();
     let client = HttpClient::new(Duration::from_secs(20));
-    let db = connect(&url).await;
+    let db = PostgresCluster::connect(&url).await;
     // Starts in five seconds by the database's clock: the joins go to the pre-queue.
     let starts_at: String = db
         .query_one(
@@ -452,7 +444,7 @@ async fn a_waiting_room_shared_by_three_nodes_holds_max_active_across_them() {
     let sampler = {
         let (sampling, url) = (Arc::clone(&sampling), url.clone());
         tokio::spawn(async move {
-            let db = connect(&url).await;
+            let db = PostgresCluster::connect(&url).await;
             let (mut most, mut samples) = (0, 0);
             while sampling.load(Ordering::Relaxed) {
                 let in_force = count(
@@ -641,7 +633,7 @@ async fn the_pace_holds_across_a_leader_takeover_as_a_receiver_of_its_own_stamps
         Duration::from_secs(60),
         receiver.stamps(&client).await.len() >= 4 * TAKEOVER_RATE
     );
-    let db = connect(&url).await;
+    let db = PostgresCluster::connect(&url).await;
     let leader = leader_pid(&db).await.expect("a delivery leader");
     let slot = nodes
         .iter_mut()

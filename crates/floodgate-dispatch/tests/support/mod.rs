@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
-    WaitingRoomSpec,
 };
 use floodgate_dispatch::{DispatchSettings, Outbox};
 use floodgate_store::{Delivery, SqliteOptions, SqliteStore, Store, StoreError, StoreFuture};
@@ -25,21 +24,15 @@ pub(crate) fn orders(count: u64) -> Vec<Order> {
                 sku: "rod".into(),
                 quantity: 1,
             };
-            Order {
-                order_id: OrderId::new(T0, u128::from(serial)),
-                drop_id: DropId::parse("spring").unwrap(),
-                sku: request.sku.clone(),
-                quantity: 1,
-                customer: request.customer.clone(),
-                state: OrderState::Accepted,
-                attempts: 0,
-                accepted_at: T0,
-                updated_at: T0,
-                downstream_ref: None,
-                last_error: None,
-                idempotency_key: IdempotencyKey::parse(&format!("key-{serial}")).unwrap(),
-                fingerprint: request.fingerprint(),
-            }
+            let fingerprint = request.fingerprint();
+            Order::accepted(
+                OrderId::new(T0, u128::from(serial)),
+                DropId::parse("spring").unwrap(),
+                IdempotencyKey::parse(&format!("key-{serial}")).unwrap(),
+                request,
+                fingerprint,
+                T0,
+            )
         })
         .collect()
 }
@@ -171,23 +164,18 @@ impl Outbox for MemoryOutbox {
 pub(crate) async fn store_with(count: u64) -> (Arc<SqliteStore>, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(data.path(), SqliteOptions::default()).unwrap());
-    let spec = DropSpec {
-        name: "Spring".into(),
-        starts_at: T0,
-        ends_at: T0.add_millis(3_600_000),
-        limit_per_customer: 1,
-        skus: vec![SkuSpec {
+    let spec = DropSpec::new(
+        "Spring".into(),
+        T0,
+        T0.add_millis(3_600_000),
+        1,
+        vec![SkuSpec {
             sku: "rod".into(),
             name: "Rod".into(),
             price_cents: 100,
             stock: count,
         }],
-        waiting_room: WaitingRoomSpec::default(),
-        paused: false,
-        prewarm_s: 0,
-        expected_shoppers: 0,
-        prewarm_paths: Vec::new(),
-    };
+    );
     store
         .put_drop(DropId::parse("spring").unwrap(), spec, T0)
         .await

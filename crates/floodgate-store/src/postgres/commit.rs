@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, RequestFingerprint, Timestamp};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, RequestFingerprint, Timestamp};
 use tokio_postgres::ToStatement;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -20,7 +20,7 @@ use super::schema::{backend, bigint, integer, is_check_violation, migrate};
 use crate::writer::{
     Committer, Job, TallyChange, Write, reservations, tally_of_inserted, tally_of_move,
 };
-use crate::{Delivery, DeliveryUpdate, StoreError};
+use crate::{Delivery, StoreError};
 
 /// The writer's runtime and connection.
 pub(super) struct PostgresCommitter {
@@ -632,11 +632,7 @@ async fn refusal(transaction: &Transaction<'_>, order: &Order) -> Result<StoreEr
         )
         .await
         .map_err(backend)?;
-    let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
-    Ok(match known {
-        Some(_) => StoreError::Oversell { drop_id, sku },
-        None => StoreError::UnknownSku { drop_id, sku },
-    })
+    Ok(StoreError::not_fitting(order, known.is_some()))
 }
 
 async fn record_delivery(
@@ -656,32 +652,26 @@ async fn record_delivery(
         .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
     let (state, drop_id, sku, quantity): (String, String, String, i32) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    let state = OrderState::parse(&state)
-        .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
-    let DeliveryUpdate {
-        to,
-        attempts,
-        reference,
-        error,
-    } = change.update(order_id, state)?;
+    let update = change.update(order_id, &state)?;
     transaction
         .execute(
             &format!(
-                "UPDATE orders SET state = $2, attempts = {attempts}, updated_at = $3,
+                "UPDATE orders SET state = $2, attempts = {}, updated_at = $3,
                      downstream_ref = COALESCE($4, downstream_ref), last_error = COALESCE($5, last_error)
-                 WHERE order_id = $1"
+                 WHERE order_id = $1",
+                update.attempts
             ),
             &[
                 &order_id.as_str(),
-                &to.as_str(),
+                &update.to.as_str(),
                 &now.unix_millis(),
-                &reference,
-                &error,
+                &update.reference,
+                &update.error,
             ],
         )
         .await
         .map_err(backend)?;
-    if !to.holds_stock() {
+    if !update.to.holds_stock() {
         // Back to the pool, whichever node's lease the units came from.
         transaction
             .execute(
@@ -700,7 +690,7 @@ async fn record_delivery(
             .map_err(backend)?;
     }
     let quantity = u32::try_from(quantity).unwrap_or(0);
-    let moved = tally_of_move(&drop_id, &sku, quantity, state, to);
+    let moved = tally_of_move(&drop_id, &sku, quantity, update.from, update.to);
     add_to_tallies(transaction, ADD_TO_TALLIES, node, &moved).await
 }
 

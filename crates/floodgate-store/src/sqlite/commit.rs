@@ -1,7 +1,7 @@
 //! SQLite's side of group commit: a batch of writes in one transaction on the writer's
 //! connection, with the background checkpointer running beside it.
 
-use floodgate_core::{DropId, DropSpec, Order, OrderId, OrderState, RequestFingerprint, Timestamp};
+use floodgate_core::{DropId, DropSpec, Order, OrderId, RequestFingerprint, Timestamp};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::checkpoint::Running;
@@ -9,7 +9,7 @@ use super::schema::backend;
 use crate::writer::{
     Committer, Job, TallyChange, Write, reservations, tally_of_inserted, tally_of_move,
 };
-use crate::{Delivery, DeliveryUpdate, StoreError};
+use crate::{Delivery, StoreError};
 
 /// The writer's connection, and the checkpoints that run beside it until it is dropped.
 pub(super) struct SqliteCommitter {
@@ -202,11 +202,7 @@ fn refusal(transaction: &Connection, order: &Order) -> Result<StoreError, StoreE
         )
         .optional()
         .map_err(backend)?;
-    let (drop_id, sku) = (order.drop_id.clone(), order.sku.clone());
-    Ok(match known {
-        Some(()) => StoreError::Oversell { drop_id, sku },
-        None => StoreError::UnknownSku { drop_id, sku },
-    })
+    Ok(StoreError::not_fitting(order, known.is_some()))
 }
 
 fn record_delivery(
@@ -231,31 +227,25 @@ fn record_delivery(
         .optional()
         .map_err(backend)?
         .ok_or_else(|| StoreError::UnknownOrder(order_id.clone()))?;
-    let state = OrderState::parse(&state)
-        .ok_or_else(|| StoreError::Backend(format!("{order_id}: stored state {state:?}")))?;
-    let DeliveryUpdate {
-        to,
-        attempts,
-        reference,
-        error,
-    } = change.update(order_id, state)?;
+    let update = change.update(order_id, &state)?;
     transaction
         .prepare_cached(&format!(
-            "UPDATE orders SET state = ?2, attempts = {attempts}, updated_at = ?3,
+            "UPDATE orders SET state = ?2, attempts = {}, updated_at = ?3,
                  downstream_ref = COALESCE(?4, downstream_ref), last_error = COALESCE(?5, last_error)
-             WHERE order_id = ?1"
+             WHERE order_id = ?1",
+            update.attempts
         ))
         .and_then(|mut statement| {
             statement.execute(params![
                 order_id.as_str(),
-                to.as_str(),
+                update.to.as_str(),
                 now.unix_millis(),
-                reference,
-                error
+                update.reference,
+                update.error
             ])
         })
         .map_err(backend)?;
-    if !to.holds_stock() {
+    if !update.to.holds_stock() {
         transaction
             .execute(
                 "UPDATE stock SET held = held - ?3 WHERE drop_id = ?1 AND sku = ?2",
@@ -265,7 +255,7 @@ fn record_delivery(
     }
     add_to_tallies(
         transaction,
-        &tally_of_move(&drop_id, &sku, quantity, state, to),
+        &tally_of_move(&drop_id, &sku, quantity, update.from, update.to),
     )
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use floodgate_core::{
     DropId, DropSpec, IdempotencyKey, Order, OrderId, OrderRequest, OrderState, SkuSpec, Timestamp,
-    WaitingRoomSpec,
 };
 use floodgate_store::{Delivery, Holding, OrderFilter, StateCount, Store, StoreError};
 
@@ -54,20 +53,21 @@ macro_rules! conformance_suite {
     };
 }
 
-const T0: Timestamp = Timestamp::from_unix_millis(1_000_000);
+pub(crate) const T0: Timestamp = Timestamp::from_unix_millis(1_000_000);
 
 /// The drop every case uses.
 pub(crate) fn drop_id() -> DropId {
     DropId::parse("spring").unwrap()
 }
 
-fn spec(stock: u64) -> DropSpec {
-    DropSpec {
-        name: "Spring drop".into(),
-        starts_at: T0,
-        ends_at: T0.add_millis(3_600_000),
-        limit_per_customer: 5,
-        skus: vec![
+/// The drop every case sells: two SKUs of `stock` units each, five units a customer.
+pub(crate) fn spec(stock: u64) -> DropSpec {
+    DropSpec::new(
+        "Spring drop".into(),
+        T0,
+        T0.add_millis(3_600_000),
+        5,
+        vec![
             SkuSpec {
                 sku: "rod".into(),
                 name: "Rod".into(),
@@ -81,35 +81,25 @@ fn spec(stock: u64) -> DropSpec {
                 stock,
             },
         ],
-        waiting_room: WaitingRoomSpec::default(),
-        paused: false,
-        prewarm_s: 0,
-        expected_shoppers: 0,
-        prewarm_paths: Vec::new(),
-    }
+    )
 }
 
-fn order(serial: u64, sku: &str, quantity: u32) -> Order {
+/// Order number `serial`, by customer `c-{serial}` under key `key-{serial}`.
+pub(crate) fn order(serial: u64, sku: &str, quantity: u32) -> Order {
     let request = OrderRequest {
         customer: format!("c-{serial}"),
         sku: sku.into(),
         quantity,
     };
-    Order {
-        order_id: OrderId::new(T0, u128::from(serial)),
-        drop_id: drop_id(),
-        sku: request.sku.clone(),
-        quantity,
-        customer: request.customer.clone(),
-        state: OrderState::Accepted,
-        attempts: 0,
-        accepted_at: T0.add_millis(serial as i64),
-        updated_at: T0.add_millis(serial as i64),
-        downstream_ref: None,
-        last_error: None,
-        idempotency_key: IdempotencyKey::parse(&format!("key-{serial}")).unwrap(),
-        fingerprint: request.fingerprint(),
-    }
+    let fingerprint = request.fingerprint();
+    Order::accepted(
+        OrderId::new(T0, u128::from(serial)),
+        drop_id(),
+        IdempotencyKey::parse(&format!("key-{serial}")).unwrap(),
+        request,
+        fingerprint,
+        T0.add_millis(serial as i64),
+    )
 }
 
 async fn with_drop<B: Backend>(backend: &B, stock: u64) -> B::Store {
@@ -167,14 +157,7 @@ pub(crate) async fn an_accepted_order_is_stored_whole<B: Backend>(backend: &B) {
     assert_eq!(snapshot.keys[0].key, accepted.idempotency_key);
     assert_eq!(snapshot.keys[0].fingerprint, accepted.fingerprint);
     assert_eq!(snapshot.keys[0].order_id, accepted.order_id);
-    let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(
-        counts.get(&OrderState::Accepted),
-        Some(&StateCount {
-            orders: 1,
-            units: 2
-        })
-    );
+    assert_accepted(&store, 1, 2).await;
 }
 
 pub(crate) async fn accepted_orders_survive_a_restart<B: Backend>(backend: &B) {
@@ -200,14 +183,7 @@ pub(crate) async fn the_store_refuses_to_oversell<B: Backend>(backend: &B) {
     assert!(matches!(error, StoreError::Oversell { .. }), "{error:?}");
     assert_eq!(store.order(refused.order_id).await.unwrap(), None);
     store.accept_order(order(3, "rod", 1)).await.unwrap();
-    let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(
-        counts[&OrderState::Accepted],
-        StateCount {
-            orders: 2,
-            units: 3
-        }
-    );
+    assert_accepted(&store, 2, 3).await;
 }
 
 pub(crate) async fn unknown_skus_are_refused<B: Backend>(backend: &B) {
@@ -255,14 +231,7 @@ pub(crate) async fn concurrent_orders_all_commit<B: Backend>(backend: &B) {
         }
     }
     assert_eq!(accepted, 1_000);
-    let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(
-        counts[&OrderState::Accepted],
-        StateCount {
-            orders: 1_000,
-            units: 1_000
-        }
-    );
+    assert_accepted(store.as_ref(), 1_000, 1_000).await;
 }
 
 pub(crate) async fn listing_filters_and_pages<B: Backend>(backend: &B) {
@@ -334,6 +303,15 @@ pub(crate) async fn close_flushes_and_then_refuses<B: Backend>(backend: &B) {
     assert_eq!(
         reopened.order_counts(drop_id()).await.unwrap()[&OrderState::Accepted].orders,
         50
+    );
+}
+
+/// Asserts how many orders the drop holds accepted, and how many units they hold.
+async fn assert_accepted<S: Store>(store: &S, orders: u64, units: u64) {
+    let counts = store.order_counts(drop_id()).await.unwrap();
+    assert_eq!(
+        counts.get(&OrderState::Accepted),
+        Some(&StateCount { orders, units })
     );
 }
 
@@ -525,15 +503,8 @@ pub(crate) async fn an_idempotency_key_holds_one_order<B: Backend>(backend: &B) 
     );
     accepted.unwrap();
     assert_eq!(store.order(again.order_id).await.unwrap(), None);
-    let counts = store.order_counts(drop_id()).await.unwrap();
-    assert_eq!(
-        counts[&OrderState::Accepted],
-        StateCount {
-            orders: 2,
-            units: 3
-        },
-        "the refused order holds nothing"
-    );
+    // The refused order holds nothing.
+    assert_accepted(&store, 2, 3).await;
     // Nor does it hold stock: three units are held, so the stock may go down to three.
     store.put_drop(drop_id(), spec(3), T0).await.unwrap();
     assert!(matches!(

@@ -1,20 +1,23 @@
-//! The typed configuration (`floodgate serve --config FILE`), validated up front: every problem
-//! is reported with its key path in one go, and every omitted key has a sensible default.
+//! floodgate's configuration file (`floodgate serve --config FILE`), read into the settings of
+//! each part: the listeners' connection limits, the store, the downstream, the gateway and its
+//! front door. Validated up front: every problem is reported with its key path in one go, and
+//! every omitted key has a sensible default.
 
-pub mod front_door;
+mod front_door;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::http::Uri;
+use http::{HeaderName, Uri};
 use toml::{Table, Value};
 
 use floodgate_front_door::settings::FrontDoorConfig;
 use front_door::{FrontDoorTables, read_front_door};
 
-use crate::{ConnectionLimits, GatewaySettings, IntakeLimits};
+use floodgate_gateway::{DeliveryPace, GatewaySettings, IdentitySource, IntakeLimits};
+use floodgate_http::server::ConnectionLimits;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,18 +43,6 @@ pub struct Config {
 pub struct DropsConfig {
     /// Where a customer's identity comes from.
     pub identity: IdentitySource,
-}
-
-/// Where a customer's identity comes from (`drops.identity`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentitySource {
-    /// The `customer` field of the body: for demos and tests only, anyone can name anyone.
-    Body,
-    /// A header the shop's own login sets (`"header:<Name>"`); the body's `customer` must match.
-    Header(axum::http::HeaderName),
-    /// A signed visitor cookie floodgate issues on the first join (`"cookie"`); the visitor id is
-    /// the customer, whatever the body says.
-    Cookie,
 }
 
 /// `[waiting_room]`.
@@ -518,7 +509,7 @@ impl Config {
             identity: self.drops.identity.clone(),
             abandon_after: Duration::from_secs(self.waiting_room.abandon_after_s),
             // Without a downstream nothing is delivered, so there is no pace to fall behind.
-            delivery: self.downstream.url.as_ref().map(|_| crate::DeliveryPace {
+            delivery: self.downstream.url.as_ref().map(|_| DeliveryPace {
                 rate_per_second: self.downstream.rate_per_second,
                 max_backlog: Duration::from_secs(self.waiting_room.max_delivery_backlog_s),
             }),
@@ -750,7 +741,7 @@ fn identity_source(value: &Value) -> Result<IdentitySource, String> {
     let text = text_value(value)?;
     match text.strip_prefix("header:") {
         None if text == "body" => Ok(IdentitySource::Body),
-        Some(name) => axum::http::HeaderName::from_bytes(name.trim().as_bytes())
+        Some(name) => HeaderName::from_bytes(name.trim().as_bytes())
             .map(IdentitySource::Header)
             .map_err(|_| format!("{name:?} is not a header name")),
         None if text == "cookie" => Ok(IdentitySource::Cookie),

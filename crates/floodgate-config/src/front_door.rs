@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use axum::http::{HeaderName, Method};
 use floodgate_core::{PathGlob, Priority};
+use http::{HeaderName, Method};
 use toml::{Table, Value};
 
 use floodgate_front_door::settings::{
