@@ -1,7 +1,7 @@
 //! How fast the public listener answers, by lane: floodgate's own endpoints (health, orders,
 //! the waiting room, the rest of the API) and the front door's priority classes. Each request
-//! costs one relaxed increment in a lock-free histogram; the timeline reads the lanes once a
-//! second for the dashboard.
+//! is one record in its lane's histogram, in the shard of the thread that served it; the
+//! timeline reads the lanes once a second for the dashboard.
 //!
 //! The time measured is from the request's arrival at the router to its answer's head: a
 //! proxied body that streams for longer is the origin's business, not floodgate's wait.
