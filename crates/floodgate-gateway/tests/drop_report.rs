@@ -2,69 +2,40 @@
 //! out, its orders are delivered (confirmed, rejected, dead-lettered), and every figure of the
 //! report is checked against the store and against what the test did.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use floodgate_config::Config;
-use floodgate_core::{Clock, DropId, OrderId, OrderState, Timestamp};
-use floodgate_gateway::{Gateway, admin_router, public_router};
-use floodgate_store::{Delivery, SqliteOptions, SqliteStore, Store};
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use floodgate_core::{DropId, OrderId, OrderState, Timestamp};
+use floodgate_store::Delivery;
+use serde_json::json;
+use support::InProcess;
 
-const TOKEN: &str = "report-admin";
 const START: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
-
-async fn call(router: axum::Router, request: Request<Body>) -> (StatusCode, Vec<u8>) {
-    let response = router.oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, body.to_vec())
-}
-
-async fn json_call(router: axum::Router, request: Request<Body>) -> (StatusCode, Value) {
-    let (status, body) = call(router, request).await;
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-fn admin(method: &str, path: &str, body: Option<Value>) -> Request<Body> {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
-        .unwrap()
-}
 
 #[tokio::test]
 async fn the_report_matches_the_store() {
-    let config = Config::from_toml("[waiting_room]\nabandon_after_s = 600\n").unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(data.path(), SqliteOptions::default()).unwrap());
-    let (clock, millis) = Clock::manual(START.add_millis(-10_000));
-    let advance = |seconds: i64| millis.fetch_add(seconds * 1_000, Ordering::SeqCst);
-    let gateway = Gateway::start(
-        Arc::clone(&store),
-        config.gateway_settings(TOKEN.into(), "report secret".into()),
-        clock,
+    let harness = InProcess::start(
+        "[waiting_room]\nabandon_after_s = 600\n",
+        START.add_millis(-10_000),
     )
-    .await
-    .unwrap();
-    let public = || public_router(Arc::clone(&gateway));
+    .await;
+    let (gateway, store) = (&harness.gateway, &harness.store);
+    let advance = |seconds: i64| harness.advance(seconds);
+    let public = |request: Request<Body>| async { harness.public(request).await.json() };
     let drop = json!({
         "name": "Rods <&> reels", "starts_at": START, "ends_at": START.add_millis(3_600_000),
         "limit_per_customer": 1,
         "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 6}],
         "waiting_room": {"enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 60},
     });
-    let put = admin("PUT", "/admin/drops/spring", Some(drop));
     assert_eq!(
-        call(admin_router(Arc::clone(&gateway)), put).await.0,
+        harness
+            .admin("PUT", "/admin/drops/spring", Some(drop))
+            .await
+            .status,
         StatusCode::OK
     );
     gateway.observe().await.unwrap();
@@ -78,7 +49,7 @@ async fn the_report_matches_the_store() {
         let join = Request::post("/api/drops/spring/queue")
             .body(Body::from(json!({ "customer": customer }).to_string()))
             .unwrap();
-        let (_, answer) = json_call(public(), join).await;
+        let answer = public(join).await;
         match answer["state"].as_str() {
             Some("admitted") => passes.insert(customer, answer["pass"].to_string()),
             _ => tickets.insert(customer, answer["ticket"].as_str().unwrap().to_owned()),
@@ -98,18 +69,19 @@ async fn the_report_matches_the_store() {
                     json!({ "customer": customer, "sku": "rod", "quantity": 1 }).to_string(),
                 ))
                 .unwrap();
-            let (status, placed) = json_call(public(), order).await;
-            assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+            let placed = harness.public(order).await;
+            assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.text());
+            let placed = placed.json();
             order_ids.push(OrderId::parse(placed["order_id"].as_str().unwrap()).unwrap());
             if order_ids.len() == 6 {
-                sold_out_at = Some(millis.load(Ordering::SeqCst));
+                sold_out_at = Some(harness.now());
             }
         }
         for (customer, ticket) in tickets.clone() {
             let poll = Request::get(format!("/api/queue/{ticket}"))
                 .body(Body::empty())
                 .unwrap();
-            let (_, answer) = json_call(public(), poll).await;
+            let answer = public(poll).await;
             if answer["state"] == "admitted" {
                 tickets.remove(&customer);
                 passes.insert(customer, answer["pass"].to_string());
@@ -121,7 +93,7 @@ async fn the_report_matches_the_store() {
 
     // The shop takes four, refuses one, and one fails every attempt.
     advance(5);
-    let now = Timestamp::from_unix_millis(millis.load(Ordering::SeqCst));
+    let now = harness.now();
     for (index, order_id) in order_ids.iter().enumerate() {
         store
             .record_delivery(order_id.clone(), Delivery::Attempt, now)
@@ -149,8 +121,10 @@ async fn the_report_matches_the_store() {
     }
     gateway.observe().await.unwrap();
 
-    let report_at = admin("GET", "/admin/drops/spring/report", None);
-    let (status, report) = json_call(admin_router(Arc::clone(&gateway)), report_at).await;
+    let report = harness
+        .admin("GET", "/admin/drops/spring/report", None)
+        .await;
+    let (status, report) = (report.status, report.json());
     assert_eq!(status, StatusCode::OK, "{report}");
     let counts = store
         .order_counts(DropId::parse("spring").unwrap())
@@ -200,7 +174,7 @@ async fn the_report_matches_the_store() {
         funnel,
         expected.map(|(step, n)| (step.to_owned(), n)).to_vec()
     );
-    let sold_out_after = (sold_out_at.unwrap() - START.unix_millis()) as f64 / 1e3;
+    let sold_out_after = (sold_out_at.unwrap().unix_millis() - START.unix_millis()) as f64 / 1e3;
     assert_eq!(report["selling"]["sold_out_after_s"], json!(sold_out_after));
     assert_eq!(report["selling"]["first_order_after_s"], json!(1.0));
     assert_eq!(
@@ -222,10 +196,11 @@ async fn the_report_matches_the_store() {
     assert_eq!(report["dead_letters"][0]["last_error"], "timed out <5 s>");
     assert_eq!(report["complete"], false, "a unit is back on sale");
 
-    let page = admin("GET", "/admin/drops/spring/report?format=html", None);
-    let (status, html) = call(admin_router(Arc::clone(&gateway)), page).await;
-    let html = String::from_utf8(html).unwrap();
-    assert_eq!(status, StatusCode::OK);
+    let page = harness
+        .admin("GET", "/admin/drops/spring/report?format=html", None)
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.text();
     assert!(
         html.contains("Rods &lt;&amp;&gt; reels"),
         "the name is escaped"
@@ -234,9 +209,11 @@ async fn the_report_matches_the_store() {
     assert!(html.contains("Dead letters (1)"));
     assert_eq!(html.matches("<svg").count(), 5, "five charts");
 
-    let unknown = admin("GET", "/admin/drops/nope/report", None);
     assert_eq!(
-        call(admin_router(Arc::clone(&gateway)), unknown).await.0,
+        harness
+            .admin("GET", "/admin/drops/nope/report", None)
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
 }

@@ -1,46 +1,27 @@
 //! The edge cache, driven through the public router in process (so ten thousand concurrent
 //! requests need no sockets) against a test origin on loopback.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use floodgate_config::Config;
-use floodgate_core::{Clock, Timestamp};
-use floodgate_gateway::{Gateway, admin_router, public_router};
-use floodgate_store::{SqliteOptions, SqliteStore, Store};
+use floodgate_core::Timestamp;
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use serde_json::json;
+use support::InProcess;
 
-const TOKEN: &str = "cache-admin";
-
-struct Harness {
-    gateway: Arc<Gateway>,
-    _data: tempfile::TempDir,
-}
+struct Harness(InProcess);
 
 impl Harness {
     async fn new(origin: &TestOrigin, cache: &str) -> Self {
-        let config = Config::from_toml(&format!(
+        let config = format!(
             "[origin]\nurl = \"{}\"\n[[routes]]\npath = \"/page/**\"\ncache = {cache}\n",
             origin.url()
-        ))
-        .unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
-        let gateway = Gateway::start(
-            Arc::new(store) as Arc<dyn Store>,
-            config.gateway_settings(TOKEN.into(), "secret".into()),
-            Clock::manual(Timestamp::from_unix_millis(0)).0,
-        )
-        .await
-        .unwrap();
-        Self {
-            gateway,
-            _data: data,
-        }
+        );
+        Self(InProcess::start(&config, Timestamp::from_unix_millis(0)).await)
     }
 
     /// `method path` through the public router: status, `X-Cache`, body.
@@ -50,18 +31,13 @@ impl Harness {
             .uri(path)
             .body(Body::empty())
             .unwrap();
-        let response = public_router(Arc::clone(&self.gateway))
-            .oneshot(request)
-            .await
-            .unwrap();
-        let status = response.status();
-        let x_cache = response
-            .headers()
+        let answer = self.0.public(request).await;
+        let x_cache = answer
+            .headers
             .get("x-cache")
             .map(|value| value.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, x_cache, String::from_utf8_lossy(&body).into_owned())
+        (answer.status, x_cache, answer.text())
     }
 
     async fn get(&self, path: &str) -> (StatusCode, String, String) {
@@ -108,13 +84,12 @@ async fn hits_carry_age_and_x_cache_and_head_is_served_too() {
     let harness = Harness::new(&origin, "{}").await;
     let url = "/page/rods?cc=public,%20s-maxage=60";
     assert_eq!(harness.get(url).await.1, "MISS");
-    let request = Request::get(url).body(Body::empty()).unwrap();
-    let response = public_router(Arc::clone(&harness.gateway))
-        .oneshot(request)
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-cache"], "HIT");
-    assert_eq!(response.headers()["age"], "0");
+    let hit = harness
+        .0
+        .public(Request::get(url).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(hit.headers["x-cache"], "HIT");
+    assert_eq!(hit.headers["age"], "0");
     let (status, x_cache, body) = harness.call("HEAD", url).await;
     assert_eq!(
         (status, x_cache.as_str(), body.as_str()),
@@ -179,29 +154,17 @@ async fn purge_drops_a_prefix_from_the_cache() {
     let harness = Harness::new(&origin, "{ ttl_s = 600 }").await;
     harness.get("/page/shop/a").await;
     harness.get("/page/blog/b").await;
-    let purge = Request::post("/admin/cache/purge")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Body::from(r#"{"prefix": "/page/shop/"}"#))
-        .unwrap();
-    let response = admin_router(Arc::clone(&harness.gateway))
-        .oneshot(purge)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["purged"],
-        1
-    );
+    let purge = |prefix: &str| {
+        harness.0.admin(
+            "POST",
+            "/admin/cache/purge",
+            Some(json!({ "prefix": prefix })),
+        )
+    };
+    let purged = purge("/page/shop/").await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert_eq!(purged.json()["purged"], 1);
     assert_eq!(harness.get("/page/shop/a").await.1, "MISS");
     assert_eq!(harness.get("/page/blog/b").await.1, "HIT");
-    let bad = Request::post("/admin/cache/purge")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Body::from(r#"{"prefix": "shop"}"#))
-        .unwrap();
-    let response = admin_router(Arc::clone(&harness.gateway))
-        .oneshot(bad)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(purge("shop").await.status, StatusCode::BAD_REQUEST);
 }

@@ -3,52 +3,30 @@
 //! opens origin connections, probes the downstream and raises `floodgate_expected_load`; ten
 //! seconds before the start the final warm-up runs once more; after the end the gauge falls.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use floodgate_config::Config;
-use floodgate_core::{Clock, Timestamp};
-use floodgate_gateway::{Gateway, admin_router, public_router};
-use floodgate_store::{SqliteOptions, SqliteStore, Store};
+use floodgate_core::Timestamp;
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use support::InProcess;
 
-const TOKEN: &str = "prewarm-admin";
 const START: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
 const PAGE: &str = "/page/drop?cc=max-age=600";
 
-async fn admin(
-    gateway: &Arc<Gateway>,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, String) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
-        .unwrap();
-    let response = admin_router(Arc::clone(gateway))
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// The drop's pre-warm passes once the one of `stage` has finished.
-async fn passes_once_finished(gateway: &Arc<Gateway>, stage: &str) -> Vec<Value> {
+async fn passes_once_finished(gateway: &InProcess, stage: &str) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, body) = admin(gateway, "GET", "/admin/drops/spring", None).await;
-        let detail: Value = serde_json::from_str(&body).unwrap();
+        let detail = gateway
+            .admin("GET", "/admin/drops/spring", None)
+            .await
+            .json();
         let passes = detail["prewarm"]["passes"]
             .as_array()
             .cloned()
@@ -67,8 +45,8 @@ async fn passes_once_finished(gateway: &Arc<Gateway>, stage: &str) -> Vec<Value>
     }
 }
 
-async fn expected_load(gateway: &Arc<Gateway>) -> String {
-    let (_, page) = admin(gateway, "GET", "/metrics", None).await;
+async fn expected_load(gateway: &InProcess) -> String {
+    let page = gateway.admin("GET", "/metrics", None).await.text();
     page.lines()
         .find(|line| line.starts_with("floodgate_expected_load{"))
         .unwrap_or_default()
@@ -78,22 +56,13 @@ async fn expected_load(gateway: &Arc<Gateway>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drop_is_warmed_before_its_surge() {
     let origin = TestOrigin::start(OriginConfig::default()).await.unwrap();
-    let config = Config::from_toml(&format!(
+    let config = format!(
         "[origin]\nurl = \"{}\"\nmax_concurrency = 64\n[[routes]]\npath = \"/page/**\"\ncache = {{}}\n",
         origin.url()
-    ))
-    .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
-    let (clock, millis) = Clock::manual(START.add_millis(-400_000));
-    let set_clock = |at: Timestamp| millis.store(at.unix_millis(), Ordering::SeqCst);
-    let gateway = Gateway::start(
-        Arc::new(store) as Arc<dyn Store>,
-        config.gateway_settings(TOKEN.into(), "secret".into()),
-        clock,
-    )
-    .await
-    .unwrap();
+    );
+    let harness = InProcess::start(&config, START.add_millis(-400_000)).await;
+    let gateway = &harness.gateway;
+    let set_clock = |at: Timestamp| harness.set_clock(at);
     let probes = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&probes);
     gateway.probe_downstream_with(Box::new(move || {
@@ -108,16 +77,17 @@ async fn the_drop_is_warmed_before_its_surge() {
         "prewarm_s": 300, "expected_shoppers": 50_000, "prewarm_paths": [PAGE, "/page/missing?status=404"],
     });
     assert_eq!(
-        admin(&gateway, "PUT", "/admin/drops/spring", Some(drop))
+        harness
+            .admin("PUT", "/admin/drops/spring", Some(drop))
             .await
-            .0,
+            .status,
         StatusCode::OK
     );
 
     // Six minutes and forty seconds before the start: too early.
     gateway.observe().await.unwrap();
     assert_eq!(
-        expected_load(&gateway).await,
+        expected_load(&harness).await,
         r#"floodgate_expected_load{drop="spring"} 0"#
     );
     assert_eq!((origin.total_hits(), origin.connections()), (0, 0));
@@ -126,7 +96,7 @@ async fn the_drop_is_warmed_before_its_surge() {
     // Five minutes before: the rehearsal.
     set_clock(START.add_millis(-300_000));
     gateway.observe().await.unwrap();
-    let passes = passes_once_finished(&gateway, "rehearsal").await;
+    let passes = passes_once_finished(&harness, "rehearsal").await;
     let rehearsal = &passes[0];
     assert_eq!(rehearsal["sized_for"], 50_000);
     assert_eq!(
@@ -142,16 +112,14 @@ async fn the_drop_is_warmed_before_its_surge() {
     assert_eq!(origin.hits("/page/drop"), 1);
     assert_eq!(origin.connections(), 16);
     assert_eq!(
-        expected_load(&gateway).await,
+        expected_load(&harness).await,
         r#"floodgate_expected_load{drop="spring"} 50000"#
     );
     // The first shopper's page comes from the cache.
-    let request = Request::get(PAGE).body(Body::empty()).unwrap();
-    let response = public_router(Arc::clone(&gateway))
-        .oneshot(request)
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-cache"], "HIT");
+    let first = harness
+        .public(Request::get(PAGE).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(first.headers["x-cache"], "HIT");
     assert_eq!(origin.hits("/page/drop"), 1);
     // Another second of the rehearsal window starts nothing new.
     set_clock(START.add_millis(-299_000));
@@ -161,7 +129,7 @@ async fn the_drop_is_warmed_before_its_surge() {
     // Ten seconds before the start: the final warm-up, once.
     set_clock(START.add_millis(-10_000));
     gateway.observe().await.unwrap();
-    let passes = passes_once_finished(&gateway, "final").await;
+    let passes = passes_once_finished(&harness, "final").await;
     assert_eq!(passes.len(), 2);
     assert!(passes[1]["sized_for"].is_null(), "tables are sized once");
     set_clock(START.add_millis(-9_000));
@@ -172,7 +140,7 @@ async fn the_drop_is_warmed_before_its_surge() {
     set_clock(START.add_millis(3_600_000));
     gateway.observe().await.unwrap();
     assert_eq!(
-        expected_load(&gateway).await,
+        expected_load(&harness).await,
         r#"floodgate_expected_load{drop="spring"} 0"#
     );
     assert_eq!(probes.load(Ordering::SeqCst), 2);

@@ -2,28 +2,23 @@
 //! is room, a queue once there is not, a pass that buys once, the next waiter admitted when a
 //! pass is spent, sold out reaching waiters, and tampered tokens refused.
 
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use floodgate_config::Config;
-use floodgate_core::{Clock, Timestamp};
-use floodgate_gateway::{Gateway, admin_router, public_router};
-use floodgate_store::{SqliteOptions, SqliteStore, Store};
+use floodgate_core::Timestamp;
+use floodgate_gateway::public_router;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sha2::Digest;
+use support::InProcess;
 use tower::ServiceExt;
 
-const TOKEN: &str = "room-admin";
 const START: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
 
-struct Harness {
-    gateway: Arc<Gateway>,
-    clock: Arc<AtomicI64>,
-    _data: tempfile::TempDir,
-}
+struct Harness(InProcess);
 
 impl Harness {
     async fn new(stock: u64, max_active: u32) -> Self {
@@ -43,52 +38,28 @@ impl Harness {
         prequeue_s: u32,
     ) -> Self {
         let config = format!("[waiting_room]\nabandon_after_s = 30\n{extra_config}");
-        let config = Config::from_toml(&config).unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(data.path(), SqliteOptions::default()).unwrap();
-        let (clock, millis) = Clock::manual(START);
-        let gateway = Gateway::start(
-            Arc::new(store) as Arc<dyn Store>,
-            config.gateway_settings(TOKEN.into(), "room secret".into()),
-            clock,
-        )
-        .await
-        .unwrap();
-        let harness = Self {
-            gateway,
-            clock: millis,
-            _data: data,
-        };
+        let harness = Self(InProcess::start(&config, START).await);
         let drop = json!({
             "name": "Drop", "starts_at": starts_at, "ends_at": "2099-01-01T00:00:00Z",
             "limit_per_customer": 5,
             "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": stock}],
             "waiting_room": {"enabled": true, "max_active": max_active, "prequeue_s": prequeue_s, "pass_ttl_s": 60},
         });
-        let request = Request::put("/admin/drops/spring")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(Body::from(drop.to_string()))
-            .unwrap();
-        let response = admin_router(Arc::clone(&harness.gateway))
-            .oneshot(request)
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let put = harness
+            .0
+            .admin("PUT", "/admin/drops/spring", Some(drop))
+            .await;
+        assert_eq!(put.status, StatusCode::OK);
         harness
     }
 
     fn advance(&self, seconds: i64) {
-        self.clock.fetch_add(seconds * 1_000, Ordering::SeqCst);
+        self.0.advance(seconds);
     }
 
     async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
-        let response = public_router(Arc::clone(&self.gateway))
-            .oneshot(request)
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        let answer = self.0.public(request).await;
+        (answer.status, answer.json())
     }
 
     async fn join(&self, customer: &str) -> (StatusCode, Value) {
@@ -314,7 +285,7 @@ async fn browsers_get_a_page_and_the_event_stream_pushes_the_admission() {
     let (_, waiting) = harness.join("bob").await;
     let ticket = text(&waiting, "ticket");
 
-    let page = public_router(Arc::clone(&harness.gateway))
+    let page = public_router(Arc::clone(&harness.0.gateway))
         .oneshot(
             Request::get(format!("/api/queue/{ticket}"))
                 .header("accept", "text/html,application/xhtml+xml")
@@ -337,7 +308,7 @@ async fn browsers_get_a_page_and_the_event_stream_pushes_the_admission() {
         "no external assets"
     );
 
-    let events = public_router(Arc::clone(&harness.gateway))
+    let events = public_router(Arc::clone(&harness.0.gateway))
         .oneshot(
             Request::get(format!("/api/queue/{ticket}/events"))
                 .body(Body::empty())
@@ -378,15 +349,15 @@ async fn an_operator_can_revoke_a_pass_and_its_slot_goes_to_the_next_waiter() {
     let (_, first) = harness.join("alice").await;
     let (_, waiting) = harness.join("bob").await;
     let pass = text(&first, "pass");
-    let revoke = Request::post("/admin/drops/spring/passes/revoke")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Body::from(json!({ "pass": pass }).to_string()))
-        .unwrap();
-    let response = admin_router(Arc::clone(&harness.gateway))
-        .oneshot(revoke)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let revoke = harness
+        .0
+        .admin(
+            "POST",
+            "/admin/drops/spring/passes/revoke",
+            Some(json!({ "pass": pass })),
+        )
+        .await;
+    assert_eq!(revoke.status, StatusCode::OK);
     assert_eq!(
         harness.order("alice", "k1", Some(&pass)).await.0,
         StatusCode::FORBIDDEN
@@ -474,7 +445,7 @@ async fn with_visitor_cookies_floodgate_names_the_customer_and_nobody_orders_wit
             value.split(';').next().unwrap().to_owned()
         })
     };
-    let public = || public_router(Arc::clone(&harness.gateway));
+    let public = || public_router(Arc::clone(&harness.0.gateway));
     // A first join without a cookie gets a visitor and a pass; with the cookie, the same pass.
     let first = public().oneshot(join(None)).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
