@@ -807,16 +807,10 @@ mod tests {
             config.waiting_room.previous_keys,
             [(2, "old".to_owned()), (1, "older".to_owned())]
         );
-        let problems = Config::from_toml(
-            "[waiting_room]\nkey_id = 1\nprevious_keys = [{ id = 1, secret = \"x\" }, { id = 300 }]\n",
-        )
-        .unwrap_err();
-        let paths: Vec<&str> = problems
-            .iter()
-            .map(|problem| problem.path.as_str())
-            .collect();
         assert_eq!(
-            paths,
+            problem_paths(
+                "[waiting_room]\nkey_id = 1\nprevious_keys = [{ id = 1, secret = \"x\" }, { id = 300 }]\n",
+            ),
             [
                 "waiting_room.previous_keys[0].id",
                 "waiting_room.previous_keys[1].id",
@@ -890,9 +884,18 @@ mod tests {
         );
     }
 
+    /// The key paths of the problems `text` has, in the order reported.
+    fn problem_paths(text: &str) -> Vec<String> {
+        Config::from_toml(text)
+            .unwrap_err()
+            .into_iter()
+            .map(|problem| problem.path)
+            .collect()
+    }
+
     #[test]
     fn reports_every_problem_with_its_path_at_once() {
-        let problems = Config::from_toml(
+        let paths = problem_paths(
             r#"
             colour = "blue"
             [server]
@@ -912,12 +915,7 @@ mod tests {
             [drops]
             identity = "session"
             "#,
-        )
-        .unwrap_err();
-        let paths: Vec<&str> = problems
-            .iter()
-            .map(|problem| problem.path.as_str())
-            .collect();
+        );
         assert_eq!(
             paths,
             [

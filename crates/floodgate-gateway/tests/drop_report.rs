@@ -31,13 +31,7 @@ async fn the_report_matches_the_store() {
         "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 6}],
         "waiting_room": {"enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 60},
     });
-    assert_eq!(
-        harness
-            .admin("PUT", "/admin/drops/spring", Some(drop))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    harness.put_spring_drop(drop).await;
     gateway.observe().await.unwrap();
 
     // Eight shoppers arrive at the start; two passes at a time, six units.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use floodgate_core::Timestamp;
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
 use serde_json::{Value, json};
@@ -76,13 +76,7 @@ async fn the_drop_is_warmed_before_its_surge() {
         "waiting_room": {"enabled": true, "max_active": 10, "prequeue_s": 0, "pass_ttl_s": 60},
         "prewarm_s": 300, "expected_shoppers": 50_000, "prewarm_paths": [PAGE, "/page/missing?status=404"],
     });
-    assert_eq!(
-        harness
-            .admin("PUT", "/admin/drops/spring", Some(drop))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    harness.put_spring_drop(drop).await;
 
     // Six minutes and forty seconds before the start: too early.
     gateway.observe().await.unwrap();

@@ -45,11 +45,7 @@ impl Harness {
             "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": stock}],
             "waiting_room": {"enabled": true, "max_active": max_active, "prequeue_s": prequeue_s, "pass_ttl_s": 60},
         });
-        let put = harness
-            .0
-            .admin("PUT", "/admin/drops/spring", Some(drop))
-            .await;
-        assert_eq!(put.status, StatusCode::OK);
+        harness.0.put_spring_drop(drop).await;
         harness
     }
 

@@ -111,15 +111,19 @@ pub struct LegacyStats {
     pub max_starts_in_any_second: u64,
 }
 
+/// An answer the shop gives, `after` a delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Respond {
+    after: Duration,
+    status: StatusCode,
+    body: String,
+    retry_after: Option<u64>,
+}
+
 /// What the shop does with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer {
-    Respond {
-        after: Duration,
-        status: StatusCode,
-        body: String,
-        retry_after: Option<u64>,
-    },
+    Respond(Respond),
     /// Never answers in time.
     Hang,
     /// Closes the connection without an answer.
@@ -275,45 +279,31 @@ impl LegacyShop {
 }
 
 fn respond(status: StatusCode, body: serde_json::Value) -> Answer {
-    Answer::Respond {
+    Answer::Respond(Respond {
         after: Duration::ZERO,
         status,
         body: body.to_string(),
         retry_after: None,
-    }
+    })
 }
 
 impl Answer {
     fn after(self, delay: Duration) -> Self {
         match self {
-            Self::Respond {
-                status,
-                body,
-                retry_after,
-                ..
-            } => Self::Respond {
+            Self::Respond(respond) => Self::Respond(Respond {
                 after: delay,
-                status,
-                body,
-                retry_after,
-            },
+                ..respond
+            }),
             other => other,
         }
     }
 
     fn with_retry_after(self, seconds: Option<u64>) -> Self {
         match self {
-            Self::Respond {
-                after,
-                status,
-                body,
-                ..
-            } => Self::Respond {
-                after,
-                status,
-                body,
+            Self::Respond(respond) => Self::Respond(Respond {
                 retry_after: seconds,
-            },
+                ..respond
+            }),
             other => other,
         }
     }
@@ -337,19 +327,14 @@ impl Downstream for LegacyShop {
         Box::pin(async move {
             let body = order_body(order);
             match self.take_order(Some(order.order_id.as_str()), body.to_string().as_bytes()) {
-                Answer::Respond {
-                    after,
-                    status,
-                    body,
-                    retry_after,
-                } => {
-                    tokio::time::sleep(after).await;
-                    let reference = serde_json::from_str::<serde_json::Value>(&body)
+                Answer::Respond(respond) => {
+                    tokio::time::sleep(respond.after).await;
+                    let reference = serde_json::from_str::<serde_json::Value>(&respond.body)
                         .ok()
                         .and_then(|body| body["reference"].as_str().map(str::to_owned));
                     Reply::Answered {
-                        status,
-                        retry_after: retry_after.map(Duration::from_secs),
+                        status: respond.status,
+                        retry_after: respond.retry_after.map(Duration::from_secs),
                         reference,
                     }
                 }
@@ -389,6 +374,16 @@ impl LegacyServer {
     /// `http://<address>/orders`.
     pub fn orders_url(&self) -> String {
         format!("http://{}/orders", self.address)
+    }
+
+    /// The `[origin]` and `[downstream]` sections of a floodgate configuration in front of this
+    /// shop, delivering at most `rate_per_second` orders a second.
+    pub fn floodgate_config(&self, rate_per_second: u32) -> String {
+        format!(
+            "[origin]\nurl = \"http://{}\"\n[downstream]\nurl = \"{}\"\nrate_per_second = {rate_per_second}\n",
+            self.address,
+            self.orders_url()
+        )
     }
 
     /// The shop behind it.
@@ -458,15 +453,10 @@ async fn handle(
                 Err(_) => return Err(Dropped),
             };
             match shop.take_order(key.as_deref(), &body) {
-                Answer::Respond {
-                    after,
-                    status,
-                    body,
-                    retry_after,
-                } => {
-                    tokio::time::sleep(after).await;
-                    let mut response = json_response(status, body);
-                    if let Some(seconds) = retry_after {
+                Answer::Respond(respond) => {
+                    tokio::time::sleep(respond.after).await;
+                    let mut response = json_response(respond.status, respond.body);
+                    if let Some(seconds) = respond.retry_after {
                         response
                             .headers_mut()
                             .insert(header::RETRY_AFTER, seconds.into());
@@ -539,18 +529,18 @@ mod tests {
         let first = shop.take_order(Some("ord_1"), body);
         assert!(matches!(
             first,
-            Answer::Respond {
+            Answer::Respond(Respond {
                 status: StatusCode::CREATED,
                 ..
-            }
+            })
         ));
         let again = shop.take_order(Some("ord_1"), body);
         assert!(matches!(
             again,
-            Answer::Respond {
+            Answer::Respond(Respond {
                 status: StatusCode::CONFLICT,
                 ..
-            }
+            })
         ));
         let stats = shop.stats();
         assert_eq!((stats.starts, stats.received, stats.duplicates), (2, 1, 1));
@@ -567,7 +557,7 @@ mod tests {
             .map(|serial| {
                 let key = format!("k{serial}");
                 match shop.take_order(Some(&key), br#"{"order_id":"x"}"#) {
-                    Answer::Respond { status, .. } => Some(status),
+                    Answer::Respond(respond) => Some(respond.status),
                     Answer::Hang | Answer::Drop => None,
                 }
             })

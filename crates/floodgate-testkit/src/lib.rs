@@ -5,6 +5,7 @@
 //! Used by tests and benchmarks only; the binary ships `floodgate-sim`, not this.
 
 pub mod browser;
+pub mod drops;
 pub mod origin;
 pub mod postgres;
 mod process;

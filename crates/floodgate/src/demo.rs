@@ -157,12 +157,10 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
     let store = tempfile::tempdir().context("cannot create the demo's store directory")?;
     // The product page is cached at the edge for ten seconds, the rest of the shop passes.
     let config = Config::from_toml(&format!(
-        "[origin]\nurl = \"http://{shop}\"\n[downstream]\nurl = \"{orders}\"\nrate_per_second = {LEGACY_CAPACITY}\n\
-         [store]\npath = \"{store}\"\n\
+        "{shop}[store]\npath = \"{store}\"\n\
          [[routes]]\nname = \"product\"\npath = \"/shop/sneaker\"\nclass = \"browse\"\n\
          cache = {{ ttl_s = 10, stale_while_revalidate_s = 30 }}\n",
-        shop = shop.address(),
-        orders = shop.orders_url(),
+        shop = shop.floodgate_config(LEGACY_CAPACITY),
         store = store.path().display(),
     ))
     .map_err(|problems| anyhow::anyhow!("the demo's own configuration is invalid: {problems:?}"))?;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
 use floodgate_testkit::postgres::PostgresCluster;
-use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode, drops};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -373,20 +373,11 @@ async fn shop_through_the_room(
     let pass = answer.body["pass"].as_str().unwrap().to_owned();
     let orders = format!("{}/api/drops/room/orders", node(7));
     let key = format!("room-{shopper}");
-    let body = json!({ "customer": customer, "sku": "rod", "quantity": 1 });
     // "Try again" while the last units move between the nodes' leases: the same key, the
     // same pass.
     let mut placed = None;
     for _ in 0..200 {
-        let answer = client
-            .send(
-                Method::POST,
-                &orders,
-                &[("idempotency-key", &key), ("floodgate-pass", &pass)],
-                Some(&body),
-            )
-            .await
-            .unwrap();
+        let answer = drops::order_a_rod(&client, &orders, &customer, &key, &pass).await;
         if answer.status != StatusCode::SERVICE_UNAVAILABLE {
             placed = Some(answer);
             break;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use floodgate_testkit::browser::Browser;
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
-use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode, drops};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -55,19 +55,10 @@ async fn the_dashboard_renders_and_follows_a_drop_on_a_phone() {
         .await
         .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[origin]\nurl = \"http://{}\"\n[downstream]\nurl = \"{}\"\nrate_per_second = 10\n",
-        shop.address(),
-        shop.orders_url()
-    );
+    let config = shop.floodgate_config(10);
     let gateway = GatewayProcess::spawn(binary(), data.path(), &config).unwrap();
     let client = HttpClient::new(Duration::from_secs(10));
-    let drop = json!({
-        "name": "Muskie rod drop", "starts_at": "2020-01-01T00:00:00Z",
-        "ends_at": "2099-01-01T00:00:00Z", "limit_per_customer": 1,
-        "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 40}],
-        "waiting_room": {"enabled": true, "max_active": 5, "prequeue_s": 0, "pass_ttl_s": 600},
-    });
+    let drop = drops::open_with_room("Muskie rod drop", 40, 5);
     gateway.put_drop(&client, "spring", &drop).await.unwrap();
 
     let browser = Browser::start(390, 844).await.unwrap();
@@ -109,17 +100,8 @@ async fn the_dashboard_renders_and_follows_a_drop_on_a_phone() {
             .unwrap();
         assert_eq!(joined.status, StatusCode::OK, "room for each in turn");
         let pass = joined.body["pass"].as_str().unwrap().to_owned();
-        let body = json!({ "customer": customer, "sku": "rod", "quantity": 1 });
         let key = format!("k-{shopper}");
-        let placed = client
-            .send(
-                Method::POST,
-                &order,
-                &[("idempotency-key", &key), ("floodgate-pass", &pass)],
-                Some(&body),
-            )
-            .await
-            .unwrap();
+        let placed = drops::order_a_rod(&client, &order, &customer, &key, &pass).await;
         assert_eq!(placed.status, StatusCode::ACCEPTED);
     }
     eventually(

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use floodgate_testkit::{GatewayProcess, HttpClient};
-use serde_json::{Value, json};
+use floodgate_testkit::{GatewayProcess, HttpClient, drops};
+use serde_json::Value;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_floodgate"))
@@ -77,12 +77,7 @@ async fn a_drop_rehearsal_against_the_gateway_sells_the_stock_once_and_exits_by_
     let config = "[waiting_room]\nsecret = \"loadtest\"\n";
     let gateway = GatewayProcess::spawn(binary(), data.path(), config).unwrap();
     let client = HttpClient::new(Duration::from_secs(10));
-    let drop = json!({
-        "name": "Spring", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
-        "limit_per_customer": 1,
-        "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 40}],
-        "waiting_room": {"enabled": true, "max_active": 10, "prequeue_s": 0, "pass_ttl_s": 600},
-    });
+    let drop = drops::open_with_room("Spring", 40, 10);
     gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let runs = data.path().join("runs");
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
-use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode};
+use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode, drops};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -46,20 +46,11 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         .await
         .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let downstream = format!(
-        "[origin]\nurl = \"http://{}\"\n[downstream]\nurl = \"{}\"\nrate_per_second = 10\n",
-        shop.address(),
-        shop.orders_url()
-    );
+    let downstream = shop.floodgate_config(10);
     let gateway = GatewayProcess::spawn(binary(), data.path(), &downstream).unwrap();
     let client = HttpClient::new(Duration::from_secs(10));
     let auth = gateway.admin_authorization();
-    let drop = json!({
-        "name": "Metrics", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
-        "limit_per_customer": 1,
-        "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 5}],
-        "waiting_room": {"enabled": true, "max_active": 1, "prequeue_s": 0, "pass_ttl_s": 600},
-    });
+    let drop = drops::open_with_room("Metrics", 5, 1);
     gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let join = format!("{}/api/drops/spring/queue", gateway.public_url);
     let ann = client
@@ -72,16 +63,7 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
         .unwrap();
     let pass = ann.body["pass"].as_str().unwrap().to_owned();
     let order = format!("{}/api/drops/spring/orders", gateway.public_url);
-    let body = json!({"customer": "ann", "sku": "rod", "quantity": 1});
-    let placed = client
-        .send(
-            Method::POST,
-            &order,
-            &[("idempotency-key", "m-1"), ("floodgate-pass", &pass)],
-            Some(&body),
-        )
-        .await
-        .unwrap();
+    let placed = drops::order_a_rod(&client, &order, "ann", "m-1", &pass).await;
     assert_eq!(placed.status, StatusCode::ACCEPTED);
 
     let page = format!("{}/shop/rod", gateway.public_url);

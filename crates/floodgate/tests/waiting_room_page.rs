@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use floodgate_testkit::browser::Browser;
-use floodgate_testkit::{GatewayProcess, HttpClient, Method};
+use floodgate_testkit::{GatewayProcess, HttpClient, Method, drops};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -29,12 +29,7 @@ async fn the_page_shows_the_place_and_updates_itself_on_admission() {
     let config = "[waiting_room]\nsecret = \"page test\"\ncolour = \"#0a7\"\n";
     let gateway = GatewayProcess::spawn(binary(), data.path(), config).unwrap();
     let client = HttpClient::new(Duration::from_secs(10));
-    let drop = json!({
-        "name": "Drop", "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
-        "limit_per_customer": 1,
-        "skus": [{"sku": "rod", "name": "Rod", "price_cents": 100, "stock": 10}],
-        "waiting_room": {"enabled": true, "max_active": 1, "prequeue_s": 0, "pass_ttl_s": 600},
-    });
+    let drop = drops::open_with_room("Drop", 10, 1);
     gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let join = format!("{}/api/drops/spring/queue", gateway.public_url);
     let alice = post(&client, &join, &[], json!({ "customer": "alice" })).await;

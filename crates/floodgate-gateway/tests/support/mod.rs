@@ -101,6 +101,14 @@ impl InProcess {
     }
 }
 
+impl InProcess {
+    /// Puts drop `spring` as `spec`, asserting it is taken.
+    pub(crate) async fn put_spring_drop(&self, spec: Value) {
+        let put = self.admin("PUT", "/admin/drops/spring", Some(spec)).await;
+        assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+    }
+}
+
 async fn answer(router: axum::Router, request: Request<Body>) -> Answer {
     let response = router.oneshot(request).await.unwrap();
     let (head, body) = response.into_parts();
