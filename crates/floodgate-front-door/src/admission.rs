@@ -212,10 +212,32 @@ impl Drop for Permit {
 
 #[cfg(test)]
 mod tests {
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     fn admission(max: u32, queue: usize) -> Arc<Admission> {
         Arc::new(Admission::new(max, queue, Duration::from_millis(100)))
+    }
+
+    /// A pool of eight (a limit of two at first) with a queue of one, both slots held.
+    async fn full_pool() -> (Arc<Admission>, [Permit; 2]) {
+        let pool = admission(8, 1);
+        let held = [
+            pool.admit(Priority::Checkout).await.unwrap(),
+            pool.admit(Priority::Checkout).await.unwrap(),
+        ];
+        (pool, held)
+    }
+
+    /// A request of `class` waiting for a slot, given back at once when it gets one.
+    async fn waiter(pool: &Arc<Admission>, class: Priority) -> JoinHandle<Result<(), Shed>> {
+        let waiting = tokio::spawn({
+            let pool = Arc::clone(pool);
+            async move { pool.admit(class).await.map(|permit| permit.finish(false)) }
+        });
+        tokio::task::yield_now().await;
+        waiting
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,15 +248,7 @@ mod tests {
         for _ in 0..9 {
             held.push(pool.admit(Priority::Browse).await.unwrap());
         }
-        let browse = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move {
-                pool.admit(Priority::Browse)
-                    .await
-                    .map(|permit| permit.finish(false))
-            }
-        });
-        tokio::task::yield_now().await;
+        let browse = waiter(&pool, Priority::Browse).await;
         let checkout = pool.admit(Priority::Checkout).await.unwrap();
         assert_eq!(pool.load(), (10, 10));
         // One slot frees: checkout is served before the browse waiter would fit again.
@@ -245,48 +259,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_and_a_long_wait_are_shed() {
-        let pool = admission(8, 1);
-        let _held: Vec<Permit> = vec![
-            pool.admit(Priority::Checkout).await.unwrap(),
-            pool.admit(Priority::Checkout).await.unwrap(),
-        ];
-        let waiting = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move { pool.admit(Priority::Cart).await.err() }
-        });
-        tokio::task::yield_now().await;
+        let (pool, _held) = full_pool().await;
+        let waiting = waiter(&pool, Priority::Cart).await;
         assert_eq!(
             pool.admit(Priority::Cart).await.err(),
             Some(Shed::QueueFull)
         );
-        assert_eq!(waiting.await.unwrap(), Some(Shed::Waited));
+        assert_eq!(waiting.await.unwrap(), Err(Shed::Waited));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_makes_room_for_a_higher_class() {
-        let pool = admission(8, 1);
-        let _held: Vec<Permit> = vec![
-            pool.admit(Priority::Checkout).await.unwrap(),
-            pool.admit(Priority::Checkout).await.unwrap(),
-        ];
-        let browse = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move { pool.admit(Priority::Browse).await.err() }
-        });
-        tokio::task::yield_now().await;
-        let checkout = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move { pool.admit(Priority::Checkout).await.err() }
-        });
-        tokio::task::yield_now().await;
-        assert_eq!(browse.await.unwrap(), Some(Shed::Waited), "evicted");
+        let (pool, _held) = full_pool().await;
+        let browse = waiter(&pool, Priority::Browse).await;
+        let checkout = waiter(&pool, Priority::Checkout).await;
+        assert_eq!(browse.await.unwrap(), Err(Shed::Waited), "evicted");
         assert_eq!(
             pool.admit(Priority::Background).await.err(),
             Some(Shed::QueueFull)
         );
         assert_eq!(
             checkout.await.unwrap(),
-            Some(Shed::Waited),
+            Err(Shed::Waited),
             "timed out in turn"
         );
     }
@@ -296,26 +290,10 @@ mod tests {
         let pool = admission(8, 10);
         let first = pool.admit(Priority::Checkout).await.unwrap();
         let _second = pool.admit(Priority::Checkout).await.unwrap();
-        let gone = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move {
-                pool.admit(Priority::Checkout)
-                    .await
-                    .map(|permit| permit.finish(false))
-            }
-        });
-        tokio::task::yield_now().await;
+        let gone = waiter(&pool, Priority::Checkout).await;
         gone.abort();
         let _ = gone.await;
-        let next = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move {
-                pool.admit(Priority::Checkout)
-                    .await
-                    .map(|permit| permit.finish(false))
-            }
-        });
-        tokio::task::yield_now().await;
+        let next = waiter(&pool, Priority::Checkout).await;
         first.finish(false);
         assert!(next.await.unwrap().is_ok());
     }

@@ -462,6 +462,16 @@ struct Series {
     value: fn(&Bucket) -> f64,
 }
 
+impl Series {
+    const fn new(name: &'static str, colour: &'static str, value: fn(&Bucket) -> f64) -> Self {
+        Self {
+            name,
+            colour,
+            value,
+        }
+    }
+}
+
 /// One chart of the report page.
 struct Chart {
     title: &'static str,
@@ -479,68 +489,40 @@ const CHARTS: [Chart; 5] = [
         per_bucket: true,
         needs_room: true,
         series: &[
-            Series {
-                name: "arrived",
-                colour: "#2f81f7",
-                value: |b| b.arrivals as f64,
-            },
-            Series {
-                name: "admitted",
-                colour: "#3fb950",
-                value: |b| b.admitted as f64,
-            },
+            Series::new("arrived", "#2f81f7", |b| b.arrivals as f64),
+            Series::new("admitted", "#3fb950", |b| b.admitted as f64),
         ],
     },
     Chart {
         title: "Shoppers waiting",
         per_bucket: false,
         needs_room: true,
-        series: &[Series {
-            name: "waiting",
-            colour: "#a371f7",
-            value: |b| b.waiting.unwrap_or(0) as f64,
-        }],
+        series: &[Series::new("waiting", "#a371f7", |b| {
+            b.waiting.unwrap_or(0) as f64
+        })],
     },
     Chart {
         title: "Units on sale",
         per_bucket: false,
         needs_room: false,
-        series: &[Series {
-            name: "available",
-            colour: "#d29922",
-            value: |b| b.available.unwrap_or(0) as f64,
-        }],
+        series: &[Series::new("available", "#d29922", |b| {
+            b.available.unwrap_or(0) as f64
+        })],
     },
     Chart {
         title: "Orders accepted",
         per_bucket: true,
         needs_room: false,
-        series: &[Series {
-            name: "accepted",
-            colour: "#2f81f7",
-            value: |b| b.accepted as f64,
-        }],
+        series: &[Series::new("accepted", "#2f81f7", |b| b.accepted as f64)],
     },
     Chart {
         title: "Deliveries to the order system",
         per_bucket: true,
         needs_room: false,
         series: &[
-            Series {
-                name: "confirmed",
-                colour: "#3fb950",
-                value: |b| b.confirmed as f64,
-            },
-            Series {
-                name: "rejected",
-                colour: "#d29922",
-                value: |b| b.rejected as f64,
-            },
-            Series {
-                name: "dead-lettered",
-                colour: "#f85149",
-                value: |b| b.failed as f64,
-            },
+            Series::new("confirmed", "#3fb950", |b| b.confirmed as f64),
+            Series::new("rejected", "#d29922", |b| b.rejected as f64),
+            Series::new("dead-lettered", "#f85149", |b| b.failed as f64),
         ],
     },
 ];

@@ -35,3 +35,12 @@ pub async fn order_a_rod(
         .await
         .expect("the order is answered")
 }
+
+/// `customer` joins the waiting room at `queue_url` (`…/api/drops/{drop}/queue`).
+pub async fn join(client: &HttpClient, queue_url: &str, customer: &str) -> JsonResponse {
+    let body = json!({ "customer": customer });
+    client
+        .send(Method::POST, queue_url, &[], Some(&body))
+        .await
+        .expect("the join is answered")
+}

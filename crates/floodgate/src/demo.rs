@@ -107,7 +107,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
 
     say("1/2 the drop straight at the legacy shop …");
     let shop = start_legacy().await?;
-    let scenario = straight_scenario(&args);
+    let scenario = scenario(&args, "demo-straight", STRAIGHT_ORDERING, "/shop/health");
     let straight = rehearse(&scenario, &format!("http://{}", shop.address()), &args.dir).await?;
     let straight = column(&straight, &shop.shop().stats(), &args, Through::Nothing);
     drop(shop);
@@ -214,7 +214,12 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
         created.status
     );
 
-    let finished = rehearse(&through_scenario(args), &public_url, &args.dir).await?;
+    let finished = rehearse(
+        &scenario(args, "demo-through-floodgate", THROUGH_ORDERING, "/healthz"),
+        &public_url,
+        &args.dir,
+    )
+    .await?;
     let accepted = finished.record.checks.accepted_orders;
     say(&format!(
         "   {accepted} orders accepted; floodgate delivers them at {LEGACY_CAPACITY}/s …"
@@ -417,36 +422,24 @@ fn latency_rows(straight: &Column, through: &Column) -> Vec<(String, String, Str
 }
 
 /// Shoppers straight at the shop: the product page, then the order at its order endpoint.
-fn straight_scenario(args: &Args) -> String {
-    scenario(
-        args,
-        "demo-straight",
-        r#"[[journeys.steps]]
+const STRAIGHT_ORDERING: &str = r#"[[journeys.steps]]
 name = "order"
 post = "/orders"
 body = '{{"order_id":"{run}-{shopper}","drop":"{drop}","sku":"{sku}","quantity":1,"customer":"{customer}","accepted_at":"2026-01-01T00:00:00Z"}}'
-headers = { "Idempotency-Key" = "{run}-{shopper}" }"#,
-        "/shop/health",
-    )
-}
+headers = { "Idempotency-Key" = "{run}-{shopper}" }"#;
 
 /// Shoppers through floodgate: the product page, the waiting room, the order with the pass.
-fn through_scenario(args: &Args) -> String {
-    scenario(
-        args,
-        "demo-through-floodgate",
-        r#"[[journeys.steps]]
+const THROUGH_ORDERING: &str = r#"[[journeys.steps]]
 name = "queue"
 queue = "poll"
 give_up_after_s = 120
 [[journeys.steps]]
 name = "order"
 order = {}
-retries = 3"#,
-        "/healthz",
-    )
-}
+retries = 3"#;
 
+/// The demo's scenario `name`: a pulse of shoppers who see the product page, then order as
+/// `ordering` says; `health_path` is the target's health check.
 fn scenario(args: &Args, name: &str, ordering: &str, health_path: &str) -> String {
     format!(
         r#"name = "{name}"

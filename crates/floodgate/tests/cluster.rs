@@ -341,15 +341,7 @@ async fn shop_through_the_room(
     let customer = format!("c-{shopper}");
     let node = |turn: usize| public[(shopper + turn) % public.len()].clone();
     let join = format!("{}/api/drops/room/queue", node(0));
-    let mut answer = client
-        .send(
-            Method::POST,
-            &join,
-            &[],
-            Some(&json!({ "customer": customer })),
-        )
-        .await
-        .unwrap();
+    let mut answer = drops::join(&client, &join, &customer).await;
     if answer.body["state"] == "prequeue" {
         PREQUEUED.fetch_add(1, Ordering::Relaxed);
     }

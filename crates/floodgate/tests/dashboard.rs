@@ -9,7 +9,6 @@ use std::time::Duration;
 use floodgate_testkit::browser::Browser;
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
 use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode, drops};
-use serde_json::json;
 use tokio::time::Instant;
 
 fn binary() -> &'static Path {
@@ -89,15 +88,7 @@ async fn the_dashboard_renders_and_follows_a_drop_on_a_phone() {
     let order = format!("{}/api/drops/spring/orders", gateway.public_url);
     for shopper in 0..12 {
         let customer = format!("c-{shopper}");
-        let joined = client
-            .send(
-                Method::POST,
-                &join,
-                &[],
-                Some(&json!({ "customer": customer })),
-            )
-            .await
-            .unwrap();
+        let joined = drops::join(&client, &join, &customer).await;
         assert_eq!(joined.status, StatusCode::OK, "room for each in turn");
         let pass = joined.body["pass"].as_str().unwrap().to_owned();
         let key = format!("k-{shopper}");

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use floodgate_testkit::legacy::{LegacyConfig, LegacyServer};
 use floodgate_testkit::{GatewayProcess, HttpClient, Method, StatusCode, drops};
-use serde_json::json;
 use tokio::time::Instant;
 
 fn binary() -> &'static Path {
@@ -53,14 +52,8 @@ async fn metrics_pass_promtool_and_follow_a_drop() {
     let drop = drops::open_with_room("Metrics", 5, 1);
     gateway.put_drop(&client, "spring", &drop).await.unwrap();
     let join = format!("{}/api/drops/spring/queue", gateway.public_url);
-    let ann = client
-        .send(Method::POST, &join, &[], Some(&json!({"customer": "ann"})))
-        .await
-        .unwrap();
-    client
-        .send(Method::POST, &join, &[], Some(&json!({"customer": "bob"})))
-        .await
-        .unwrap();
+    let ann = drops::join(&client, &join, "ann").await;
+    drops::join(&client, &join, "bob").await;
     let pass = ann.body["pass"].as_str().unwrap().to_owned();
     let order = format!("{}/api/drops/spring/orders", gateway.public_url);
     let placed = drops::order_a_rod(&client, &order, "ann", "m-1", &pass).await;
