@@ -135,34 +135,7 @@ async fn timeouts_count_in_the_percentiles_at_their_elapsed_time() {
     assert!(page.response.p50 >= 200_000.0, "{}", page.response.p50);
 }
 
-const SHOPPING: &str = r#"
-    name = "shopping"
-    seed = 11
-    [arrivals]
-    shape = "pulse"
-    shoppers = 400
-    jitter_s = 1
-    [values]
-    drop = "d1"
-    skus = ["s1"]
-    [[journeys]]
-    name = "buyer"
-    [[journeys.steps]]
-    name = "look"
-    get = "/api/drops/{drop}"
-    [[journeys.steps]]
-    name = "queue"
-    queue = "poll"
-    [[journeys.steps]]
-    name = "order"
-    abandon = 0.5
-    retries = RETRIES
-    order = { replay = 0.2 }
-    [[journeys.steps]]
-    name = "confirmed"
-    await_order = true
-    poll_ms = 50
-"#;
+const SHOPPING: &str = include_str!("scenarios/shopping.toml");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandonment_retries_and_replays_behave_as_configured() {
@@ -327,19 +300,7 @@ async fn a_saturated_generator_marks_the_run_invalid() {
     let shop = FakeShop::start(0).await;
     shop.set_delay(Duration::from_millis(500));
     let runs = tempfile::tempdir().unwrap();
-    let scenario = r#"
-        name = "capped"
-        [arrivals]
-        shape = "pulse"
-        shoppers = 50
-        [generator]
-        max_shoppers = 10
-        [[journeys]]
-        name = "j"
-        [[journeys.steps]]
-        name = "page"
-        get = "/"
-    "#;
+    let scenario = include_str!("scenarios/capped.toml");
     let finished = run(scenario, &shop, &runs, None).await.unwrap();
     assert_eq!(finished.record.generator.not_started, 40);
     assert_eq!(finished.verdict.exit_code(), exit::INVALID);

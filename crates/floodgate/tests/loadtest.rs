@@ -37,39 +37,7 @@ fn run_dir(output: &Output) -> PathBuf {
     PathBuf::from(line)
 }
 
-const DROP_SCENARIO: &str = r#"
-name = "spring-drop"
-seed = 5
-[arrivals]
-shape = "pulse"
-shoppers = 150
-jitter_s = 2
-[http]
-timeout_ms = 5000
-[values]
-drop = "spring"
-skus = ["rod"]
-[[journeys]]
-name = "poller"
-[[journeys.steps]]
-name = "queue"
-queue = "poll"
-give_up_after_s = 20
-[[journeys.steps]]
-name = "order"
-order = { replay = 0.3 }
-retries = 2
-[[journeys]]
-name = "listener"
-[[journeys.steps]]
-name = "queue"
-queue = "sse"
-give_up_after_s = 20
-[[journeys.steps]]
-name = "order"
-order = {}
-retries = 2
-"#;
+const DROP_SCENARIO: &str = include_str!("scenarios/spring-drop.toml");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_rehearsal_against_the_gateway_sells_the_stock_once_and_exits_by_verdict() {
