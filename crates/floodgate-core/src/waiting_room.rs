@@ -589,6 +589,19 @@ mod tests {
         }
     }
 
+    /// A room of one pass, held by shopper 0, with shoppers `1..=waiting` in line.
+    fn one_pass_and_waiting(waiting: u64) -> (WaitingRoom, u64) {
+        let mut room = room(RoomRules {
+            max_active: 1,
+            ..RULES
+        });
+        let pass = pass_of(room.join(0, T0));
+        for identity in 1..=waiting {
+            room.join(identity, T0);
+        }
+        (room, pass)
+    }
+
     /// Places ahead and the ETA of a shopper still waiting.
     fn ahead_and_eta(standing: Standing) -> (u64, Option<u64>) {
         match standing {
@@ -755,15 +768,8 @@ mod tests {
 
     #[test]
     fn the_eta_leaves_out_the_share_of_waiters_who_stopped_polling() {
-        let mut room = room(RoomRules {
-            max_active: 1,
-            ..RULES
-        });
-        let pass = pass_of(room.join(0, T0));
         // Shoppers 1..=40 wait; the odd ones never poll again.
-        for identity in 1..=40 {
-            room.join(identity, T0);
-        }
+        let (mut room, pass) = one_pass_and_waiting(40);
         let patient: Vec<u64> = (1..=40u64)
             .filter(|identity| identity.is_multiple_of(2))
             .collect();
@@ -804,14 +810,7 @@ mod tests {
 
     #[test]
     fn the_eta_follows_the_admission_rate() {
-        let mut room = room(RoomRules {
-            max_active: 1,
-            ..RULES
-        });
-        let pass = pass_of(room.join(0, T0));
-        for identity in 1..=20 {
-            room.join(identity, T0);
-        }
+        let (mut room, pass) = one_pass_and_waiting(20);
         // One admission every two seconds for 10 s.
         let shoppers: Vec<u64> = (1..=20).collect();
         admit_one_each(&mut room, pass, &shoppers, (2..=10).step_by(2));

@@ -193,6 +193,37 @@ impl Harness {
         .await
     }
 
+    /// Puts drop `roomy`, behind a waiting room of two passes.
+    async fn put_roomy_drop(&self) {
+        let mut roomy = drop_json(10, NOW.add_millis(-1_000));
+        roomy["waiting_room"] =
+            json!({ "enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 600 });
+        self.put_drop("roomy", roomy).await;
+    }
+
+    /// `customer` joins the room of drop `roomy`.
+    async fn join_roomy(&self, customer: &str) -> (StatusCode, Value) {
+        let join = Request::post("/api/drops/roomy/queue")
+            .body(Body::from(json!({ "customer": customer }).to_string()))
+            .unwrap();
+        call(
+            floodgate_gateway::public_router(Arc::clone(&self.gateway)),
+            join,
+        )
+        .await
+    }
+
+    /// Two passes of `roomy` would be free, but only half of them is issued: `first` gets one,
+    /// `second` waits.
+    async fn admits_only_half(&self, first: &str, second: &str) {
+        assert_eq!(self.join_roomy(first).await.0, StatusCode::OK);
+        let (status, waiting) = self.join_roomy(second).await;
+        assert_eq!(
+            (status, waiting["state"].as_str()),
+            (StatusCode::ACCEPTED, Some("waiting"))
+        );
+    }
+
     /// Units available and orders stored, to show a refusal changed nothing.
     async fn footprint(&self) -> (Value, usize) {
         let (_, drop) = self.get("/api/drops/spring").await;
@@ -703,10 +734,7 @@ async fn health_answers_and_readiness_probes_the_store() {
 #[tokio::test]
 async fn a_delivery_backlog_makes_the_waiting_room_admit_fewer() {
     let harness = Harness::new().await;
-    let mut roomy = drop_json(10, NOW.add_millis(-1_000));
-    roomy["waiting_room"] =
-        json!({ "enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 600 });
-    harness.put_drop("roomy", roomy).await;
+    harness.put_roomy_drop().await;
     assert_eq!(
         harness.gateway.observe().await.unwrap().delivery_backlog,
         Duration::ZERO
@@ -724,34 +752,16 @@ async fn a_delivery_backlog_makes_the_waiting_room_admit_fewer() {
         harness.gateway.observe().await.unwrap().delivery_backlog,
         Duration::from_secs(3)
     );
-    let join = |customer: &str| {
-        Request::post("/api/drops/roomy/queue")
-            .body(Body::from(json!({ "customer": customer }).to_string()))
-            .unwrap()
-    };
-    // Two passes would be free; while delivery is behind only half of max_active is issued.
-    assert_eq!(call(public(), join("ann")).await.0, StatusCode::OK);
-    let (status, waiting) = call(public(), join("bea")).await;
-    assert_eq!(
-        (status, waiting["state"].as_str()),
-        (StatusCode::ACCEPTED, Some("waiting"))
-    );
+    // While delivery is behind, only half of max_active is issued.
+    harness.admits_only_half("ann", "bea").await;
 }
 
 #[tokio::test]
 async fn a_saturated_intake_makes_the_waiting_room_admit_fewer() {
     let harness = Harness::new().await;
-    let mut roomy = drop_json(10, NOW.add_millis(-1_000));
-    roomy["waiting_room"] =
-        json!({ "enabled": true, "max_active": 2, "prequeue_s": 0, "pass_ttl_s": 600 });
-    harness.put_drop("roomy", roomy).await;
-    let join = |customer: &str| {
-        Request::post("/api/drops/roomy/queue")
-            .body(Body::from(json!({ "customer": customer }).to_string()))
-            .unwrap()
-    };
+    harness.put_roomy_drop().await;
     let public = || floodgate_gateway::public_router(Arc::clone(&harness.gateway));
-    let (status, first) = call(public(), join("ann")).await;
+    let (status, first) = harness.join_roomy("ann").await;
     assert_eq!(status, StatusCode::OK);
     // The store cannot keep up: the order is refused, and the intake counts as saturated.
     *harness.store.next_failure.lock().unwrap() = Some(StoreError::Overloaded);
@@ -768,13 +778,8 @@ async fn a_saturated_intake_makes_the_waiting_room_admit_fewer() {
     );
     // The shop failed, not the shopper: the pass still buys.
     assert_eq!(call(public(), order()).await.0, StatusCode::ACCEPTED);
-    // Two passes would be free; while saturated only half of max_active is issued.
-    assert_eq!(call(public(), join("bea")).await.0, StatusCode::OK);
-    let (status, waiting) = call(public(), join("cal")).await;
-    assert_eq!(
-        (status, waiting["state"].as_str()),
-        (StatusCode::ACCEPTED, Some("waiting"))
-    );
+    // While saturated, only half of max_active is issued.
+    harness.admits_only_half("bea", "cal").await;
 }
 
 #[tokio::test]
