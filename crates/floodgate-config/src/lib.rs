@@ -18,6 +18,7 @@ use front_door::{FrontDoorTables, read_front_door};
 
 use floodgate_gateway::{DeliveryPace, GatewaySettings, IdentitySource, IntakeLimits};
 use floodgate_http::server::ConnectionLimits;
+use floodgate_http::tls::TlsFiles;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +104,11 @@ pub struct ServerConfig {
     /// Serve `/metrics` on the admin listener without the admin token (for a scraper that
     /// holds no secrets).
     pub metrics_public: bool,
+    /// TLS on the public listener (`server.tls`); plain HTTP when unset.
+    pub tls: Option<TlsFiles>,
+    /// TLS on the admin listener (`server.admin_tls`), with client certificates when it names
+    /// a `client_ca`; plain HTTP when unset.
+    pub admin_tls: Option<TlsFiles>,
 }
 
 /// `[store]`.
@@ -197,6 +203,8 @@ impl Default for Config {
                 shutdown_grace_ms: millis(limits.shutdown_grace),
                 worker_threads: 0,
                 metrics_public: false,
+                tls: None,
+                admin_tls: None,
             },
             store: StoreConfig {
                 path: PathBuf::from("./floodgate-data"),
@@ -259,7 +267,9 @@ impl Config {
         root.finish();
 
         let mut server = Section::new("server", server_table, &mut problems);
-        let server_config = ServerConfig {
+        let tls_table = server.table("tls");
+        let admin_tls_table = server.table("admin_tls");
+        let mut server_config = ServerConfig {
             listen: server.get("listen", defaults.server.listen, socket_addr),
             admin_listen: server.get("admin_listen", defaults.server.admin_listen, socket_addr),
             admin_token: server.get("admin_token", defaults.server.admin_token, text_value),
@@ -324,8 +334,14 @@ impl Config {
                 integer(0, 1_024),
             ),
             metrics_public: server.get("metrics_public", defaults.server.metrics_public, boolean),
+            tls: None,
+            admin_tls: None,
         };
         server.finish();
+        server_config.tls =
+            tls_table.and_then(|table| read_tls("server.tls", table, &mut problems));
+        server_config.admin_tls =
+            admin_tls_table.and_then(|table| read_tls("server.admin_tls", table, &mut problems));
 
         let mut store = Section::new("store", store_table, &mut problems);
         let store_config = StoreConfig {
@@ -670,6 +686,36 @@ impl<'t, 'p> Section<'t, 'p> {
             let path = self.key_path(key);
             let problem = format!("unknown key (known here: {})", self.known.join(", "));
             self.problems.push(ConfigProblem { path, problem });
+        }
+    }
+}
+
+/// A listener's TLS files, checked by loading them (so `check-config` finds a bad one).
+fn read_tls(path: &str, table: &Table, problems: &mut Vec<ConfigProblem>) -> Option<TlsFiles> {
+    let mut section = Section::new(path, Some(table), problems);
+    let file = |value: &Value| text_value(value).map(|text| Some(PathBuf::from(text)));
+    let cert = section.get("cert", None, file);
+    let key = section.get("key", None, file);
+    let client_ca = section.get("client_ca", None, file);
+    for (name, value) in [("cert", &cert), ("key", &key)] {
+        if value.is_none() && !table.contains_key(name) {
+            section.problem(name, "is required");
+        }
+    }
+    section.finish();
+    let files = TlsFiles {
+        cert: cert?,
+        key: key?,
+        client_ca,
+    };
+    match floodgate_http::tls::server_config(&files) {
+        Ok(_) => Some(files),
+        Err(error) => {
+            problems.push(ConfigProblem {
+                path: path.to_owned(),
+                problem: error.to_string(),
+            });
+            None
         }
     }
 }

@@ -173,7 +173,8 @@ pub fn encode_forwarded_head(
     let hops = hops.into_iter().chain([client.ip().as_bytes()]);
     wire::encode_header(X_FORWARDED_FOR.as_str(), hops, out);
     if !proto {
-        wire::encode_header(X_FORWARDED_PROTO.as_str(), [b"http".as_slice()], out);
+        let scheme: &[u8] = if client.is_tls() { b"https" } else { b"http" };
+        wire::encode_header(X_FORWARDED_PROTO.as_str(), [scheme], out);
     }
     match host {
         Some(host) if !forwarded_host => {

@@ -28,9 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodgate_http::ConnectionLoops;
-use floodgate_http::server::{self, ConnectionLimits};
+use floodgate_http::server::{self, ConnectionLimits, Listener};
 use floodgate_store::{Store, StoreError};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
@@ -291,9 +290,9 @@ pub fn admin_router(gateway: Arc<Gateway>) -> axum::Router {
 /// The two sockets the gateway serves.
 pub struct Listeners {
     /// Shoppers' traffic.
-    pub public: TcpListener,
+    pub public: Listener,
     /// Operators' traffic.
-    pub admin: TcpListener,
+    pub admin: Listener,
 }
 
 /// Serves both listeners on `loops` until `shutdown` completes, then drains: `/readyz` turns

@@ -7,12 +7,13 @@ use http::HeaderValue;
 /// The client of a connection, put on each of its requests by the server: its IP address as
 /// text, for `X-Forwarded-For` and per-IP limits, written once per connection rather than
 /// formatted per request; and whether it is a proxy the shop trusts (`server.trusted_proxies`),
-/// whose forwarding headers are believed.
+/// whose forwarding headers are believed; and whether it connected over TLS.
 #[derive(Debug, Clone)]
 pub struct ClientAddr {
     address: IpAddr,
     ip: HeaderValue,
     trusted_proxy: bool,
+    tls: bool,
 }
 
 impl ClientAddr {
@@ -24,7 +25,19 @@ impl ClientAddr {
             address: ip,
             ip: text,
             trusted_proxy: false,
+            tls: false,
         }
+    }
+
+    /// The same client, connected over TLS when `tls` is true.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether it connected over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The same client, trusted as a proxy when its address is in one of `trusted`.

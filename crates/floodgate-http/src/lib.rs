@@ -13,6 +13,7 @@ mod error;
 mod fields;
 mod html;
 pub mod server;
+pub mod tls;
 pub mod wire;
 
 pub use client_addr::ClientAddr;

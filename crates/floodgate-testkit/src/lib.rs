@@ -10,6 +10,7 @@ pub mod origin;
 pub mod postgres;
 mod process;
 pub mod recorder;
+pub mod tls;
 
 pub use floodgate_sim::{HttpClient, JsonResponse, Method, StatusCode, legacy};
 pub use process::GatewayProcess;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use floodgate_config::Config;
 use floodgate_gateway::Listeners;
+use floodgate_http::server::Listener;
 use floodgate_loadtest::record::Phase;
 use floodgate_loadtest::summary::StepStats;
 use floodgate_loadtest::{Finished, Options, loadtest};
@@ -174,7 +175,10 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway = tokio::spawn(run_gateway(
         config,
-        Listeners { public, admin },
+        Listeners {
+            public: Listener::plain(public),
+            admin: Listener::plain(admin),
+        },
         ADMIN_TOKEN.to_owned(),
         uuid::Uuid::new_v4().simple().to_string(),
         async {

@@ -11,6 +11,8 @@ use floodgate_config::{Config, DownstreamConfig, StoreConfig};
 use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Leadership};
 use floodgate_gateway::{Clock, Gateway, Listeners, log_lines};
 use floodgate_http::ConnectionLoops;
+use floodgate_http::server::Listener;
+use floodgate_http::tls::{self, TlsFiles};
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -86,10 +88,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.waiting_room.secret.clone()
     };
-    announce(&format!("public http://{}", public.local_addr()?));
-    announce(&format!("admin http://{}", admin.local_addr()?));
+    let public = speaking(public, config.server.tls.as_ref(), "public", "server.tls")?;
+    let admin = speaking(
+        admin,
+        config.server.admin_tls.as_ref(),
+        "admin",
+        "server.admin_tls",
+    )?;
     let listeners = Listeners { public, admin };
     run_gateway(config, listeners, admin_token, secret, shutdown_signal()).await
+}
+
+/// `tcp` speaking TLS as `files` say, or plain HTTP without them; announced as `name` with
+/// its URL.
+fn speaking(
+    tcp: TcpListener,
+    files: Option<&TlsFiles>,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Listener> {
+    let address = tcp.local_addr()?;
+    let listener = match files {
+        None => {
+            announce(&format!("{name} http://{address}"));
+            Listener::plain(tcp)
+        }
+        Some(files) => {
+            let config = tls::server_config(files).with_context(|| format!("{key}: cannot use"))?;
+            announce(&format!("{name} https://{address}"));
+            Listener::tls(tcp, config)
+        }
+    };
+    Ok(listener)
 }
 
 /// Runs the gateway and its dispatcher on bound listeners until `stop` completes, then drains.

@@ -5,8 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use floodgate_config::Config;
+use floodgate_testkit::tls::TestPki;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -67,6 +69,7 @@ fn file_with(section: &Section, line: &str) -> String {
             "[[routes]]\npath = \"/x\"\n[routes.rate_limit]".to_owned(),
             "global_per_s = 100",
         ),
+        "server.tls" | "server.admin_tls" => (format!("[{}]", section.name), tls_files()),
         "waiting_room.previous_keys" => (
             "[[waiting_room.previous_keys]]".to_owned(),
             "id = 7\nsecret = \"an earlier secret of enough length\"",
@@ -85,6 +88,21 @@ fn file_with(section: &Section, line: &str) -> String {
         .filter(|need| need.split(" = ").next() != Some(key))
         .collect();
     format!("{origin}{header}\n{}\n{line}\n", needs.join("\n"))
+}
+
+/// `cert` and `key` lines naming a certificate and key made once for the whole test binary.
+fn tls_files() -> &'static str {
+    static FILES: OnceLock<(TestPki, String)> = OnceLock::new();
+    let (_, lines) = FILES.get_or_init(|| {
+        let pki = TestPki::generate();
+        let lines = format!(
+            "cert = {:?}\nkey = {:?}",
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string()
+        );
+        (pki, lines)
+    });
+    lines
 }
 
 /// The sections written `[[…]]`: their tables are numbered in a problem's key path.

@@ -27,12 +27,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::request_head::{MAX_HEAD_BYTES, RequestHead, parse_request_head};
 use super::seats::{Beyond, ConnectionStats, TimedOut};
+use super::transport::Transport;
 use super::{ConnectionLimits, Handler, WallClock, date, stop_requested};
 use crate::ProtocolError;
 use crate::wire::{self, BodyDecoder, Decoded, HeaderLines, RequestFraming};
@@ -45,9 +45,6 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Room made for an answer's head when the connection holds no write buffer (most answers'
 /// heads and small bodies fit; a larger answer grows it).
 const WRITE_START: usize = 1024;
-/// Room made for the first read of a connection that holds no read buffer: most request heads
-/// fit, and a busy connection's buffer grows to the full read size as it needs.
-const FIRST_READ: usize = 4 * 1024;
 /// A connection that has waited this long for its next request gives its buffers back: a busy
 /// client's next request comes sooner (and keeping them saves it an allocation each), a
 /// shopper who polls every few seconds or idles does not. Short, so that a burst of requests
@@ -58,8 +55,8 @@ const BUFFER_RELEASE: Duration = Duration::from_millis(250);
 const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection and what it has read but not yet used.
-pub(super) struct Connection {
-    stream: TcpStream,
+pub(super) struct Connection<S> {
+    stream: S,
     read: BytesMut,
     write: Vec<u8>,
     limits: ConnectionLimits,
@@ -78,9 +75,9 @@ pub(super) struct Connection {
     stats: Arc<ConnectionStats>,
 }
 
-impl Connection {
+impl<S: Transport> Connection<S> {
     pub(super) fn new(
-        stream: TcpStream,
+        stream: S,
         mut limits: ConnectionLimits,
         beyond: Option<Beyond>,
         shutdown: watch::Receiver<bool>,
@@ -211,7 +208,7 @@ impl Connection {
             tokio::select! {
                 // In this order: no draw of which to poll first, per head.
                 biased;
-                read = read_some(&mut self.stream, &mut self.read) => match read {
+                read = self.stream.read_some(&mut self.read) => match read {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}
                 },
@@ -548,14 +545,17 @@ impl Connection {
 
     /// Writes what is gathered.
     async fn flush(&mut self) -> io::Result<()> {
-        let sent = send_all(&self.stream, &self.write, self.limits.send_timeout).await;
+        let sent = self
+            .stream
+            .send_all(&self.write, self.limits.send_timeout)
+            .await;
         self.write.clear();
         self.counted(sent)
     }
 
     /// Writes `bytes` whole, each write making progress within the send timeout.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let sent = send_all(&self.stream, bytes, self.limits.send_timeout).await;
+        let sent = self.stream.send_all(bytes, self.limits.send_timeout).await;
         self.counted(sent)
     }
 
@@ -569,42 +569,6 @@ impl Connection {
         }
         sent
     }
-}
-
-/// Reads what has arrived on `stream` into `buffer`. A buffer with no room left (a connection
-/// that has not spoken yet, or gave its buffers back) gets room only once bytes are there.
-async fn read_some(stream: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
-    if buffer.capacity() == buffer.len() {
-        loop {
-            stream.readable().await?;
-            buffer.reserve(FIRST_READ);
-            match stream.try_read_buf(buffer) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                read => return read,
-            }
-        }
-    }
-    wire::make_read_room(buffer);
-    stream.read_buf(buffer).await
-}
-
-/// Writes `bytes` whole to `stream`; each write must make progress within `timeout`.
-async fn send_all(stream: &TcpStream, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match stream.try_write(bytes) {
-            // As `std`'s `write_all` does: a socket that takes nothing will never take it.
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => bytes = &bytes[written..],
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(timeout, stream.writable()).await {
-                    Ok(ready) => ready?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
 }
 
 /// What reads a request body to its handler: its decoder, where its pieces go, and who to tell

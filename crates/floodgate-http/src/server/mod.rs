@@ -11,6 +11,7 @@ mod date;
 mod request_head;
 mod request_target;
 mod seats;
+mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,8 +19,10 @@ use std::time::Duration;
 
 use axum_core::body::Body;
 use http::{Request, Response};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
 
 use crate::{ClientAddr, ConnectionLoops, ProtocolError};
 use connection::Connection;
@@ -99,12 +102,38 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// Where a server accepts connections, and whether it speaks TLS on them.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// Plain HTTP on `tcp`.
+    pub fn plain(tcp: TcpListener) -> Self {
+        Self { tcp, tls: None }
+    }
+
+    /// TLS on `tcp`, as `config` says (see [`crate::tls`]).
+    pub fn tls(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            tcp,
+            tls: Some(TlsAcceptor::from(config)),
+        }
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// Serves each accepted connection on `loops` with the handler `serve_client` makes for its
 /// client (answers dated by `clock`, figures kept in `stats`), until `shutdown` turns true;
 /// then stops accepting, closes idle connections, and waits (at most the grace period) for
 /// every in-flight request to be answered.
 pub async fn serve<H: Handler>(
-    listener: TcpListener,
+    listener: Listener,
     serve_client: impl Fn(ClientAddr) -> H,
     limits: ConnectionLimits,
     loops: Arc<ConnectionLoops>,
@@ -121,7 +150,7 @@ pub async fn serve<H: Handler>(
     );
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.tcp.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(error) => {
                     // Typically EMFILE under a connection storm: back off instead of spinning.
@@ -146,31 +175,60 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
-        let handler = serve_client(ClientAddr::new(peer.ip()));
-        let (open, shutdown, clock, stats) = (
+        let handler = serve_client(ClientAddr::new(peer.ip()).with_tls(listener.tls.is_some()));
+        let (open, shutdown, clock, stats, tls) = (
             open.clone(),
             shutdown.clone(),
             clock.clone(),
             Arc::clone(&stats),
+            listener.tls.clone(),
         );
         loops.spawn(async move {
             // Registered from the loop's own task, so with the loop's reactor.
-            let stream = match tokio::net::TcpStream::from_std(stream) {
+            let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "cannot register a connection");
                     return;
                 }
             };
-            Connection::new(stream, limits, seat.beyond, shutdown, clock, stats)
-                .serve(handler)
-                .await;
+            match tls {
+                None => {
+                    Connection::new(stream, limits, seat.beyond, shutdown, clock, stats)
+                        .serve(handler)
+                        .await;
+                }
+                // Boxed: a TLS session's state is large, and must not size the futures of
+                // plain connections. The handshake is part of the first head: a client that
+                // never finishes it is a slow client, with the same deadline.
+                Some(tls) => {
+                    Box::pin(async move {
+                        match timeout(limits.header_read_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                Connection::new(
+                                    stream,
+                                    limits,
+                                    seat.beyond,
+                                    shutdown,
+                                    clock,
+                                    stats,
+                                )
+                                .serve(handler)
+                                .await;
+                            }
+                            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                            Err(_) => stats.timed_out(TimedOut::Head),
+                        }
+                    })
+                    .await;
+                }
+            }
             drop((seat, open));
         });
     }
     drop(listener);
     drop(open);
-    if tokio::time::timeout(limits.shutdown_grace, all_closed.recv())
+    if timeout(limits.shutdown_grace, all_closed.recv())
         .await
         .is_err()
     {

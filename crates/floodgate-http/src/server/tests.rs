@@ -80,7 +80,7 @@ async fn listener() -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>
         ..ConnectionLimits::default()
     };
     let served = tokio::spawn(serve(
-        socket,
+        Listener::plain(socket),
         move |_| Routed(router.clone()),
         limits,
         loops,

@@ -1,0 +1,101 @@
+//! TLS for a listener, with rustls: the certificate chain and key from PEM files, TLS 1.2 and
+//! 1.3 with rustls's safe defaults, ALPN, and client certificates checked against a CA when
+//! one is given.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// The files a TLS listener is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM: PKCS #8, PKCS #1 or SEC 1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate this CA (PEM, one or more) issued.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no PEM section of the kind wanted.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the material (a key that does not match the certificate, say).
+    #[error("{0}")]
+    Refused(#[from] rustls::Error),
+}
+
+/// The protocols a listener offers by ALPN, most preferred first.
+const ALPN: [&[u8]; 1] = [b"http/1.1"];
+
+/// The cryptography every TLS context of floodgate's uses: rustls's default, aws-lc-rs, with
+/// post-quantum key exchange preferred.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A server configuration from `files`.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::File {
+        path: files.key.clone(),
+        reason: pem_reason(&error, "private key"),
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(path)? {
+                roots.add(certificate)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|error| TlsError::File {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in the PEM file at `path`, at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let unreadable = |error: rustls::pki_types::pem::Error| TlsError::File {
+        path: path.to_owned(),
+        reason: pem_reason(&error, "certificate"),
+    };
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    if chain.is_empty() {
+        return Err(unreadable(rustls::pki_types::pem::Error::NoItemsFound));
+    }
+    Ok(chain)
+}
+
+fn pem_reason(error: &rustls::pki_types::pem::Error, wanted: &str) -> String {
+    match error {
+        rustls::pki_types::pem::Error::NoItemsFound => format!("no PEM {wanted} in the file"),
+        other => other.to_string(),
+    }
+}

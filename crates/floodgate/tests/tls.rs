@@ -1,0 +1,179 @@
+//! Both listeners over TLS, with certificates each test makes (rcgen): TLS 1.2 and 1.3 with
+//! ALPN, `X-Forwarded-Proto: https` to the origin, client certificates on the admin listener,
+//! a stalled handshake held to the head's deadline, and bad TLS files refused by key path.
+
+use std::path::Path;
+use std::time::Duration;
+
+use floodgate_testkit::GatewayProcess;
+use floodgate_testkit::origin::{OriginConfig, TestOrigin};
+use floodgate_testkit::tls::TestPki;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_floodgate"))
+}
+
+/// A gateway in front of `origin` with TLS on both listeners, the admin one asking for a
+/// client certificate from `pki`'s authority; heads are due within `head_timeout_ms`.
+fn tls_gateway(
+    pki: &TestPki,
+    origin: &TestOrigin,
+    head_timeout_ms: u64,
+    data: &Path,
+) -> GatewayProcess {
+    let client_ca = format!(", client_ca = {:?}", pki.ca.display().to_string());
+    let server = format!(
+        "tls = {}\nadmin_tls = {}\nheader_read_timeout_ms = {head_timeout_ms}\n",
+        pki.server_table(""),
+        pki.server_table(&client_ca)
+    );
+    let origin = format!("[origin]\nurl = \"{}\"\n", origin.url());
+    GatewayProcess::spawn_with_server(binary(), data, &server, &origin, &[]).unwrap()
+}
+
+const HEALTH: &str = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_listener_speaks_tls_and_tells_the_origin_so() {
+    let pki = TestPki::generate();
+    let origin = TestOrigin::start(OriginConfig::default()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gateway = tls_gateway(&pki, &origin, 5_000, data.path());
+    assert!(
+        gateway.public_url.starts_with("https://"),
+        "{}",
+        gateway.public_url
+    );
+
+    let client = pki.client(&[b"http/1.1"], false);
+    let health = client.exchange(&gateway.public_url, HEALTH).await.unwrap();
+    assert!(
+        health.text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        health.text
+    );
+    assert_eq!(health.alpn.as_deref(), Some(b"http/1.1".as_slice()));
+
+    let headers = "GET /headers HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: gopher\r\n\
+                   Connection: close\r\n\r\n";
+    let proxied = client.exchange(&gateway.public_url, headers).await.unwrap();
+    assert!(
+        proxied.text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        proxied.text
+    );
+    assert!(
+        proxied.text.contains(r#""x-forwarded-proto":"https""#),
+        "the origin is told the shopper came over TLS, whatever the client claims: {}",
+        proxied.text
+    );
+
+    // TLS 1.2 too, and a client that offers no ALPN.
+    let old = pki.client_of(&[&rustls::version::TLS12], &[], false);
+    let answer = old.exchange(&gateway.public_url, HEALTH).await.unwrap();
+    assert!(
+        answer.text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(answer.alpn, None);
+
+    // Plain HTTP to the TLS port gets no answer in the clear.
+    let address = gateway.public_url.strip_prefix("https://").unwrap();
+    let mut plain = TcpStream::connect(address).await.unwrap();
+    plain.write_all(HEALTH.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_wants_a_certificate_from_the_shops_authority() {
+    let pki = TestPki::generate();
+    let origin = TestOrigin::start(OriginConfig::default()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gateway = tls_gateway(&pki, &origin, 5_000, data.path());
+    let drops = format!(
+        "GET /admin/drops HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+         Connection: close\r\n\r\n",
+        gateway.admin_authorization()
+    );
+
+    let operator = pki.client(&[b"http/1.1"], true);
+    let listed = operator.exchange(&gateway.admin_url, &drops).await.unwrap();
+    assert!(
+        listed.text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        listed.text
+    );
+
+    // No certificate: TLS 1.3 finishes the client's side of the handshake, and the server's
+    // refusal arrives instead of an answer.
+    let stranger = pki.client(&[b"http/1.1"], false);
+    match stranger.exchange(&gateway.admin_url, &drops).await {
+        Ok(answer) => assert!(answer.text.is_empty(), "{}", answer.text),
+        Err(error) => assert!(
+            error.to_string().to_lowercase().contains("certificate"),
+            "refused for its missing certificate: {error}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_finishes_is_closed_at_the_heads_deadline() {
+    let pki = TestPki::generate();
+    let origin = TestOrigin::start(OriginConfig::default()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gateway = tls_gateway(&pki, &origin, 500, data.path());
+    let address = gateway.public_url.strip_prefix("https://").unwrap();
+
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    let opened = tokio::time::Instant::now();
+    let mut byte = [0; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed: {closed:?}"
+    );
+    let after = opened.elapsed();
+    assert!(
+        after >= Duration::from_millis(400) && after < Duration::from_secs(2),
+        "closed after {after:?}"
+    );
+
+    // Meanwhile health checks over TLS are answered.
+    let client = pki.client(&[b"http/1.1"], false);
+    let health = client.exchange(&gateway.public_url, HEALTH).await.unwrap();
+    assert!(health.text.starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn bad_tls_files_are_refused_with_their_key_path() {
+    let pki = TestPki::generate();
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("floodgate.toml");
+    let missing = data.path().join("missing.pem");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntls = {{ cert = {:?}, key = {:?} }}\nadmin_tls = {{ cert = {:?} }}\n",
+            missing.display().to_string(),
+            pki.server_key.display().to_string(),
+            pki.server_cert.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(binary())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stderr).into_owned()
+        + &String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{said}");
+    assert!(said.contains("server.tls"), "{said}");
+    assert!(said.contains("missing.pem"), "{said}");
+    assert!(said.contains("server.admin_tls.key"), "{said}");
+}
