@@ -35,6 +35,7 @@ use tokio::sync::watch;
 pub use error::ApiError;
 pub use floodgate_core::Clock;
 pub use intake::{Intake, IntakeLimits, Placed};
+pub use metrics::ReloadOutcome;
 pub use observe::Observed;
 pub use prewarm::DownstreamProbe;
 
@@ -172,6 +173,11 @@ impl Gateway {
     /// The order intake.
     pub fn intake(&self) -> &Intake {
         &self.intake
+    }
+
+    /// Counts a configuration reload for `/metrics`.
+    pub fn count_reload(&self, outcome: ReloadOutcome) {
+        self.counters.reload(outcome);
     }
 
     /// Lets `/metrics` read the dispatcher's figures; a second reader is ignored.

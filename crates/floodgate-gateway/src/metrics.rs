@@ -20,6 +20,30 @@ use floodgate_http::server::{ConnectionFigures, TimedOut};
 pub(crate) const ORDER_OUTCOMES: [&str; 5] =
     ["accepted", "replayed", "refused", "overloaded", "invalid"];
 
+/// How a configuration reload (SIGHUP) ended, as `floodgate_config_reloads_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// What can change in place changed.
+    Applied,
+    /// The file has problems: nothing changed.
+    Invalid,
+    /// It changes what only a restart can: nothing changed.
+    Refused,
+}
+
+impl ReloadOutcome {
+    const ALL: [Self; 3] = [Self::Applied, Self::Invalid, Self::Refused];
+
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Invalid => "invalid",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// One figure of a room, when it has one.
 type RoomGauge = fn(&Occupancy) -> Option<f64>;
 
@@ -27,6 +51,7 @@ type RoomGauge = fn(&Occupancy) -> Option<f64>;
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     orders: [AtomicU64; ORDER_OUTCOMES.len()],
+    reloads: [AtomicU64; ReloadOutcome::ALL.len()],
 }
 
 impl Counters {
@@ -40,6 +65,11 @@ impl Counters {
             Err(_) => 4,
         };
         self.orders[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a configuration reload's outcome.
+    pub(crate) fn reload(&self, outcome: ReloadOutcome) {
+        self.reloads[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Order requests so far, in [`ORDER_OUTCOMES`] order.
@@ -115,6 +145,19 @@ pub(crate) async fn render(gateway: &Gateway) -> Result<String, ApiError> {
             "floodgate_orders_total",
             &[("outcome", outcome)],
             count as f64,
+        );
+    }
+
+    page.family(
+        "floodgate_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP) since start, by outcome.",
+    );
+    for (outcome, count) in ReloadOutcome::ALL.iter().zip(&gateway.counters.reloads) {
+        page.sample(
+            "floodgate_config_reloads_total",
+            &[("outcome", outcome.as_str())],
+            count.load(Ordering::Relaxed) as f64,
         );
     }
 

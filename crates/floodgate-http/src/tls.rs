@@ -3,7 +3,7 @@
 //! one is given.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -36,6 +36,40 @@ pub enum TlsError {
     /// rustls refused the material (a key that does not match the certificate, say).
     #[error("{0}")]
     Refused(#[from] rustls::Error),
+}
+
+/// A listener's TLS configuration, replaced in place on reload: each handshake takes the one in
+/// force when its connection arrives, and connections already open keep theirs.
+#[derive(Debug)]
+pub struct ServerTls {
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Configured from `files`.
+    pub fn load(files: &TlsFiles) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(server_config(files)?),
+        }))
+    }
+
+    /// Puts `config` in force for the connections that arrive from now on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// The protocols a listener offers by ALPN, most preferred first.

@@ -181,6 +181,7 @@ async fn through_floodgate(args: &Args, shop: &LegacyServer) -> anyhow::Result<C
         },
         ADMIN_TOKEN.to_owned(),
         uuid::Uuid::new_v4().simple().to_string(),
+        None,
         async {
             let _ = stopped.await;
         },

@@ -2,6 +2,7 @@
 
 mod demo;
 mod loadtest;
+mod reload;
 mod serve;
 mod sim;
 
@@ -55,7 +56,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, log_format } => match load_config(config.as_deref()) {
-            Ok(config) => report(serve::serve(config, log_format)),
+            Ok(loaded) => report(serve::serve(loaded, config, log_format)),
             Err(problems) => invalid_config(problems),
         },
         Command::CheckConfig { file } => match load_config(Some(&file)) {

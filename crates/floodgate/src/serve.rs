@@ -1,8 +1,9 @@
-//! `floodgate serve`: opens the store, binds the listeners, starts the dispatcher, runs until
-//! SIGTERM or Ctrl-C.
+//! `floodgate serve`: opens the store, binds the listeners, starts the dispatcher, reloads on
+//! SIGHUP, runs until SIGTERM or Ctrl-C.
 
 use std::io::IsTerminal;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Le
 use floodgate_gateway::{Clock, Gateway, Listeners, log_lines};
 use floodgate_http::ConnectionLoops;
 use floodgate_http::server::Listener;
-use floodgate_http::tls::{self, TlsFiles};
+use floodgate_http::tls::{ServerTls, TlsFiles};
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
+
+use crate::reload::Reloadable;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -27,7 +30,11 @@ pub(crate) enum LogFormat {
 
 /// Runs the gateway described by `config`: its connections on their own loops (one per core
 /// unless `server.worker_threads` says otherwise), everything else on one runtime thread.
-pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
+pub(crate) fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
     init_logs("info", log_format);
     // Accept loops and background tasks (delivery, observation, pruning) take little: a second
     // thread would mostly be one more to wake.
@@ -36,7 +43,7 @@ pub(crate) fn serve(config: Config, log_format: LogFormat) -> anyhow::Result<()>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(run(config))
+        .block_on(run(config, path))
 }
 
 /// Sends log lines to stderr, filtered by `RUST_LOG` or else `default_filter`.
@@ -58,7 +65,7 @@ pub(crate) fn init_logs(default_filter: &str, log_format: LogFormat) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let public = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
@@ -88,38 +95,45 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.waiting_room.secret.clone()
     };
-    let public = speaking(public, config.server.tls.as_ref(), "public", "server.tls")?;
-    let admin = speaking(
-        admin,
-        config.server.admin_tls.as_ref(),
-        "admin",
-        "server.admin_tls",
-    )?;
-    let listeners = Listeners { public, admin };
-    run_gateway(config, listeners, admin_token, secret, shutdown_signal()).await
+    let public_tls = server_tls(config.server.tls.as_ref(), "server.tls")?;
+    let admin_tls = server_tls(config.server.admin_tls.as_ref(), "server.admin_tls")?;
+    let listeners = Listeners {
+        public: speaking(public, public_tls.clone(), "public")?,
+        admin: speaking(admin, admin_tls.clone(), "admin")?,
+    };
+    let reloadable =
+        Reloadable::listen(path, public_tls, admin_tls).context("cannot listen for SIGHUP")?;
+    run_gateway(
+        config,
+        listeners,
+        admin_token,
+        secret,
+        Some(reloadable),
+        shutdown_signal(),
+    )
+    .await
 }
 
-/// `tcp` speaking TLS as `files` say, or plain HTTP without them; announced as `name` with
-/// its URL.
-fn speaking(
-    tcp: TcpListener,
-    files: Option<&TlsFiles>,
-    name: &str,
-    key: &str,
-) -> anyhow::Result<Listener> {
+/// The TLS of the listener whose files are `files` (at `key`), if it has any.
+fn server_tls(files: Option<&TlsFiles>, key: &str) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    files
+        .map(|files| ServerTls::load(files).with_context(|| format!("{key}: cannot use")))
+        .transpose()
+}
+
+/// `tcp` speaking `tls`, or plain HTTP without it; announced as `name` with its URL.
+fn speaking(tcp: TcpListener, tls: Option<Arc<ServerTls>>, name: &str) -> anyhow::Result<Listener> {
     let address = tcp.local_addr()?;
-    let listener = match files {
+    Ok(match tls {
         None => {
             announce(&format!("{name} http://{address}"));
             Listener::plain(tcp)
         }
-        Some(files) => {
-            let config = tls::server_config(files).with_context(|| format!("{key}: cannot use"))?;
+        Some(tls) => {
             announce(&format!("{name} https://{address}"));
-            Listener::tls(tcp, config)
+            Listener::tls(tcp, tls)
         }
-    };
-    Ok(listener)
+    })
 }
 
 /// Runs the gateway and its dispatcher on bound listeners until `stop` completes, then drains.
@@ -128,6 +142,7 @@ pub(crate) async fn run_gateway(
     listeners: Listeners,
     admin_token: String,
     secret: String,
+    reloadable: Option<Reloadable>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let store = open_store(&config.store).await?;
@@ -145,6 +160,9 @@ pub(crate) async fn run_gateway(
             let url = url.clone();
             Box::pin(async move { HttpDownstream::check_reachable(&url, timeout).await })
         }));
+    }
+    if let Some(reloadable) = reloadable {
+        tokio::spawn(reloadable.run(config.clone(), Arc::clone(&gateway)));
     }
     let delivery = start_delivery(&config, &store, &gateway, clock);
     if let Some((dispatcher, _)) = &delivery {

@@ -1,13 +1,15 @@
 //! Both listeners over TLS, with certificates each test makes (rcgen): TLS 1.2 and 1.3 with
 //! ALPN, `X-Forwarded-Proto: https` to the origin, client certificates on the admin listener,
-//! a stalled handshake held to the head's deadline, and bad TLS files refused by key path.
+//! a stalled handshake held to the head's deadline, bad TLS files refused by key path, and
+//! certificates renewed on SIGHUP.
 
 use std::path::Path;
 use std::time::Duration;
 
-use floodgate_testkit::GatewayProcess;
+use bytes::Bytes;
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
 use floodgate_testkit::tls::TestPki;
+use floodgate_testkit::{GatewayProcess, HttpClient, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -176,4 +178,124 @@ fn bad_tls_files_are_refused_with_their_key_path() {
     assert!(said.contains("server.tls"), "{said}");
     assert!(said.contains("missing.pem"), "{said}");
     assert!(said.contains("server.admin_tls.key"), "{said}");
+}
+
+/// `floodgate_config_reloads_total{outcome="<outcome>"}` on `gateway`'s plain admin listener.
+async fn reloads(gateway: &GatewayProcess, outcome: &str) -> u64 {
+    let client = HttpClient::new(Duration::from_secs(5));
+    let authorization = gateway.admin_authorization();
+    let (_, _, page) = client
+        .send_bytes(
+            Method::GET,
+            &format!("{}/metrics", gateway.admin_url),
+            &[("authorization", &authorization)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let sample = format!("floodgate_config_reloads_total{{outcome=\"{outcome}\"}} ");
+    String::from_utf8_lossy(&page)
+        .lines()
+        .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample}"))
+}
+
+/// Sends SIGHUP and waits until the reload of `outcome` has been counted `count` times.
+async fn hang_up(gateway: &GatewayProcess, outcome: &str, count: u64) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &gateway.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reloads(gateway, outcome).await < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {outcome} reload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_puts_a_new_certificate_in_force_and_refuses_what_needs_a_restart() {
+    let (first, second) = (TestPki::generate(), TestPki::generate());
+    let data = tempfile::tempdir().unwrap();
+    let (cert, key) = (data.path().join("cert.pem"), data.path().join("key.pem"));
+    std::fs::copy(&first.server_cert, &cert).unwrap();
+    std::fs::copy(&first.server_key, &key).unwrap();
+    let tls = format!(
+        "tls = {{ cert = {:?}, key = {:?} }}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let gateway = GatewayProcess::spawn_with_server(binary(), data.path(), &tls, "", &[]).unwrap();
+    let trusts_first = first.client(&[b"http/1.1"], false);
+    let trusts_second = second.client(&[b"http/1.1"], false);
+    assert!(
+        trusts_first
+            .exchange(&gateway.public_url, HEALTH)
+            .await
+            .is_ok()
+    );
+    assert!(
+        trusts_second
+            .exchange(&gateway.public_url, HEALTH)
+            .await
+            .is_err()
+    );
+
+    // The certificate is renewed in place: new connections get it.
+    std::fs::copy(&second.server_cert, &cert).unwrap();
+    std::fs::copy(&second.server_key, &key).unwrap();
+    hang_up(&gateway, "applied", 1).await;
+    let health = trusts_second
+        .exchange(&gateway.public_url, HEALTH)
+        .await
+        .unwrap();
+    assert!(
+        health.text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        health.text
+    );
+    assert!(
+        trusts_first
+            .exchange(&gateway.public_url, HEALTH)
+            .await
+            .is_err()
+    );
+
+    // A broken file keeps the certificate in force.
+    std::fs::write(&key, "not a key").unwrap();
+    hang_up(&gateway, "invalid", 1).await;
+    assert!(
+        trusts_second
+            .exchange(&gateway.public_url, HEALTH)
+            .await
+            .is_ok()
+    );
+    std::fs::copy(&second.server_key, &key).unwrap();
+
+    // A new listen address needs a restart: refused, and the listener stays where it is.
+    let config = data.path().join("floodgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("listen = ") {
+                "listen = \"127.0.0.1:1\""
+            } else {
+                line
+            }
+        })
+        .collect();
+    std::fs::write(&config, moved.join("\n")).unwrap();
+    hang_up(&gateway, "refused", 1).await;
+    assert!(
+        trusts_second
+            .exchange(&gateway.public_url, HEALTH)
+            .await
+            .is_ok()
+    );
+    assert_eq!(reloads(&gateway, "applied").await, 1);
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use crate::tls::ServerTls;
 use crate::{ClientAddr, ConnectionLoops, ProtocolError};
 use connection::Connection;
 use seats::Seats;
@@ -105,7 +106,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Where a server accepts connections, and whether it speaks TLS on them.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Listener {
@@ -114,11 +115,11 @@ impl Listener {
         Self { tcp, tls: None }
     }
 
-    /// TLS on `tcp`, as `config` says (see [`crate::tls`]).
-    pub fn tls(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+    /// TLS on `tcp`, as `tls` says when each connection arrives.
+    pub fn tls(tcp: TcpListener, tls: Arc<ServerTls>) -> Self {
         Self {
             tcp,
-            tls: Some(TlsAcceptor::from(config)),
+            tls: Some(tls),
         }
     }
 
@@ -181,7 +182,10 @@ pub async fn serve<H: Handler>(
             shutdown.clone(),
             clock.clone(),
             Arc::clone(&stats),
-            listener.tls.clone(),
+            listener
+                .tls
+                .as_ref()
+                .map(|tls| TlsAcceptor::from(tls.current())),
         );
         loops.spawn(async move {
             // Registered from the loop's own task, so with the loop's reactor.
