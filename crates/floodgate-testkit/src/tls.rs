@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+pub use tokio_rustls::client::TlsStream;
 
 /// The name the server certificate is issued for, and clients ask for.
 pub const SERVER_NAME: &str = "localhost";
@@ -128,6 +129,17 @@ pub struct TlsClient {
     connector: TlsConnector,
 }
 
+impl TlsClient {
+    /// A TLS connection to the listener at `url` (`https://address`), naming [`SERVER_NAME`],
+    /// its handshake done.
+    pub async fn connect(&self, url: &str) -> io::Result<TlsStream<TcpStream>> {
+        let address = url.strip_prefix("https://").unwrap_or(url);
+        let tcp = TcpStream::connect(address).await?;
+        let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
+        self.connector.connect(name, tcp).await
+    }
+}
+
 /// What one exchange over TLS gave.
 #[derive(Debug)]
 pub struct TlsAnswer {
@@ -141,10 +153,7 @@ impl TlsClient {
     /// Sends `request` (raw HTTP/1.1; the server should close after it) to the listener at
     /// `url` (`https://address`), naming [`SERVER_NAME`], and reads until the server closes.
     pub async fn exchange(&self, url: &str, request: &str) -> io::Result<TlsAnswer> {
-        let address = url.strip_prefix("https://").unwrap_or(url);
-        let tcp = TcpStream::connect(address).await?;
-        let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
-        let mut stream = self.connector.connect(name, tcp).await?;
+        let mut stream = self.connect(url).await?;
         stream.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         match stream.read_to_end(&mut answer).await {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodgate_testkit::origin::{OriginConfig, TestOrigin};
-use floodgate_testkit::tls::{TestPki, TlsClient};
+use floodgate_testkit::tls::{TestPki, TlsClient, TlsStream};
 use floodgate_testkit::{GatewayProcess, HttpClient, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -149,6 +149,54 @@ async fn a_handshake_that_never_finishes_is_closed_at_the_heads_deadline() {
     let client = pki.client(&[b"http/1.1"], false);
     let health = client.exchange(&gateway.public_url, HEALTH).await.unwrap();
     assert!(health.text.starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_slow_head_and_an_idle_connection_meet_their_limits() {
+    let pki = TestPki::generate();
+    let data = tempfile::tempdir().unwrap();
+    let server = format!(
+        "tls = {}\nheader_read_timeout_ms = 500\nidle_timeout_ms = 700\n",
+        pki.server_table("")
+    );
+    let gateway =
+        GatewayProcess::spawn_with_server(binary(), data.path(), &server, "", &[]).unwrap();
+    let client = pki.client(&[b"http/1.1"], false);
+    // How long the server takes to close `stream`, counted from now.
+    let closes_after = |mut stream: TlsStream<TcpStream>| async move {
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "still open after 5 s");
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&rest).into_owned(),
+        )
+    };
+
+    // Half a head, then nothing: closed at the head's deadline.
+    let mut slow = client.connect(&gateway.public_url).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let (after, _) = closes_after(slow).await;
+    assert!(
+        after >= Duration::from_millis(300) && after < Duration::from_millis(1_500),
+        "slow head closed after {after:?}"
+    );
+
+    // One answer, then silence: closed at the idle timeout, the answer whole before it.
+    let mut idle = client.connect(&gateway.public_url).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (after, answer) = closes_after(idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(500) && after < Duration::from_millis(2_500),
+        "idle connection closed after {after:?}"
+    );
 }
 
 #[test]
