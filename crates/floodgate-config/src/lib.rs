@@ -18,7 +18,7 @@ use front_door::{FrontDoorTables, read_front_door};
 
 use floodgate_gateway::{DeliveryPace, GatewaySettings, IdentitySource, IntakeLimits};
 use floodgate_http::server::ConnectionLimits;
-use floodgate_http::tls::TlsFiles;
+use floodgate_http::tls::{LoadedTls, TlsFiles};
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +105,10 @@ pub struct ServerConfig {
     /// holds no secrets).
     pub metrics_public: bool,
     /// TLS on the public listener (`server.tls`); plain HTTP when unset.
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<LoadedTls>,
     /// TLS on the admin listener (`server.admin_tls`), with client certificates when it names
     /// a `client_ca`; plain HTTP when unset.
-    pub admin_tls: Option<TlsFiles>,
+    pub admin_tls: Option<LoadedTls>,
 }
 
 /// `[store]`.
@@ -690,8 +690,9 @@ impl<'t, 'p> Section<'t, 'p> {
     }
 }
 
-/// A listener's TLS files, checked by loading them (so `check-config` finds a bad one).
-fn read_tls(path: &str, table: &Table, problems: &mut Vec<ConfigProblem>) -> Option<TlsFiles> {
+/// A listener's TLS files, read here: `check-config` finds a bad one, and what is served is
+/// what was checked.
+fn read_tls(path: &str, table: &Table, problems: &mut Vec<ConfigProblem>) -> Option<LoadedTls> {
     let mut section = Section::new(path, Some(table), problems);
     let file = |value: &Value| text_value(value).map(|text| Some(PathBuf::from(text)));
     let cert = section.get("cert", None, file);
@@ -708,8 +709,8 @@ fn read_tls(path: &str, table: &Table, problems: &mut Vec<ConfigProblem>) -> Opt
         key: key?,
         client_ca,
     };
-    match floodgate_http::tls::server_config(&files) {
-        Ok(_) => Some(files),
+    match LoadedTls::load(files) {
+        Ok(loaded) => Some(loaded),
         Err(error) => {
             problems.push(ConfigProblem {
                 path: path.to_owned(),

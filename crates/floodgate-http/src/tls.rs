@@ -22,6 +22,32 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// A listener's TLS files and the configuration read from them. Two are equal when they name
+/// the same files: what the files held when read is not part of the setting.
+#[derive(Debug, Clone)]
+pub struct LoadedTls {
+    /// Where the material comes from.
+    pub files: TlsFiles,
+    /// What the files held when they were read.
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl LoadedTls {
+    /// Reads `files`.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let config = server_config(&files)?;
+        Ok(Self { files, config })
+    }
+}
+
+impl PartialEq for LoadedTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files
+    }
+}
+
+impl Eq for LoadedTls {}
+
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -46,11 +72,11 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// Configured from `files`.
-    pub fn load(files: &TlsFiles) -> Result<Arc<Self>, TlsError> {
-        Ok(Arc::new(Self {
-            current: RwLock::new(server_config(files)?),
-        }))
+    /// `config` in force until replaced.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(config),
+        })
     }
 
     /// Puts `config` in force for the connections that arrive from now on.
@@ -82,7 +108,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A server configuration from `files`.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certificates(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::File {
         path: files.key.clone(),

@@ -70,29 +70,14 @@ impl Reloadable {
             }
             return ReloadOutcome::Refused;
         }
-        let listeners = [
-            (&self.public_tls, &config.server.tls, "server.tls"),
-            (
-                &self.admin_tls,
-                &config.server.admin_tls,
-                "server.admin_tls",
-            ),
-        ];
-        // Every file loads before any is put in force: one listener's bad key changes neither.
-        let mut loaded = Vec::new();
-        for (tls, files, key) in listeners {
-            if let (Some(tls), Some(files)) = (tls, files) {
-                match floodgate_http::tls::server_config(files) {
-                    Ok(config) => loaded.push((tls, config)),
-                    Err(error) => {
-                        tracing::warn!(key, %error, "reload: the configuration in force stays");
-                        return ReloadOutcome::Invalid;
-                    }
-                }
+        // The files were read with the rest of the file: all of them loaded, or nothing changes.
+        for (tls, loaded) in [
+            (&self.public_tls, &config.server.tls),
+            (&self.admin_tls, &config.server.admin_tls),
+        ] {
+            if let (Some(tls), Some(loaded)) = (tls, loaded) {
+                tls.replace(Arc::clone(&loaded.config));
             }
-        }
-        for (tls, config) in loaded {
-            tls.replace(config);
         }
         for section in waiting_for_restart(running, &config) {
             tracing::warn!(

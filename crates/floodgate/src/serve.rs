@@ -13,7 +13,7 @@ use floodgate_dispatch::{DispatchSettings, Dispatcher, Fence, HttpDownstream, Le
 use floodgate_gateway::{Clock, Gateway, Listeners, log_lines};
 use floodgate_http::ConnectionLoops;
 use floodgate_http::server::Listener;
-use floodgate_http::tls::{ServerTls, TlsFiles};
+use floodgate_http::tls::{LoadedTls, ServerTls};
 use floodgate_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 
@@ -95,8 +95,16 @@ async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     } else {
         config.waiting_room.secret.clone()
     };
-    let public_tls = server_tls(config.server.tls.as_ref(), "server.tls")?;
-    let admin_tls = server_tls(config.server.admin_tls.as_ref(), "server.admin_tls")?;
+    // Read with the configuration: put in force as they were checked.
+    let in_force = |loaded: &Option<LoadedTls>| {
+        loaded
+            .as_ref()
+            .map(|loaded| ServerTls::new(Arc::clone(&loaded.config)))
+    };
+    let (public_tls, admin_tls) = (
+        in_force(&config.server.tls),
+        in_force(&config.server.admin_tls),
+    );
     let listeners = Listeners {
         public: speaking(public, public_tls.clone(), "public")?,
         admin: speaking(admin, admin_tls.clone(), "admin")?,
@@ -112,13 +120,6 @@ async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await
-}
-
-/// The TLS of the listener whose files are `files` (at `key`), if it has any.
-fn server_tls(files: Option<&TlsFiles>, key: &str) -> anyhow::Result<Option<Arc<ServerTls>>> {
-    files
-        .map(|files| ServerTls::load(files).with_context(|| format!("{key}: cannot use")))
-        .transpose()
 }
 
 /// `tcp` speaking `tls`, or plain HTTP without it; announced as `name` with its URL.

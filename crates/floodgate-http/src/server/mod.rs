@@ -122,11 +122,6 @@ impl Listener {
             tls: Some(tls),
         }
     }
-
-    /// The address it is bound to.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.tcp.local_addr()
-    }
 }
 
 /// Serves each accepted connection on `loops` with the handler `serve_client` makes for its
