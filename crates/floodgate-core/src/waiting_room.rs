@@ -613,13 +613,13 @@ mod tests {
     }
 
     /// At each of `seconds`, `shoppers` poll, `pass` is spent and the next shopper admitted
-    /// takes it over: one admission a tick. Returns the pass last handed on.
+    /// takes it over: one admission a tick.
     fn admit_one_each(
         room: &mut WaitingRoom,
         mut pass: u64,
         shoppers: &[u64],
         seconds: impl IntoIterator<Item = i64>,
-    ) -> u64 {
+    ) {
         for second in seconds {
             for identity in shoppers {
                 room.poll(*identity, at(second));
@@ -633,7 +633,6 @@ mod tests {
                 })
                 .unwrap();
         }
-        pass
     }
 
     #[test]

@@ -156,13 +156,7 @@ impl TlsClient {
         let mut stream = self.connect(url).await?;
         stream.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
-        match stream.read_to_end(&mut answer).await {
-            // A close without TLS's close_notify: the answer's own framing says it is whole.
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {}
-            read => {
-                read?;
-            }
-        }
+        stream.read_to_end(&mut answer).await?;
         Ok(TlsAnswer {
             alpn: stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
             text: String::from_utf8_lossy(&answer).into_owned(),
